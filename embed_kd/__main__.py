@@ -1,0 +1,3 @@
+from embed_kd.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Stage — candidates: lexical (BM25) and dense (FAISS) retrieval of candidate documents per query."""

@@ -1,0 +1,97 @@
+"""``embed-kd eval``: retrieval quality of a model (or a student/teacher pair) on a BEIR split."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosity_options
+
+
+@click.command("eval")
+@click.option("--data", required=True, help="BEIR folder, or a dataset name resolved under $EMBED_KD_DATA / downloaded.")
+@click.option("--split", default="test", show_default=True, help="qrels split to evaluate.")
+@click.option("--model", help="Symmetric mode: one bi-encoder for queries and documents ('bm25' for BM25).")
+@click.option("--query-model", help="Asymmetric mode: the model that encodes queries (the student).")
+@click.option("--doc-model", help="Asymmetric mode: the model that encodes documents (the teacher).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the result JSON here.")
+@click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
+@click.option("--save-run", type=click.Path(dir_okay=False), help="Also write the run (qid → doc → score) as JSON.")
+@click.option("--index", "index_kind", type=click.Choice(["flat", "hnsw", "ivfpq"]), default="flat", show_default=True,
+              help="FAISS index: exact inner product, or approximate for large corpora.")
+@click.option("--top-k", default=100, show_default=True, type=click.IntRange(1), help="Documents retrieved per query.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Encoding batch size.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Embedding cache root (default $EMBED_KD_CACHE or ~/.cache/embed_kd).")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the document-embedding cache.")
+@click.option("--limit-queries", type=click.IntRange(1), help="Smoke run: only the first N judged queries.")
+@click.option("--limit-docs", type=click.IntRange(1), help="Smoke run: judged docs of kept queries + others up to N docs.")
+@click.option("--allow-missing-ids", is_flag=True, help="Drop (and count) qrels rows naming unknown ids instead of failing.")
+@click.option("--ignore-identical-ids", is_flag=True, help="Drop a retrieved doc whose id equals the query id (BEIR's option).")
+@click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: torch's choice).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@verbosity_options
+@run_command
+def eval_command(data, split, model, query_model, doc_model, output, overwrite, save_run, index_kind, top_k,
+                 batch_size, cache_dir, no_cache, limit_queries, limit_docs, allow_missing_ids,
+                 ignore_identical_ids, threads, no_progress, verbose, quiet):
+    """Encode, index with FAISS and score with pytrec_eval (nDCG@10, Recall@100, MRR@10).
+
+    \b
+    Symmetric:   embed-kd eval --data scifact --model minilm-l6
+    Asymmetric:  embed-kd eval --data scifact --query-model runs/student --doc-model minilm-l6
+    BM25:        embed-kd eval --data scifact --model bm25
+    """
+    from embed_kd.errors import EmbedKDError
+    from embed_kd.io import atomic_write_json, refuse_existing
+
+    setup_logging(verbose, quiet)
+    set_threads(threads)
+    if model and (query_model or doc_model):
+        raise EmbedKDError("pass either --model (symmetric) or --query-model/--doc-model (asymmetric), not both")
+    if not model and not (query_model and doc_model):
+        raise EmbedKDError("pass --model, or both --query-model and --doc-model")
+    for path in (output, save_run):
+        if path:
+            refuse_existing(path, overwrite)
+
+    from embed_kd.data import load_beir, resolve_dataset
+    from embed_kd.evaluation.report import markdown_table, timings_table
+    from embed_kd.evaluation.retrieval_eval import EvalOptions, evaluate_bm25, evaluate_dense
+    from embed_kd.models import load_sentence_transformer
+
+    t = time.perf_counter()
+    folder = resolve_dataset(data)
+    dataset = load_beir(folder, split, name=Path(folder).name, allow_missing_ids=allow_missing_ids)
+    if limit_queries or limit_docs:
+        dataset = dataset.sliced(limit_queries, limit_docs)
+    load_data_s = time.perf_counter() - t
+
+    opts = EvalOptions(top_k=top_k, index=index_kind, batch_size=batch_size, cache_dir=cache_dir,
+                       use_cache=not no_cache, ignore_identical_ids=ignore_identical_ids,
+                       show_progress=not no_progress, timings={"load_data_s": load_data_s})
+    if model == "bm25":
+        result = evaluate_bm25(dataset, options=opts)
+    else:
+        t = time.perf_counter()
+        if model:
+            qm = dm = load_sentence_transformer(model)
+        else:
+            qm, dm = load_sentence_transformer(query_model), load_sentence_transformer(doc_model)
+        opts.timings["load_models_s"] = time.perf_counter() - t
+        result = evaluate_dense(dataset, qm, dm, options=opts)
+
+    run = result.pop("run")
+    if save_run:
+        atomic_write_json(save_run, run, overwrite=overwrite)
+    if output:
+        atomic_write_json(output, result, overwrite=overwrite)
+    click.echo(markdown_table([result]))
+    if verbose:
+        click.echo()
+        click.echo(timings_table(result))
+    click.echo(f"\n{result['dataset']['n_queries']} queries × {result['dataset']['n_docs']} docs; "
+               f"doc cache: {result['cache']['docs']}; total {result['timings']['total_s']:.1f}s"
+               + (f"; written to {output}" if output else ""), err=True)

@@ -1,0 +1,47 @@
+"""Encoding texts with a bi-encoder: one place that decides batching, normalisation and progress.
+
+``SentenceTransformer.encode`` already sorts each call's texts by length (longest first) so that a
+batch pads to similar lengths, and restores the input order; we keep that and add the decisions
+the rest of embed-kd relies on: whether embeddings are normalised (cosine models) and a progress
+bar with a description.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def uses_cosine(model) -> bool:
+    """True when the model's similarity is cosine (so embeddings are L2-normalised for FAISS IP)."""
+    name = getattr(model, "similarity_fn_name", None) or "cosine"
+    return str(name).lower() in {"cosine", "cos", "cos_sim"}
+
+
+def encode_texts(model, texts: Sequence[str], *, batch_size: int = 32, normalize: bool | None = None,
+                 role: str = "document", show_progress: bool = True) -> np.ndarray:
+    """Encode ``texts`` to a float32 matrix in input order.
+
+    ``role`` is ``"query"`` or ``"document"``: models that declare query/document prompts (e5, bge)
+    get them through ``encode_query`` / ``encode_document``; others encode the text as it is.
+    """
+    if normalize is None:
+        normalize = uses_cosine(model)
+    fn = getattr(model, f"encode_{role}", None) or model.encode
+    emb = fn(
+        list(texts), batch_size=batch_size, show_progress_bar=show_progress, convert_to_numpy=True,
+        normalize_embeddings=normalize,
+    )
+    return np.ascontiguousarray(emb, dtype=np.float32)
+
+
+def embedding_dim(model) -> int:
+    getter = getattr(model, "get_embedding_dimension", None) or getattr(model, "get_sentence_embedding_dimension", None)
+    dim = getter() if getter else None
+    if dim is None:
+        dim = int(model.encode(["dimension probe"], show_progress_bar=False).shape[-1])
+    return int(dim)

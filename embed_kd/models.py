@@ -1,0 +1,81 @@
+"""Load models by spec (path, hub id or preset) and fingerprint them.
+
+A model fingerprint hashes what decides its outputs: every parameter and buffer (name, shape,
+bytes), the module stack, and the maximum sequence length. Two folders with the same weights get
+the same fingerprint, wherever they live.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from embed_kd.errors import EmbedKDError, ModelNotFoundError
+from embed_kd.presets import locate_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+
+def load_sentence_transformer(spec: str | os.PathLike, *, device: str | None = None) -> "SentenceTransformer":
+    """Load a bi-encoder (``SentenceTransformer``) from a path, hub id or preset."""
+    from sentence_transformers import SentenceTransformer
+
+    source, ms = locate_model(spec)
+    if ms.kind == "cross-encoder":
+        raise EmbedKDError(f"model '{spec}' is a cross-encoder; an embedding model is needed here")
+    try:
+        model = SentenceTransformer(source, device=device or "cpu")
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"model '{spec}' could not be loaded from {source}: {exc}") from None
+    model.embed_kd_spec = str(spec)  # type: ignore[attr-defined]
+    return model
+
+
+def load_cross_encoder(spec: str | os.PathLike, *, device: str | None = None, max_length: int | None = None) -> "CrossEncoder":
+    """Load a ``CrossEncoder`` from a path, hub id or preset."""
+    from sentence_transformers import CrossEncoder
+
+    source, ms = locate_model(spec)
+    try:
+        model = CrossEncoder(source, device=device or "cpu", max_length=max_length)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"cross-encoder '{spec}' could not be loaded from {source}: {exc}") from None
+    model.embed_kd_spec = str(spec)  # type: ignore[attr-defined]
+    return model
+
+
+def model_name(model) -> str:
+    """A human-readable name: the spec it was loaded from, else its class."""
+    return getattr(model, "embed_kd_spec", None) or type(model).__name__
+
+
+def fingerprint_module(module: "torch.nn.Module", extra: str = "") -> str:
+    """sha256 (16 hex) over parameter/buffer names, shapes and bytes, plus ``extra``."""
+    h = hashlib.sha256(extra.encode("utf-8"))
+    h.update(repr([type(m).__name__ for m in module.children()]).encode("utf-8"))
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(name.encode("utf-8"))
+        h.update(repr((tuple(t.shape), str(t.dtype))).encode("utf-8"))
+        h.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def fingerprint_model(model) -> str:
+    """Fingerprint of a loaded SentenceTransformer / CrossEncoder / SparseEncoder (cached on the object)."""
+    cached = getattr(model, "_embed_kd_fingerprint", None)
+    if cached:
+        return cached
+    extra = f"max_seq_length={getattr(model, 'max_seq_length', None)}"
+    fp = fingerprint_module(model, extra)
+    try:
+        model._embed_kd_fingerprint = fp
+    except AttributeError:  # pragma: no cover
+        pass
+    return fp

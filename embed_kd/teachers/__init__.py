@@ -1,0 +1,1 @@
+"""Stage — teachers: scoring (query, passage) pairs, ensembles, and the on-disk score store."""
