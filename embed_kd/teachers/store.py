@@ -1,0 +1,656 @@
+"""The teacher-score store: (query, doc) candidate pairs with teacher scores, on disk, resumable.
+
+Written by ``embed-kd score-teacher``, read by ``train``, ``train-teacher`` and ``eval``. Scoring is
+the most expensive step a user runs, so the store is built chunk by chunk: each chunk of queries
+is one Parquet file renamed into place when complete, so an interrupted run (even ``kill -9``)
+leaves only whole chunks behind and a rerun skips them.
+
+Folder layout (schema ``embed-kd/teacher-scores@1``)::
+
+    OUT/
+      manifest.json
+      shards/chunk-<first query index, 6 digits>-<last, 6 digits>.parquet
+
+Parquet rows, one per (query_id, doc_id); the rows of one query are contiguous and queries come in
+split order (query index = position of the query in the split, 0-based):
+
+========================  ========  =====================================================================
+column                    type      meaning
+========================  ========  =====================================================================
+``query_id``              string    query id
+``doc_id``                string    document id
+``label``                 int32     qrels relevance for the split (0 when not judged)
+``score``                 float32   THE score students learn from: the single teacher's score, or the
+                                    ensemble of several teachers (how: ``manifest["ensemble"]``)
+``score__<teacher>``      float32   one column per teacher (raw logits unless the teacher's
+                                    ``activation`` says otherwise)
+``rank__<source>``        int32     one column per candidate source: 1-based rank in that source's
+                                    list, -1 when the doc did not come from it (a positive added from
+                                    the qrels has -1 everywhere unless a source retrieved it)
+========================  ========  =====================================================================
+
+``manifest.json``::
+
+    {
+      "schema": "embed-kd/teacher-scores@1",
+      "created": ISO-8601 UTC, "versions": {...},
+      "dataset": {"name", "split", "corpus_fingerprint", "queries_fingerprint", "qrels_fingerprint",
+                  "n_queries", "notes"},
+      "candidates": [{"source": "bm25", "name", "k", ...config}, {"source": "dense", "name", "model",
+                     "model_fingerprint", "k"}],
+      "include_positives": true,
+      "teachers": [{"name", "spec", "kind": "cross-encoder"|"bi-encoder"|"bm25", "fingerprint",
+                    "activation", "max_length", "backend"}],
+      "ensemble": null | {"norm": "zscore"|"minmax"|"none"|"mean", "weights": {name: w}},
+      "config_fingerprint": fingerprint of (dataset fingerprints + n_queries, candidates,
+                            include_positives, teachers, ensemble),
+      "chunk_size": queries per chunk,
+      "shard": null | {"index": I, "count": N},
+      "progress": {"queries_done", "rows", "chunks"},
+      "complete": bool
+    }
+
+Only the fields in ``config_fingerprint`` decide the rows; ``spec`` (where a model was loaded from),
+``created`` and ``versions`` do not enter it, so the same weights loaded from another folder resume
+the same store. A shard ``I/N`` owns the chunks whose number (first query index // chunk_size) is
+``I mod N``; ``merge_stores`` joins shard folders into one complete store.
+
+Reading (:func:`open_scores`) validates the manifest (schema, recomputed config fingerprint), the
+chunk files (names, no overlap, every query of the split covered exactly once, columns match the
+manifest) and refuses an incomplete store unless ``allow_incomplete=True``.
+
+>>> import tempfile, pathlib
+>>> out = pathlib.Path(tempfile.mkdtemp()) / "scores"
+>>> m = new_manifest(dataset={"name": "toy", "split": "train", "corpus_fingerprint": "c",
+...     "queries_fingerprint": "q", "qrels_fingerprint": "r", "n_queries": 1},
+...     candidates=[{"source": "bm25", "name": "bm25", "k": 2}],
+...     teachers=[{"name": "ce", "spec": "ce", "kind": "cross-encoder", "fingerprint": "f",
+...                "activation": None, "max_length": 256, "backend": "torch"}], ensemble=None)
+>>> w = ScoreStoreWriter.create(out, m, chunk_size=1)
+>>> w.write_chunk(0, 0, {"query_id": ["q1", "q1"], "doc_id": ["d1", "d2"], "label": [1, 0],
+...     "score": [2.0, -1.0], "score__ce": [2.0, -1.0], "rank__bm25": [1, 2]})
+>>> w.finalize()["complete"]
+True
+>>> store = open_scores(out)
+>>> store.to_run()
+{'q1': {'d1': 2.0, 'd2': -1.0}}
+>>> store.by_query()["q1"][0]
+('d1', 2.0, 1)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from embed_kd.data.fingerprint import fingerprint_json
+from embed_kd.errors import ArtifactError, EmbedKDError
+from embed_kd.io import atomic_write_bytes, atomic_write_json, read_json
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "embed-kd/teacher-scores@1"
+MANIFEST = "manifest.json"
+SHARDS = "shards"
+LOCK = ".lock"
+_CHUNK_RE = re.compile(r"^chunk-(\d{6,})-(\d{6,})\.parquet$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+ENSEMBLE_NORMS = ("zscore", "minmax", "none", "mean")
+BASE_COLUMNS = ("query_id", "doc_id", "label", "score")
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+def check_name(name: str, what: str) -> str:
+    """Teacher and source names become column suffixes: letters, digits, ``_ . -`` only."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise EmbedKDError(f"{what} name {name!r} is not valid: use letters, digits, '_', '.' or '-'")
+    return name
+
+
+def teacher_names(manifest: Mapping[str, Any]) -> list[str]:
+    return [t["name"] for t in manifest["teachers"]]
+
+
+def source_names(manifest: Mapping[str, Any]) -> list[str]:
+    return [c.get("name") or c["source"] for c in manifest["candidates"]]
+
+
+def arrow_schema(teachers: Sequence[str], sources: Sequence[str]):
+    """The Parquet schema of a store with these teacher and candidate-source names."""
+    import pyarrow as pa
+
+    fields = [pa.field("query_id", pa.string(), nullable=False), pa.field("doc_id", pa.string(), nullable=False),
+              pa.field("label", pa.int32(), nullable=False), pa.field("score", pa.float32(), nullable=False)]
+    fields += [pa.field(f"score__{t}", pa.float32(), nullable=False) for t in teachers]
+    fields += [pa.field(f"rank__{s}", pa.int32(), nullable=False) for s in sources]
+    return pa.schema(fields)
+
+
+def config_fingerprint(manifest: Mapping[str, Any]) -> str:
+    """Fingerprint of everything that decides the rows (see the module docstring)."""
+    ds = manifest["dataset"]
+    teachers = [{k: v for k, v in t.items() if k != "spec"} for t in manifest["teachers"]]
+    return fingerprint_json({
+        "schema": SCHEMA,
+        "dataset": {k: ds.get(k) for k in ("split", "corpus_fingerprint", "queries_fingerprint",
+                                           "qrels_fingerprint", "n_queries")},
+        "candidates": list(manifest["candidates"]),
+        "include_positives": bool(manifest.get("include_positives", True)),
+        "teachers": teachers,
+        "ensemble": manifest.get("ensemble"),
+    })
+
+
+def _versions() -> dict:
+    from embed_kd.evaluation.retrieval_eval import versions
+
+    out = versions()
+    with contextlib.suppress(Exception):
+        import importlib.metadata as md
+
+        out["pyarrow"] = md.version("pyarrow")
+    return out
+
+
+def new_manifest(*, dataset: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]],
+                 teachers: Sequence[Mapping[str, Any]], ensemble: Mapping[str, Any] | None,
+                 include_positives: bool = True, shard: Mapping[str, int] | None = None) -> dict:
+    """Build a manifest (progress empty, ``complete`` false) and its config fingerprint.
+
+    Raises :class:`EmbedKDError` on a malformed teacher/source list or ensemble.
+    """
+    if not teachers:
+        raise EmbedKDError("at least one teacher is needed")
+    names = [check_name(t["name"], "teacher") for t in teachers]
+    if len(set(names)) != len(names):
+        raise EmbedKDError(f"teacher names must be unique, got {names}")
+    srcs = [check_name(c.get("name") or c["source"], "candidate source") for c in candidates]
+    if len(set(srcs)) != len(srcs):
+        raise EmbedKDError(f"candidate source names must be unique, got {srcs}")
+    if ensemble is not None:
+        if ensemble.get("norm") not in ENSEMBLE_NORMS:
+            raise EmbedKDError(f"ensemble norm must be one of {ENSEMBLE_NORMS}, got {ensemble.get('norm')!r}")
+        unknown = set(ensemble.get("weights") or {}) - set(names)
+        if unknown:
+            raise EmbedKDError(f"ensemble weights name unknown teacher(s) {sorted(unknown)} (teachers: {names})")
+    for key in ("name", "split", "corpus_fingerprint", "queries_fingerprint", "qrels_fingerprint", "n_queries"):
+        if key not in dataset:
+            raise EmbedKDError(f"manifest dataset is missing '{key}'")
+    m = {
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": _versions(),
+        "dataset": dict(dataset),
+        "candidates": [dict(c) for c in candidates],
+        "include_positives": bool(include_positives),
+        "teachers": [dict(t) for t in teachers],
+        "ensemble": dict(ensemble) if ensemble is not None else None,
+        "config_fingerprint": "",
+        "chunk_size": None,
+        "shard": dict(shard) if shard else None,
+        "progress": {"queries_done": 0, "rows": 0, "chunks": 0},
+        "complete": False,
+    }
+    m["config_fingerprint"] = config_fingerprint(m)
+    return m
+
+
+def chunk_name(first: int, last: int) -> str:
+    return f"chunk-{first:06d}-{last:06d}.parquet"
+
+
+def chunk_ranges(n_queries: int, chunk_size: int, shard: Mapping[str, int] | None = None) -> list[tuple[int, int]]:
+    """``(first, last)`` query-index ranges (inclusive) of the chunks a store (or one shard) owns.
+
+    >>> chunk_ranges(5, 2)
+    [(0, 1), (2, 3), (4, 4)]
+    >>> chunk_ranges(5, 2, {"index": 1, "count": 2})
+    [(2, 3)]
+    """
+    out = []
+    for i, first in enumerate(range(0, n_queries, chunk_size)):
+        if shard and i % shard["count"] != shard["index"]:
+            continue
+        out.append((first, min(first + chunk_size, n_queries) - 1))
+    return out
+
+
+def _list_chunks(folder: Path) -> list[tuple[int, int, Path]]:
+    shards = folder / SHARDS
+    if not shards.is_dir():
+        return []
+    found = []
+    for p in shards.iterdir():
+        if p.name.startswith("."):
+            continue  # a temporary file of an interrupted write
+        m = _CHUNK_RE.match(p.name)
+        if not m:
+            raise ArtifactError(f"{p}: unexpected file in a score store (expected chunk-NNNNNN-NNNNNN.parquet)")
+        first, last = int(m.group(1)), int(m.group(2))
+        if last < first:
+            raise ArtifactError(f"{p}: chunk name has last query index < first")
+        found.append((first, last, p))
+    return sorted(found)
+
+
+def _check_manifest(path: Path, m: Any) -> dict:
+    if not isinstance(m, dict) or m.get("schema") != SCHEMA:
+        got = m.get("schema") if isinstance(m, dict) else type(m).__name__
+        raise ArtifactError(f"{path}: not a teacher-score manifest (schema {got!r}, expected {SCHEMA!r})")
+    for key in ("dataset", "candidates", "teachers", "config_fingerprint", "progress", "complete"):
+        if key not in m:
+            raise ArtifactError(f"{path}: manifest field '{key}' is missing")
+    try:
+        fp = config_fingerprint(m)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ArtifactError(f"{path}: manifest is malformed ({exc!r})") from None
+    if fp != m["config_fingerprint"]:
+        raise ArtifactError(f"{path}: config_fingerprint {m['config_fingerprint']} does not match the manifest's "
+                            f"content ({fp}); the manifest was edited or is corrupt")
+    return m
+
+
+# --------------------------------------------------------------------------------------------- writer
+
+class ScoreStoreWriter:
+    """Writes a store chunk by chunk; one writer per folder at a time (an exclusive lock file).
+
+    Use :meth:`create` (new store, or resume one with the same config fingerprint), then
+    :meth:`pending` to know which chunks to compute, :meth:`write_chunk` for each, :meth:`finalize`.
+    """
+
+    def __init__(self, folder: Path, manifest: dict, lock_fd: int | None):
+        self.folder = folder
+        self.manifest = manifest
+        self._lock_fd = lock_fd
+        self.schema = arrow_schema(teacher_names(manifest), source_names(manifest))
+
+    # -- opening
+    @classmethod
+    def create(cls, folder: str | os.PathLike, manifest: dict, *, chunk_size: int = 64,
+               overwrite: bool = False, resume: bool = True) -> "ScoreStoreWriter":
+        """Open ``folder`` for writing ``manifest``'s config.
+
+        - folder absent or empty: a new store;
+        - folder is a store with the same config fingerprint and ``resume``: its committed chunks are
+          kept (the chunk size of the existing store wins);
+        - anything else (another config, a complete store, not a store): refused unless
+          ``overwrite``, which removes the old store first.
+        """
+        folder = Path(folder)
+        manifest = dict(manifest)
+        existing = folder / MANIFEST
+        if folder.exists() and not folder.is_dir():
+            raise ArtifactError(f"{folder}: exists and is not a folder")
+        if folder.is_dir() and any(folder.iterdir()):
+            if overwrite:
+                if existing.is_file() or (folder / SHARDS).is_dir():
+                    shutil.rmtree(folder)
+                else:
+                    raise ArtifactError(f"{folder}: not a score store; refusing to delete it even with --overwrite")
+            else:
+                if not existing.is_file():
+                    raise ArtifactError(f"{folder}: exists and is not a score store (no {MANIFEST}); "
+                                        "choose another output or pass --overwrite")
+                old = _check_manifest(existing, read_json(existing, "score-store manifest"))
+                if old["config_fingerprint"] != manifest["config_fingerprint"]:
+                    raise ArtifactError(
+                        f"{folder}: holds scores made with another config (fingerprint {old['config_fingerprint']}, "
+                        f"this run {manifest['config_fingerprint']}: {_diff(old, manifest)}); "
+                        "pass --overwrite to replace it")
+                if (old.get("shard") or None) != (manifest.get("shard") or None):
+                    raise ArtifactError(f"{folder}: was written as shard {old.get('shard')}, this run is shard "
+                                        f"{manifest.get('shard')}; pass --overwrite to replace it")
+                if old.get("complete"):
+                    raise ArtifactError(f"{folder}: already complete; pass --overwrite to recompute it")
+                if not resume:
+                    raise ArtifactError(f"{folder}: holds a partial run of the same config; "
+                                        "resume it or pass --overwrite")
+                chunk_size = int(old.get("chunk_size") or chunk_size)
+                manifest["created"] = old.get("created", manifest.get("created"))
+        if chunk_size < 1:
+            raise EmbedKDError(f"chunk size must be >= 1, got {chunk_size}")
+        manifest["chunk_size"] = int(chunk_size)
+        (folder / SHARDS).mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock(folder)
+        writer = cls(folder, manifest, lock_fd)
+        writer._refresh_progress()
+        atomic_write_json(folder / MANIFEST, writer.manifest)
+        return writer
+
+    # -- progress
+    @property
+    def chunk_size(self) -> int:
+        return int(self.manifest["chunk_size"])
+
+    def owned(self) -> list[tuple[int, int]]:
+        return chunk_ranges(int(self.manifest["dataset"]["n_queries"]), self.chunk_size, self.manifest.get("shard"))
+
+    def done(self) -> set[tuple[int, int]]:
+        return {(a, b) for a, b, _ in _list_chunks(self.folder)}
+
+    def pending(self) -> list[tuple[int, int]]:
+        done = self.done()
+        return [r for r in self.owned() if r not in done]
+
+    def _refresh_progress(self) -> None:
+        import pyarrow.parquet as pq
+
+        owned = set(self.owned())
+        queries = rows = chunks = 0
+        for a, b, p in _list_chunks(self.folder):
+            if (a, b) not in owned:
+                raise ArtifactError(f"{p}: chunk does not belong to this store's chunking "
+                                    f"(chunk size {self.chunk_size}, shard {self.manifest.get('shard')})")
+            try:
+                rows += pq.read_metadata(p).num_rows
+            except Exception as exc:  # noqa: BLE001 - any read failure means a corrupt chunk
+                raise ArtifactError(f"{p}: unreadable chunk ({exc}); delete it to recompute it") from None
+            queries += b - a + 1
+            chunks += 1
+        self.manifest["progress"] = {"queries_done": queries, "rows": rows, "chunks": chunks}
+
+    # -- writing
+    def write_chunk(self, first: int, last: int, columns: Mapping[str, Sequence] | Any) -> None:
+        """Commit the rows of queries ``first..last`` (a dict of columns or a ``pyarrow.Table``).
+
+        The file is written to a temporary name and renamed, then the manifest's progress updated.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if (first, last) not in set(self.owned()):
+            raise EmbedKDError(f"chunk {first}-{last} is not one of this store's chunks")
+        table = columns if isinstance(columns, pa.Table) else _table_from_columns(columns, self.schema)
+        if table.schema.names != self.schema.names:
+            raise EmbedKDError(f"chunk columns {table.schema.names} do not match the store's {self.schema.names}")
+        table = table.cast(self.schema)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        atomic_write_bytes(self.folder / SHARDS / chunk_name(first, last), sink.getvalue().to_pybytes())
+        prog = self.manifest["progress"]
+        prog["queries_done"] += last - first + 1
+        prog["rows"] += table.num_rows
+        prog["chunks"] += 1
+        atomic_write_json(self.folder / MANIFEST, self.manifest)
+
+    def finalize(self) -> dict:
+        """Mark the store complete (every owned chunk present); returns the manifest."""
+        missing = self.pending()
+        if missing:
+            raise ArtifactError(f"{self.folder}: cannot finalise, {len(missing)} chunk(s) missing "
+                                f"(first: {chunk_name(*missing[0])})")
+        self._refresh_progress()
+        self.manifest["complete"] = True
+        atomic_write_json(self.folder / MANIFEST, self.manifest)
+        self.close()
+        return self.manifest
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "ScoreStoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _table_from_columns(columns: Mapping[str, Sequence], schema):
+    import pyarrow as pa
+
+    missing = [n for n in schema.names if n not in columns]
+    extra = [n for n in columns if n not in schema.names]
+    if missing or extra:
+        raise EmbedKDError(f"chunk columns do not match the store: missing {missing}, unexpected {extra}")
+    lengths = {n: len(columns[n]) for n in schema.names}
+    if len(set(lengths.values())) > 1:
+        raise EmbedKDError(f"chunk columns have different lengths: {lengths}")
+    return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
+
+
+def _lock(folder: Path) -> int:
+    import fcntl
+
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ArtifactError(f"{folder}: another score-teacher process is writing this store") from None
+    return fd
+
+
+def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    keys = []
+    for key in ("dataset", "candidates", "include_positives", "teachers", "ensemble"):
+        a, b = old.get(key), new.get(key)
+        if key == "teachers":
+            a = [{k: v for k, v in t.items() if k != "spec"} for t in a or []]
+            b = [{k: v for k, v in t.items() if k != "spec"} for t in b or []]
+        if key == "dataset":
+            a = {k: (a or {}).get(k) for k in ("split", "corpus_fingerprint", "queries_fingerprint",
+                                               "qrels_fingerprint", "n_queries")}
+            b = {k: (b or {}).get(k) for k in a}
+        if a != b:
+            keys.append(key)
+    return "differs in " + (", ".join(keys) or "schema")
+
+
+def write_store(folder: str | os.PathLike, manifest: dict, table, *, overwrite: bool = False) -> "ScoreStore":
+    """Write a whole store at once (e.g. a re-weighted ensemble of an existing store) and open it.
+
+    ``table`` holds every row (queries contiguous, split order); it is written as one chunk.
+    """
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise EmbedKDError(f"{folder}: already exists; refusing to overwrite it (pass --overwrite to replace it)")
+    n = int(manifest["dataset"]["n_queries"])
+    w = ScoreStoreWriter.create(folder, manifest, chunk_size=max(n, 1), overwrite=overwrite, resume=False)
+    try:
+        w.write_chunk(0, n - 1, table)
+        w.finalize()
+    finally:
+        w.close()
+    return open_scores(folder)
+
+
+# --------------------------------------------------------------------------------------------- reader
+
+@dataclass
+class ScoreStore:
+    """A validated, read-only score store (see :func:`open_scores`)."""
+
+    path: Path
+    manifest: dict
+    chunks: list[Path]
+
+    @property
+    def teachers(self) -> list[str]:
+        return teacher_names(self.manifest)
+
+    @property
+    def sources(self) -> list[str]:
+        return source_names(self.manifest)
+
+    def table(self, columns: Sequence[str] | None = None):
+        """All rows as one ``pyarrow.Table`` (queries contiguous, split order)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = arrow_schema(self.teachers, self.sources)
+        if not self.chunks:
+            return schema.empty_table() if columns is None else schema.empty_table().select(list(columns))
+        tables = []
+        for p in self.chunks:
+            try:
+                t = pq.read_table(p, columns=list(columns) if columns else None)
+            except Exception as exc:  # noqa: BLE001
+                raise ArtifactError(f"{p}: unreadable chunk ({exc})") from None
+            tables.append(t)
+        return pa.concat_tables(tables)
+
+    def iter_queries(self, column: str = "score") -> Iterator[tuple[str, list[tuple[str, float, int]]]]:
+        """``(qid, [(doc_id, score, label), ...])`` per query in split order, candidates in store order."""
+        self._check_column(column)
+        t = self.table(["query_id", "doc_id", column, "label"])
+        qids, dids = t.column("query_id").to_pylist(), t.column("doc_id").to_pylist()
+        scores, labels = t.column(column).to_pylist(), t.column("label").to_pylist()
+        i, n = 0, len(qids)
+        while i < n:
+            j = i
+            while j < n and qids[j] == qids[i]:
+                j += 1
+            yield qids[i], [(dids[k], float(scores[k]), int(labels[k])) for k in range(i, j)]
+            i = j
+
+    def by_query(self, column: str = "score") -> dict[str, list[tuple[str, float, int]]]:
+        """``{qid: [(doc_id, score, label), ...]}`` sorted by score descending (ties: doc id)."""
+        return {q: sorted(rows, key=lambda r: (-r[1], r[0])) for q, rows in self.iter_queries(column)}
+
+    def to_run(self, column: str = "score") -> dict[str, dict[str, float]]:
+        """A TREC-style run ``{qid: {doc_id: score}}`` of one score column."""
+        return {q: {d: s for d, s, _ in rows} for q, rows in self.iter_queries(column)}
+
+    def qrels(self) -> dict[str, dict[str, int]]:
+        """The judged pairs present in the store (label > 0)."""
+        out: dict[str, dict[str, int]] = {}
+        for q, rows in self.iter_queries():
+            out[q] = {d: lab for d, _, lab in rows if lab > 0}
+        return out
+
+    def check_dataset(self, dataset) -> None:
+        """Refuse when ``dataset`` (a BeirDataset) is not the one the scores were made on."""
+        from embed_kd.data.fingerprint import fingerprint_corpus, fingerprint_qrels, fingerprint_queries
+
+        ds = self.manifest["dataset"]
+        got = {"corpus_fingerprint": fingerprint_corpus(dataset.corpus),
+               "queries_fingerprint": fingerprint_queries(dataset.queries),
+               "qrels_fingerprint": fingerprint_qrels(dataset.qrels)}
+        bad = [k for k, v in got.items() if ds.get(k) != v]
+        if bad:
+            raise ArtifactError(f"{self.path}: scores were made on another dataset/split ({', '.join(bad)} differ; "
+                                f"store: {ds.get('name')}/{ds.get('split')}, given: {dataset.name}/{dataset.split})")
+
+    def _check_column(self, column: str) -> None:
+        allowed = ["score"] + [f"score__{t}" for t in self.teachers]
+        if column not in allowed:
+            raise EmbedKDError(f"{self.path}: no score column {column!r} (available: {', '.join(allowed)})")
+
+
+def open_scores(path: str | os.PathLike, *, allow_incomplete: bool = False) -> ScoreStore:
+    """Open and validate a score store folder.
+
+    Checks: manifest schema and config fingerprint; chunk file names; no overlapping chunks; every
+    query index of the split (or of the shard) covered exactly once when complete; each chunk's
+    Parquet schema equals the manifest's columns. Errors are :class:`ArtifactError` naming the file.
+    """
+    import pyarrow.parquet as pq
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: score store not found")
+    mpath = folder / MANIFEST
+    m = _check_manifest(mpath, read_json(mpath, "score-store manifest"))
+    chunks = _list_chunks(folder)
+    n = int(m["dataset"]["n_queries"])
+    prev_last = -1
+    for a, b, p in chunks:
+        if a <= prev_last:
+            raise ArtifactError(f"{p}: overlaps the previous chunk (queries up to {prev_last})")
+        if b >= n:
+            raise ArtifactError(f"{p}: query index {b} is beyond the split's {n} queries")
+        prev_last = b
+    if not allow_incomplete:
+        if m.get("shard"):
+            raise ArtifactError(f"{folder}: is shard {m['shard']['index']}/{m['shard']['count']} of a sharded run; "
+                                "join the shards with `embed-kd score-teacher merge`")
+        if not m.get("complete"):
+            prog = m.get("progress") or {}
+            raise ArtifactError(f"{folder}: incomplete score store ({prog.get('queries_done', '?')}/{n} queries "
+                                "scored); rerun the same score-teacher command to resume it")
+        covered = sum(b - a + 1 for a, b, _ in chunks)
+        if covered != n or (chunks and (chunks[0][0] != 0 or chunks[-1][1] != n - 1)):
+            raise ArtifactError(f"{folder}: marked complete but its chunks cover {covered} of {n} queries")
+        for (a1, b1, _), (a2, _, p2) in zip(chunks, chunks[1:]):
+            if a2 != b1 + 1:
+                raise ArtifactError(f"{p2}: gap before this chunk (queries {b1 + 1}-{a2 - 1} missing)")
+    expected = arrow_schema(teacher_names(m), source_names(m))
+    for _, _, p in chunks:
+        try:
+            schema = pq.read_schema(p)
+        except Exception as exc:  # noqa: BLE001
+            raise ArtifactError(f"{p}: unreadable chunk ({exc})") from None
+        if schema.names != expected.names:
+            raise ArtifactError(f"{p}: columns {schema.names} do not match the manifest's {expected.names}")
+    return ScoreStore(folder, m, [p for _, _, p in chunks])
+
+
+def merge_stores(shard_folders: Iterable[str | os.PathLike], out: str | os.PathLike, *,
+                 overwrite: bool = False) -> ScoreStore:
+    """Join the shard folders of one sharded run into a complete store at ``out``.
+
+    Every shard must have the same config fingerprint and chunk size, be complete, and together
+    the shards must be exactly ``0..N-1`` of ``count`` (no shard twice, none missing).
+    """
+    from embed_kd.io import atomic_dir
+
+    stores = [open_scores(f, allow_incomplete=True) for f in shard_folders]
+    if not stores:
+        raise EmbedKDError("merge needs at least one shard folder")
+    first = stores[0].manifest
+    count = (first.get("shard") or {}).get("count")
+    seen: dict[int, Path] = {}
+    for s in stores:
+        m = s.manifest
+        if m["config_fingerprint"] != first["config_fingerprint"]:
+            raise ArtifactError(f"{s.path}: made with another config ({m['config_fingerprint']} vs "
+                                f"{first['config_fingerprint']} in {stores[0].path}: {_diff(first, m)})")
+        if m.get("chunk_size") != first.get("chunk_size"):
+            raise ArtifactError(f"{s.path}: chunk size {m.get('chunk_size')} differs from {first.get('chunk_size')}")
+        shard = m.get("shard")
+        if not shard or shard.get("count") != count:
+            raise ArtifactError(f"{s.path}: not a shard of a {count}-way run (shard: {shard})")
+        if shard["index"] in seen:
+            raise ArtifactError(f"{s.path}: shard {shard['index']}/{count} given twice (also {seen[shard['index']]})")
+        seen[shard["index"]] = s.path
+        if not m.get("complete"):
+            prog = m.get("progress") or {}
+            raise ArtifactError(f"{s.path}: shard {shard['index']}/{count} is incomplete "
+                                f"({prog.get('queries_done', '?')} queries done); resume it first")
+        owned = set(chunk_ranges(int(m["dataset"]["n_queries"]), int(m["chunk_size"]), shard))
+        have = {tuple(map(int, _CHUNK_RE.match(p.name).groups())) for p in s.chunks}
+        if have != owned:
+            raise ArtifactError(f"{s.path}: chunks do not match shard {shard['index']}/{count}")
+    missing = sorted(set(range(count or 0)) - set(seen))
+    if missing:
+        raise ArtifactError(f"merge: shard(s) {', '.join(f'{i}/{count}' for i in missing)} missing")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise EmbedKDError(f"{out}: already exists; refusing to overwrite it (pass --overwrite to replace it)")
+    manifest = dict(first)
+    manifest["shard"] = None
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        (tmp / SHARDS).mkdir()
+        rows = chunks = 0
+        for s in stores:
+            rows += s.manifest["progress"]["rows"]
+            for p in s.chunks:
+                shutil.copyfile(p, tmp / SHARDS / p.name)
+                chunks += 1
+        manifest["progress"] = {"queries_done": int(manifest["dataset"]["n_queries"]), "rows": rows, "chunks": chunks}
+        manifest["complete"] = True
+        manifest["merged_from"] = [str(s.path) for s in stores]
+        atomic_write_json(tmp / MANIFEST, manifest)
+    return open_scores(out)
