@@ -30,12 +30,14 @@ def _register() -> None:
     from embed_kd.cli import report as report_cmd
     from embed_kd.cli import index as index_cmd
     from embed_kd.cli import serve as serve_cmd
+    from embed_kd.cli import train as train_cmd
 
     main.add_command(eval_cmd.eval_command)
     main.add_command(models_cmd.models_command)
     main.add_command(report_cmd.report_command)
     main.add_command(index_cmd.index_group)
     main.add_command(serve_cmd.serve_command)
+    main.add_command(train_cmd.train_command)
 
 
 _register()

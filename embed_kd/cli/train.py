@@ -1,0 +1,85 @@
+"""``embed-kd train``: distil a dense student from a score teacher and an embedding teacher."""
+
+from __future__ import annotations
+
+import click
+
+from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosity_options
+
+
+def _layers(text: str | None):
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected comma-separated layer indices, e.g. 0,2,4") from None
+
+
+@click.command("train")
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--data", help="BEIR folder or dataset name (its train split; overrides the config).")
+@click.option("--split", help="qrels split whose queries train the student (default train; never test).")
+@click.option("--scores", type=click.Path(file_okay=False), help="Score store from `embed-kd score-teacher` on the same split.")
+@click.option("--teacher", help="Embedding teacher (alignment targets + frozen documents), e.g. minilm-l6.")
+@click.option("--student", help="Student model: path, hub id or preset.")
+@click.option("--student-from-teacher", is_flag=True, default=None, help="Cut the student out of the teacher (with --keep-layers).")
+@click.option("--keep-layers", help="Teacher layers the cut student keeps, e.g. 0,2,4.")
+@click.option("--output", "-o", type=click.Path(file_okay=False), help="Output folder (a sentence-transformers model).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. train.lr=1e-4 (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint (OUTPUT.work/).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Embedding cache root (default $EMBED_KD_CACHE).")
+@click.option("--limit-queries", type=click.IntRange(1), help="Smoke run: only the first N train queries.")
+@click.option("--limit-docs", type=click.IntRange(1), help="Smoke run: judged docs + others up to N docs.")
+@click.option("--threads", type=click.IntRange(1), help="torch CPU threads.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
+@verbosity_options
+@run_command
+def train_command(config, data, split, scores, teacher, student, student_from_teacher, keep_layers, output, overrides,
+                  overwrite, resume, cache_dir, limit_queries, limit_docs, threads, no_progress, print_config,
+                  verbose, quiet):
+    """Train a small query encoder: Margin-MSE / KL on teacher scores + alignment to the teacher's embeddings.
+
+    \b
+    embed-kd train eval/configs/scifact-l3.yaml
+    embed-kd train --data scifact --scores runs/scifact-train-ens --teacher minilm-l6 \\
+        --student-from-teacher --keep-layers 0,2,4 -o runs/student --set train.max_steps=200
+    """
+    setup_logging(verbose, quiet)
+    set_threads(threads)
+    from embed_kd.training.config import TrainConfig, apply_overrides, with_cli
+
+    cfg = TrainConfig.from_yaml(config) if config else TrainConfig()
+    cfg = with_cli(cfg, data=data, split=split, scores=scores, teacher=teacher, output=output,
+                   **{"student.model": student, "student.from_teacher": student_from_teacher,
+                      "student.keep_layers": _layers(keep_layers)})
+    if student:
+        cfg.student.from_teacher, cfg.student.keep_layers = False, None
+    cfg = apply_overrides(cfg, list(overrides))
+    if print_config:
+        import yaml
+
+        click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return
+    cfg.validate()
+
+    from embed_kd.training.run import train_student
+
+    m = train_student(cfg, overwrite=overwrite, resume=resume, show_progress=not no_progress, cache_dir=cache_dir,
+                      limit_queries=limit_queries, limit_docs=limit_docs, config_file=config,
+                      overrides=list(overrides))
+    tr = m["training"]
+    ex = m["examples"]
+    click.echo(f"student: {m['student']['init']} → {cfg.output}")
+    click.echo(f"examples: score {ex['score']['examples'] if ex['score'] else 0}, "
+               f"align {ex['align']['texts'] if ex['align'] else 0}; steps {tr['global_step']}; "
+               f"training {tr['train_time_s'] / 60:.1f} min"
+               + (" (stopped by the time budget)" if tr["stopped_by_time_budget"] else ""))
+    if m["averaging"]["applied"]:
+        click.echo(f"weights averaged over {', '.join(m['averaging']['checkpoints'])}")
+    if m["dev"]:
+        d = m["dev"]["metrics_final"]
+        click.echo(f"dev ({len(m['dataset']['dev_queries'])} held-out train queries, asymmetric): "
+                   f"nDCG@10 {d.get('dev_ndcg_at_10', float('nan')):.4f}")

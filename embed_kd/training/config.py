@@ -1,0 +1,256 @@
+"""Experiment configuration: one YAML file per experiment, dataclasses, ``--set key=value`` overrides.
+
+A config file (``yaml.safe_load``; unknown keys are refused, naming the key) mirrors
+:class:`TrainConfig`::
+
+    data: scifact                    # BEIR folder or dataset name (train split queries only)
+    split: train
+    scores: path/to/score-store      # `embed-kd score-teacher` output on the same split
+    teacher: minilm-l6               # embedding teacher (alignment targets, frozen documents)
+    output: runs/scifact-l3
+    student: {from_teacher: true, keep_layers: [0, 2, 4]}   # see embed_kd.students.StudentSpec
+    examples:  {negatives: 7, sampling: stratified, rounds: 4, dev_queries: 50, score_norm: zscore,
+                align_texts: [corpus, queries], max_align_texts: null, min_candidates: 4}
+    losses:    {score: margin_mse, score_documents: teacher, score_weight: 1.0, score_scale: 0.1,
+                kl_temperature: 0.05, align: cosine, align_weight: 1.0}
+    train:     {epochs: 1, max_steps: -1, batch_size: 32, lr: 2.0e-4, warmup_ratio: 0.1,
+                weight_decay: 0.01, seed: 42, save_steps: 20, eval_steps: 20, max_time_s: null,
+                threads: null, logging_steps: 10}
+    average:   {enabled: true, last: 3}
+
+Overrides: ``--set train.lr=1e-4 --set student.keep_layers=[1,3,5] --set losses.score=none``; the
+value is parsed with ``yaml.safe_load`` (so numbers, booleans, lists and ``null`` work).
+
+>>> cfg = TrainConfig.from_dict({"data": "d", "scores": "s", "teacher": "t", "output": "o",
+...                              "student": {"from_teacher": True, "keep_layers": [0, 2]}})
+>>> cfg = apply_overrides(cfg, ["train.lr=1e-4", "losses.score=none"])
+>>> cfg.train.lr
+0.0001
+>>> cfg.losses.score
+'none'
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from embed_kd.errors import EmbedKDError
+from embed_kd.students.build import StudentSpec
+
+SCORE_LOSSES = ("margin_mse", "kl", "none")
+ALIGN_LOSSES = ("cosine", "mse", "l2", "none")
+SAMPLINGS = ("stratified", "hardest", "uniform")
+
+
+@dataclass
+class ExamplesConfig:
+    negatives: int = 7                  # negatives per (query, positive) example
+    sampling: str = "stratified"        # how negatives are drawn from the teacher-ranked candidates
+    rounds: int = 4                     # examples per train query (each with a fresh negative sample)
+    dev_queries: int = 50               # train queries held out for the dev-slice evaluation
+    score_norm: str = "zscore"          # per-query normalisation of the teacher's scores (whole list)
+    align_texts: list[str] = field(default_factory=lambda: ["corpus", "queries"])
+    max_align_texts: int | None = None  # cap the alignment texts (random subset, seeded)
+    min_candidates: int = 4             # queries with fewer scored candidates are skipped
+
+
+@dataclass
+class LossesConfig:
+    score: str = "margin_mse"           # margin_mse | kl | none
+    score_documents: str = "teacher"    # teacher: frozen teacher doc embeddings; student: the student encodes docs
+    score_weight: float = 1.0
+    score_scale: float = 0.1            # teacher scores (after score_norm) are multiplied by this
+    kl_temperature: float = 0.05        # student temperature of DistillKLDivLoss (cosine scores are in [-1, 1])
+    align: str = "cosine"               # cosine | mse | l2 | none  (EmbedDistillLoss distance; mse = ST's MSELoss)
+    align_weight: float = 1.0
+
+
+@dataclass
+class TrainingConfig:
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 32
+    lr: float = 2e-4
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    seed: int = 42
+    save_steps: int = 20
+    eval_steps: int = 20
+    logging_steps: int = 10
+    max_time_s: float | None = None     # stop (and save) after this many seconds of training
+    threads: int | None = None
+    sampler: str = "proportional"       # multi-dataset batch sampler: proportional | round_robin
+
+
+@dataclass
+class AverageConfig:
+    enabled: bool = True
+    last: int = 3                       # average the weights of the last N checkpoints (incl. the final one)
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    split: str = "train"
+    scores: str | None = None
+    teacher: str = "minilm-l6"
+    output: str = ""
+    student: StudentSpec = field(default_factory=StudentSpec)
+    examples: ExamplesConfig = field(default_factory=ExamplesConfig)
+    losses: LossesConfig = field(default_factory=LossesConfig)
+    train: TrainingConfig = field(default_factory=TrainingConfig)
+    average: AverageConfig = field(default_factory=AverageConfig)
+    name: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config") -> "TrainConfig":
+        return _build(cls, raw, source)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        p = Path(path)
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise EmbedKDError(f"{p}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise EmbedKDError(f"{p}: not valid YAML ({exc})") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise EmbedKDError(f"{p}: a config is a YAML mapping, got {type(raw).__name__}")
+        return _build(cls, raw, str(p))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "TrainConfig":
+        for key, val, allowed in (("losses.score", self.losses.score, SCORE_LOSSES),
+                                  ("losses.align", self.losses.align, ALIGN_LOSSES),
+                                  ("losses.score_documents", self.losses.score_documents, ("teacher", "student")),
+                                  ("examples.sampling", self.examples.sampling, SAMPLINGS),
+                                  ("examples.score_norm", self.examples.score_norm, ("zscore", "minmax", "none")),
+                                  ("train.sampler", self.train.sampler, ("proportional", "round_robin"))):
+            if val not in allowed:
+                raise EmbedKDError(f"config: {key} = {val!r}; expected one of {', '.join(allowed)}")
+        bad_texts = set(self.examples.align_texts) - {"corpus", "queries"}
+        if bad_texts:
+            raise EmbedKDError(f"config: examples.align_texts has {sorted(bad_texts)}; allowed: corpus, queries")
+        if self.losses.score == "none" and self.losses.align == "none":
+            raise EmbedKDError("config: losses.score and losses.align are both 'none'; nothing to train")
+        if self.losses.score != "none" and not self.scores:
+            raise EmbedKDError("config: losses.score needs a score store (scores: PATH / --scores)")
+        if not self.data:
+            raise EmbedKDError("config: data is required (--data)")
+        if not self.output:
+            raise EmbedKDError("config: output is required (--output)")
+        if self.examples.negatives < 1:
+            raise EmbedKDError("config: examples.negatives must be >= 1")
+        if self.losses.score == "kl" and self.examples.negatives < 1:
+            raise EmbedKDError("config: the listwise KL loss needs >= 1 negative")
+        for key in ("score_weight", "align_weight"):
+            if getattr(self.losses, key) < 0:
+                raise EmbedKDError(f"config: losses.{key} must be >= 0")
+        if self.train.lr <= 0 or self.train.batch_size < 1:
+            raise EmbedKDError("config: train.lr must be > 0 and train.batch_size >= 1")
+        self.student.validate()
+        return self
+
+
+def _build(cls, raw: Any, where: str):
+    if not isinstance(raw, dict):
+        raise EmbedKDError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise EmbedKDError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(fields)})")
+    kwargs = {}
+    for name, value in raw.items():
+        ftype = _nested_type(fields[name])
+        kwargs[name] = _build(ftype, value if value is not None else {}, f"{where}: {name}") if ftype else value
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - unknown keys are caught above
+        raise EmbedKDError(f"{where}: {exc}") from None
+    _check_types(obj, where)
+    return obj
+
+
+_NESTED = {"student": StudentSpec, "examples": ExamplesConfig, "losses": LossesConfig, "train": TrainingConfig,
+           "average": AverageConfig}
+
+
+def _nested_type(f):
+    return _NESTED.get(f.name) if f.name in _NESTED else None
+
+
+def _check_types(obj, where: str) -> None:
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if v is None or dataclasses.is_dataclass(v):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        if isinstance(default, bool) and not isinstance(v, bool):
+            raise EmbedKDError(f"{where}: {f.name} must be true/false, got {v!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise EmbedKDError(f"{where}: {f.name} must be a number, got {v!r}")
+            if isinstance(default, float):
+                setattr(obj, f.name, float(v))
+        if isinstance(default, str) and not isinstance(v, str):
+            raise EmbedKDError(f"{where}: {f.name} must be a string, got {v!r}")
+        if isinstance(default, list) and not isinstance(v, list):
+            raise EmbedKDError(f"{where}: {f.name} must be a list, got {v!r}")
+
+
+def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
+    """Apply ``key.sub=value`` overrides (value parsed by ``yaml.safe_load``) and re-check types."""
+    raw = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise EmbedKDError(f"--set {item!r}: expected key=value (e.g. train.lr=1e-4)")
+        key, _, text = item.partition("=")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise EmbedKDError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+        if isinstance(value, str) and _looks_float(value):
+            value = float(value)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise EmbedKDError(f"--set {item!r}: unknown section {part!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise EmbedKDError(f"--set {item!r}: unknown key {key!r}")
+        node[parts[-1]] = value
+    return _build(TrainConfig, raw, "config (after --set)")
+
+
+def _looks_float(text: str) -> bool:  # yaml 1.1 reads "1e-4" as a string
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def with_cli(cfg: TrainConfig, **values) -> TrainConfig:
+    """Copy of ``cfg`` with top-level/student CLI flags applied (None = not given)."""
+    cfg = copy.deepcopy(cfg)
+    for key, val in values.items():
+        if val is None:
+            continue
+        if key.startswith("student."):
+            setattr(cfg.student, key.split(".", 1)[1], val)
+        else:
+            setattr(cfg, key, val)
+    return cfg

@@ -1,0 +1,190 @@
+"""Training examples for a dense student, built from a teacher-score store and the embedding teacher.
+
+Two example sets, each a Hugging Face ``datasets.Dataset`` the sentence-transformers trainer reads:
+
+**Score examples** (for Margin-MSE / listwise KL), from ``embed-kd score-teacher`` output on the
+**train** split. For each train query (minus the dev slice) and each of ``rounds`` rounds:
+
+- the *positive* is a judged-relevant candidate (cycling through them round by round), or the
+  teacher's top candidate when none is judged;
+- ``negatives`` other candidates (judged positives excluded) are drawn from the teacher-ranked list
+  with the declared ``sampling`` strategy:
+
+  ==============  ==========================================================================
+  ``hardest``     the top-N by teacher score (deterministic; rounds only change the positive)
+  ``uniform``     N uniformly at random
+  ``stratified``  the ranked list is cut into N equal strata and one is drawn from each, so
+                  every example mixes hard, middling and easy negatives (default)
+  ==============  ==========================================================================
+
+- labels are the teacher's scores after per-query normalisation over the query's *whole*
+  candidate list (``score_norm``: zscore | minmax | none, via
+  :func:`embed_kd.teachers.fusion.normalize_scores`).
+
+With ``score_documents: teacher`` a row is ``{"query": text, "label": [[doc_row, score], ...]}``
+(``doc_row`` indexes the teacher's cached corpus matrix; see
+:class:`embed_kd.losses.TeacherDocumentsLoss`); with ``student`` it is
+``{"query", "doc_0", ..., "doc_N", "label": [score_0, ..., score_N]}`` (sentence-transformers'
+multi-negative Margin-MSE / KL format).
+
+**Alignment examples** (LEAF / EmbedDistill): ``{"text", "label": teacher embedding}`` for the corpus
+documents and the train queries (dev slice excluded) — never queries of any other split. Teacher
+embeddings come from the shared embedding cache (:class:`embed_kd.index.EmbeddingCache`), so they
+are computed once per (teacher, texts) and reused by every run and by ``eval``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embed_kd.data.beir import BeirDataset, doc_text
+from embed_kd.data.fingerprint import fingerprint_queries
+from embed_kd.errors import EmbedKDError
+from embed_kd.teachers.fusion import normalize_scores
+
+logger = logging.getLogger(__name__)
+
+
+def split_dev(qids: list[str], n_dev: int, seed: int) -> tuple[list[str], list[str]]:
+    """Carve ``n_dev`` queries (seeded) out of ``qids``: returns ``(train, dev)``, both in input order.
+
+    >>> split_dev(["a", "b", "c", "d"], 1, seed=0)
+    (['a', 'b', 'c'], ['d'])
+    """
+    if n_dev <= 0:
+        return list(qids), []
+    if n_dev >= len(qids):
+        raise EmbedKDError(f"examples.dev_queries = {n_dev} leaves no training queries (only {len(qids)} train queries)")
+    dev = set(random.Random(seed).sample(list(qids), n_dev))
+    return [q for q in qids if q not in dev], [q for q in qids if q in dev]
+
+
+def sample_negatives(ranked: list[str], n: int, strategy: str, rng: random.Random) -> list[str]:
+    """``n`` doc ids from ``ranked`` (teacher order, best first) by ``strategy``; fewer if the list is short.
+
+    >>> sample_negatives(list("abcdefgh"), 2, "hardest", random.Random(0))
+    ['a', 'b']
+    >>> [len(sample_negatives(list("abcdefgh"), k, "stratified", random.Random(0))) for k in (2, 8, 9)]
+    [2, 8, 8]
+    >>> sample_negatives(list("abcdefgh"), 2, "stratified", random.Random(0))[0] in "abcd"
+    True
+    """
+    if n >= len(ranked):
+        return list(ranked)
+    if strategy == "hardest":
+        return ranked[:n]
+    if strategy == "uniform":
+        picked = sorted(rng.sample(range(len(ranked)), n))
+        return [ranked[i] for i in picked]
+    if strategy == "stratified":
+        bounds = [round(i * len(ranked) / n) for i in range(n + 1)]
+        return [ranked[rng.randrange(bounds[i], bounds[i + 1])] for i in range(n)]
+    raise EmbedKDError(f"unknown negative sampling strategy {strategy!r} (hardest, uniform, stratified)")
+
+
+@dataclass
+class ScoreExamples:
+    rows: list[dict]
+    stats: dict = field(default_factory=dict)
+
+
+def build_score_examples(by_query: dict[str, list[tuple[str, float, int]]], dataset: BeirDataset,
+                         train_qids: list[str], *, negatives: int, sampling: str, rounds: int,
+                         score_norm: str, documents: str, doc_row: dict[str, int] | None, seed: int,
+                         min_candidates: int = 2) -> ScoreExamples:
+    """Score examples (see the module docstring) for ``train_qids`` from ``store.by_query()``."""
+    rng = random.Random(seed)
+    rows: list[dict] = []
+    skipped_short, skipped_missing, no_positive = 0, 0, 0
+    for qid in train_qids:
+        cands = by_query.get(qid)
+        if cands is None:
+            skipped_missing += 1
+            continue
+        if len(cands) < max(2, min_candidates):
+            skipped_short += 1
+            continue
+        ids = [d for d, _, _ in cands]
+        unknown = [d for d in ids if d not in dataset.corpus]
+        if unknown:
+            raise EmbedKDError(f"score store: query {qid!r} has candidate {unknown[0]!r} that is not in the corpus "
+                               "(scores made on another corpus?)")
+        norm = normalize_scores([s for _, s, _ in cands], score_norm)
+        score = dict(zip(ids, norm))
+        positives = [d for d, _, lab in cands if lab > 0] or [ids[0]]
+        if not any(lab > 0 for _, _, lab in cands):
+            no_positive += 1
+        pos_set = {d for d, _, lab in cands if lab > 0}
+        pool = [d for d in ids if d not in pos_set and d != positives[0]]
+        for r in range(rounds):
+            pos = positives[r % len(positives)]
+            negs = sample_negatives([d for d in pool if d != pos], negatives, sampling, rng)
+            if len(negs) < negatives:
+                # pad by repeating (keeps a fixed column count); only for very short lists
+                negs = (negs * (negatives // max(1, len(negs)) + 1))[:negatives] if negs else []
+            if not negs:
+                continue
+            docs = [pos, *negs]
+            if documents == "teacher":
+                rows.append({"query": dataset.queries[qid],
+                             "label": [[float(doc_row[d]), float(score[d])] for d in docs]})
+            else:
+                row = {"query": dataset.queries[qid]}
+                row.update({f"doc_{i}": doc_text(dataset.corpus[d]) for i, d in enumerate(docs)})
+                row["label"] = [float(score[d]) for d in docs]
+                rows.append(row)
+    if not rows:
+        raise EmbedKDError("score store: no training examples could be built (no train query has enough "
+                           "scored candidates; check that the store was made on the train split)")
+    stats = {"queries": len(train_qids) - skipped_short - skipped_missing, "examples": len(rows),
+             "skipped_short": skipped_short, "skipped_not_in_store": skipped_missing,
+             "queries_without_judged_positive": no_positive, "negatives": negatives, "sampling": sampling,
+             "rounds": rounds, "score_norm": score_norm, "documents": documents}
+    logger.info("score examples: %d rows from %d queries (%s negatives x %d, %s)", len(rows), stats["queries"],
+                negatives, rounds, sampling)
+    return ScoreExamples(rows, stats)
+
+
+def teacher_query_embeddings(teacher, queries: dict[str, str], qids: list[str], *, cache, batch_size: int = 64,
+                             show_progress: bool = True) -> np.ndarray:
+    """Teacher embeddings of ``qids`` (row order), through the shared embedding cache."""
+    from embed_kd.encode import encode_texts, uses_cosine
+    from embed_kd.models import fingerprint_model, model_name
+
+    normalize = uses_cosine(teacher)
+    sub = {q: queries[q] for q in qids}
+    key = cache.make_key(fingerprint_model(teacher), "queries:" + fingerprint_queries(sub),
+                         getattr(teacher, "max_seq_length", None), normalize)
+    res = cache.get_or_encode(key, qids, lambda: encode_texts(teacher, [sub[q] for q in qids], batch_size=batch_size,
+                                                                normalize=normalize, role="query",
+                                                                show_progress=show_progress),
+                              model=model_name(teacher))
+    return res.embeddings
+
+
+def build_align_examples(dataset: BeirDataset, doc_emb: np.ndarray, doc_ids: list[str], train_qids: list[str],
+                         query_emb: np.ndarray | None, *, texts: list[str], max_texts: int | None,
+                         seed: int) -> tuple[list[str], np.ndarray, dict]:
+    """Alignment texts and their teacher embeddings: corpus documents and/or train queries."""
+    out_texts: list[str] = []
+    rows: list[np.ndarray] = []
+    n_docs = n_q = 0
+    if "corpus" in texts:
+        out_texts += [doc_text(dataset.corpus[d]) for d in doc_ids]
+        rows.append(doc_emb)
+        n_docs = len(doc_ids)
+    if "queries" in texts and query_emb is not None:
+        out_texts += [dataset.queries[q] for q in train_qids]
+        rows.append(query_emb)
+        n_q = len(train_qids)
+    emb = np.concatenate(rows, axis=0) if rows else np.zeros((0, doc_emb.shape[1]), np.float32)
+    if max_texts is not None and max_texts < len(out_texts):
+        keep = sorted(random.Random(seed).sample(range(len(out_texts)), max_texts))
+        out_texts = [out_texts[i] for i in keep]
+        emb = emb[keep]
+    return out_texts, emb, {"texts": len(out_texts), "corpus_docs": n_docs, "train_queries": n_q,
+                            "max_texts": max_texts}

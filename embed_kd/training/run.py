@@ -1,0 +1,325 @@
+"""Train a dense student with the sentence-transformers trainer; save it with a run manifest.
+
+The pieces (all sentence-transformers' own where it has them):
+
+- score loss: ``MarginMSELoss`` or ``DistillKLDivLoss`` on the score-teacher's (normalised, scaled)
+  scores — against frozen teacher document embeddings (``losses.score_documents: teacher``,
+  :class:`embed_kd.losses.TeacherDocumentsLoss`) or with the student encoding the documents too
+  (``student``);
+- alignment loss: ``EmbedDistillLoss`` (cosine / l2) or ``MSELoss`` onto the teacher's embeddings of
+  corpus documents and train queries (LEAF);
+- both in one run through the trainer's multi-dataset mode (a dict of datasets and a dict of losses,
+  batches interleaved by ``multi_dataset_batch_sampler``), each loss with its declared weight
+  (:class:`embed_kd.losses.WeightedLoss`);
+- checkpoints every ``save_steps`` (resume with ``--resume``), seeds, a dev-slice evaluation every
+  ``eval_steps`` (:class:`embed_kd.training.dev_eval.DevRetrievalEvaluator`), progress bars,
+  optional wall-clock budget (``train.max_time_s``), and checkpoint weight averaging at the end.
+
+Output folder (written atomically; refused if it exists unless ``--overwrite``)::
+
+    OUTPUT/                      a plain sentence-transformers folder: SentenceTransformer(OUTPUT)
+      modules.json, config.json, model.safetensors, ...   (projection: a Dense module sub-folder)
+      embed_kd_train.json        the run manifest (below)
+      checkpoints/checkpoint-<step>/   model weights of the kept checkpoints (no optimizer state)
+
+While training, checkpoints live in ``OUTPUT.work/`` (optimizer state included) so that an
+interrupted run resumes with ``--resume``; it is removed when the run completes.
+
+Run manifest ``embed_kd_train.json`` (schema ``embed-kd/train-run@1``)::
+
+    {
+      "schema": "embed-kd/train-run@1",
+      "created": ISO-8601 UTC,
+      "config": the resolved TrainConfig (after the YAML file, CLI flags and --set overrides),
+      "config_file": path or null, "overrides": ["key=value", ...],
+      "dataset": {"name", "path", "split", "corpus_fingerprint", "queries_fingerprint",
+                  "qrels_fingerprint", "n_queries", "train_queries", "dev_queries": [ids], "notes"},
+      "scores": null | {"path", "config_fingerprint", "teachers": [...], "ensemble", "split"},
+      "teacher": {"spec", "fingerprint", "dim", "max_seq_length"},
+      "student": {"init": description, "init_fingerprint", "fingerprint" (final), "dim",
+                  "max_seq_length", "layers", "params"},
+      "examples": {"score": stats | null, "align": stats | null},
+      "training": {"global_step", "epochs", "train_time_s", "stopped_by_time_budget",
+                   "log_history": [trainer logs: loss per dataset, dev metrics, lr]},
+      "averaging": {"enabled", "checkpoints": [names], "applied": bool},
+      "dev": {"metrics_final": {...}} | null,
+      "versions": {...}, "git": {"commit", "dirty"}
+    }
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from embed_kd.errors import ArtifactError, EmbedKDError
+from embed_kd.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+SCHEMA = "embed-kd/train-run@1"
+MANIFEST = "embed_kd_train.json"
+
+
+def git_info() -> dict:
+    """The commit of the embed-kd checkout running this (null outside a git checkout)."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                    capture_output=True, text=True, timeout=10).stdout.strip()) if commit else None
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"commit": commit, "dirty": dirty}
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _time_budget_callback(max_time_s: float | None):
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        def __init__(self):
+            self.start = None
+            self.stopped = False
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if max_time_s and self.start and time.perf_counter() - self.start > max_time_s:
+                logger.warning("time budget of %.0fs reached at step %d: stopping", max_time_s, state.global_step)
+                self.stopped = True
+                control.should_training_stop = True
+                control.should_save = True
+            return control
+
+    return TimeBudget()
+
+
+def _build_losses(cfg: TrainConfig, student, doc_emb: np.ndarray):
+    from sentence_transformers.sentence_transformer.losses import (
+        DistillKLDivLoss, EmbedDistillLoss, MarginMSELoss, MSELoss)
+
+    from embed_kd.losses import ScaledScoreLoss, TeacherDocumentsLoss, WeightedLoss
+
+    losses = {}
+    L = cfg.losses
+    if L.score != "none":
+        inner = MarginMSELoss(student) if L.score == "margin_mse" else \
+            DistillKLDivLoss(student, student_temperature=L.kl_temperature, temperature=1.0)
+        scaled = ScaledScoreLoss(inner, scale=L.score_scale)
+        score_loss = TeacherDocumentsLoss(scaled, doc_emb) if L.score_documents == "teacher" else scaled
+        losses["score"] = WeightedLoss(score_loss, L.score_weight)
+    if L.align != "none":
+        align = MSELoss(student) if L.align == "mse" else EmbedDistillLoss(student, distance_metric=L.align)
+        losses["align"] = WeightedLoss(align, L.align_weight)
+    return losses
+
+
+def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False, show_progress: bool = True,
+                  cache_dir: str | None = None, limit_queries: int | None = None, limit_docs: int | None = None,
+                  config_file: str | None = None, overrides: list[str] | None = None) -> dict:
+    """Run one training experiment; returns the run manifest (also written beside the model)."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    from embed_kd.data import load_beir, resolve_dataset
+    from embed_kd.data.fingerprint import fingerprint_corpus, fingerprint_qrels, fingerprint_queries
+    from embed_kd.encode import uses_cosine
+    from embed_kd.evaluation.retrieval_eval import encode_corpus, model_info, versions
+    from embed_kd.index.cache import EmbeddingCache
+    from embed_kd.io import atomic_dir, atomic_write_json, refuse_existing
+    from embed_kd.models import fingerprint_model, load_sentence_transformer
+    from embed_kd.students.build import build_student
+    from embed_kd.training.averaging import average_checkpoints, list_checkpoints
+    from embed_kd.training.data import (build_align_examples, build_score_examples, split_dev,
+                                        teacher_query_embeddings)
+    from embed_kd.training.dev_eval import DevRetrievalEvaluator
+
+    cfg.validate()
+    out = Path(cfg.output)
+    work = out.with_name(out.name + ".work")
+    refuse_existing(out, overwrite)
+    if work.exists() and not resume:
+        if not overwrite:
+            raise EmbedKDError(f"{work}: an interrupted run of this output exists; pass --resume to continue it "
+                               "or --overwrite to start over")
+        shutil.rmtree(work)
+    if cfg.split == "test":
+        raise EmbedKDError("config: split 'test' — students are trained on train queries only (test queries "
+                           "would leak into the benchmark)")
+    if cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
+    seed_everything(cfg.train.seed)
+    t_start = time.perf_counter()
+
+    folder = resolve_dataset(cfg.data)
+    dataset = load_beir(folder, cfg.split, name=Path(folder).name)
+    full_fps = {"corpus_fingerprint": fingerprint_corpus(dataset.corpus),
+                "queries_fingerprint": fingerprint_queries(dataset.queries),
+                "qrels_fingerprint": fingerprint_qrels(dataset.qrels)}
+    sliced = bool(limit_queries or limit_docs)
+    if sliced:
+        dataset = dataset.sliced(limit_queries, limit_docs)
+
+    store = None
+    by_query = None
+    if cfg.losses.score != "none":
+        from embed_kd.teachers.store import open_scores
+
+        store = open_scores(cfg.scores)
+        split_in_store = store.manifest["dataset"].get("split")
+        if split_in_store != cfg.split:
+            raise ArtifactError(f"{cfg.scores}: scores were made on split {split_in_store!r}, training uses "
+                                f"{cfg.split!r}")
+        if sliced:
+            ds = store.manifest["dataset"]
+            bad = [k for k, v in full_fps.items() if ds.get(k) != v]
+            if bad:
+                raise ArtifactError(f"{cfg.scores}: scores were made on another dataset ({', '.join(bad)} differ)")
+        else:
+            store.check_dataset(dataset)
+        by_query = store.by_query()
+        if sliced:  # smoke run: keep the candidates inside the sliced corpus
+            by_query = {q: [r for r in rows if r[0] in dataset.corpus] for q, rows in by_query.items()}
+
+    teacher = load_sentence_transformer(cfg.teacher)
+    normalize = uses_cosine(teacher)
+    cache = EmbeddingCache(cache_dir)
+    doc_emb, doc_ids, _ = encode_corpus(teacher, dataset, cache=cache, normalize=normalize,
+                                        show_progress=show_progress)
+
+    train_qids, dev_qids = split_dev(list(dataset.queries), cfg.examples.dev_queries, cfg.train.seed)
+    doc_row = {d: i for i, d in enumerate(doc_ids)}
+    score_ex = None
+    if by_query is not None:
+        score_ex = build_score_examples(
+            by_query, dataset, train_qids, negatives=cfg.examples.negatives, sampling=cfg.examples.sampling,
+            rounds=cfg.examples.rounds, score_norm=cfg.examples.score_norm, documents=cfg.losses.score_documents,
+            doc_row=doc_row, seed=cfg.train.seed, min_candidates=cfg.examples.min_candidates)
+    align_stats = None
+    align_texts: list[str] = []
+    align_emb = None
+    if cfg.losses.align != "none":
+        q_emb = teacher_query_embeddings(teacher, dataset.queries, train_qids, cache=cache,
+                                         show_progress=show_progress) if "queries" in cfg.examples.align_texts else None
+        align_texts, align_emb, align_stats = build_align_examples(
+            dataset, doc_emb, doc_ids, train_qids, q_emb, texts=cfg.examples.align_texts,
+            max_texts=cfg.examples.max_align_texts, seed=cfg.train.seed)
+
+    student = build_student(cfg.student, teacher, seed=cfg.train.seed)
+    init_desc, init_fp = cfg.student.describe(), fingerprint_model(student)
+    student_dim = student.get_embedding_dimension()
+    teacher_dim = teacher.get_embedding_dimension()
+    if student_dim != teacher_dim:
+        raise EmbedKDError(f"student makes {student_dim}-dim vectors, the teacher {teacher_dim}-dim; set "
+                           f"student.projection_dim={teacher_dim} so it can query the teacher's documents")
+
+    datasets, losses = {}, _build_losses(cfg, student, doc_emb)
+    if "score" in losses:
+        datasets["score"] = Dataset.from_list(score_ex.rows)
+    if "align" in losses:
+        datasets["align"] = Dataset.from_dict({"text": align_texts, "label": align_emb.tolist()})
+    if len(datasets) == 1:
+        (name,) = datasets
+        train_dataset, loss = datasets[name], losses[name]
+    else:
+        train_dataset, loss = datasets, losses
+
+    evaluator = None
+    if dev_qids:
+        evaluator = DevRetrievalEvaluator({q: dataset.queries[q] for q in dev_qids},
+                                          {q: dataset.qrels[q] for q in dev_qids}, doc_emb, doc_ids,
+                                          normalize=normalize)
+    T = cfg.train
+    ckpt_dir = work / "checkpoints"
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(ckpt_dir), num_train_epochs=T.epochs, max_steps=T.max_steps,
+        per_device_train_batch_size=T.batch_size, learning_rate=T.lr, warmup_ratio=T.warmup_ratio,
+        weight_decay=T.weight_decay, seed=T.seed, data_seed=T.seed, save_strategy="steps", save_steps=T.save_steps,
+        save_total_limit=max(cfg.average.last if cfg.average.enabled else 1, 1) + 1,
+        eval_strategy="steps" if evaluator else "no", eval_steps=T.eval_steps if evaluator else None,
+        logging_steps=T.logging_steps, report_to="none", disable_tqdm=not show_progress, use_cpu=True,
+        multi_dataset_batch_sampler=T.sampler, dataloader_drop_last=False,
+    )
+    budget = _time_budget_callback(T.max_time_s)
+    trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=train_dataset, loss=loss,
+                                         evaluator=evaluator, callbacks=[budget])
+    resume_from = None
+    if resume:
+        ck = list_checkpoints(ckpt_dir)
+        if not ck:
+            raise EmbedKDError(f"--resume: no checkpoint in {ckpt_dir} to resume from")
+        resume_from = str(ck[-1])
+        logger.info("resuming from %s", resume_from)
+    t_train = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume_from)
+    train_time_s = time.perf_counter() - t_train
+    step = trainer.state.global_step
+    final_ckpt = ckpt_dir / f"checkpoint-{step}"
+    if not final_ckpt.exists():
+        student.save(str(final_ckpt))
+    ckpts = list_checkpoints(ckpt_dir)
+
+    averaged = []
+    if cfg.average.enabled and cfg.average.last > 1 and len(ckpts) > 1:
+        averaged = ckpts[-cfg.average.last:]
+        average_checkpoints(student, averaged)
+    dev_final = evaluator(student) if evaluator else None
+    student._embed_kd_fingerprint = None  # fingerprint_model caches on the object; the weights changed
+
+    teacher_info = model_info(teacher)
+    auto = getattr(student[0], "auto_model", None)
+    manifest = {
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": cfg.to_dict(), "config_file": config_file, "overrides": list(overrides or []),
+        "dataset": {"name": dataset.name, "path": str(dataset.path), "split": dataset.split, **full_fps,
+                    "n_queries": len(dataset.queries), "train_queries": len(train_qids), "dev_queries": dev_qids,
+                    "notes": dataset.notes},
+        "scores": None if store is None else {
+            "path": str(store.path), "config_fingerprint": store.manifest.get("config_fingerprint"),
+            "teachers": store.manifest.get("teachers"), "ensemble": store.manifest.get("ensemble"),
+            "split": store.manifest["dataset"].get("split")},
+        "teacher": teacher_info,
+        "student": {"init": init_desc, "init_fingerprint": init_fp, "fingerprint": fingerprint_model(student),
+                    "dim": student_dim, "max_seq_length": student.max_seq_length,
+                    "layers": getattr(getattr(auto, "config", None), "num_hidden_layers", None),
+                    "params": int(sum(p.numel() for p in student.parameters()))},
+        "examples": {"score": score_ex.stats if score_ex else None, "align": align_stats},
+        "training": {"global_step": step, "epochs": trainer.state.epoch, "train_time_s": train_time_s,
+                     "total_time_s": time.perf_counter() - t_start,
+                     "stopped_by_time_budget": budget.stopped, "log_history": trainer.state.log_history},
+        "averaging": {"enabled": cfg.average.enabled, "checkpoints": [p.name for p in averaged],
+                      "applied": bool(averaged)},
+        "dev": {"metrics_final": dev_final} if dev_final else None,
+        "versions": versions(),
+        "git": git_info(),
+    }
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        student.save(str(tmp))
+        keep = tmp / "checkpoints"
+        keep.mkdir()
+        for ck in ckpts:
+            for junk in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin"):
+                (ck / junk).unlink(missing_ok=True)
+            os.replace(ck, keep / ck.name)
+        atomic_write_json(tmp / MANIFEST, manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    logger.info("student saved to %s (%d steps, %.0fs training)", out, step, train_time_s)
+    return manifest
