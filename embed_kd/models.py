@@ -37,13 +37,15 @@ def load_sentence_transformer(spec: str | os.PathLike, *, device: str | None = N
     return model
 
 
-def load_cross_encoder(spec: str | os.PathLike, *, device: str | None = None, max_length: int | None = None) -> "CrossEncoder":
-    """Load a ``CrossEncoder`` from a path, hub id or preset."""
+def load_cross_encoder(spec: str | os.PathLike, *, device: str | None = None, max_length: int | None = None,
+                       **kwargs) -> "CrossEncoder":
+    """Load a ``CrossEncoder`` from a path, hub id or preset (``kwargs`` go to ``CrossEncoder``,
+    e.g. ``backend="onnx", model_kwargs={"file_name": ...}``)."""
     from sentence_transformers import CrossEncoder
 
     source, ms = locate_model(spec)
     try:
-        model = CrossEncoder(source, device=device or "cpu", max_length=max_length)
+        model = CrossEncoder(source, device=device or "cpu", max_length=max_length, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"cross-encoder '{spec}' could not be loaded from {source}: {exc}") from None
     model.embed_kd_spec = str(spec)  # type: ignore[attr-defined]

@@ -28,6 +28,7 @@ def _register() -> None:
     from embed_kd.cli import eval as eval_cmd
     from embed_kd.cli import models as models_cmd
     from embed_kd.cli import report as report_cmd
+    from embed_kd.cli import score_teacher as score_teacher_cmd
     from embed_kd.cli import index as index_cmd
     from embed_kd.cli import serve as serve_cmd
     from embed_kd.cli import train as train_cmd
@@ -35,6 +36,7 @@ def _register() -> None:
     main.add_command(eval_cmd.eval_command)
     main.add_command(models_cmd.models_command)
     main.add_command(report_cmd.report_command)
+    main.add_command(score_teacher_cmd.score_teacher_group)
     main.add_command(index_cmd.index_group)
     main.add_command(serve_cmd.serve_command)
     main.add_command(train_cmd.train_command)

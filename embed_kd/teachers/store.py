@@ -50,7 +50,8 @@ column                    type      meaning
       "complete": bool
     }
 
-Only the fields in ``config_fingerprint`` decide the rows; ``spec`` (where a model was loaded from),
+Only the fields in ``config_fingerprint`` decide the rows; a teacher's ``spec`` and a dense source's
+``model`` (where a model was loaded from; its weights are in ``fingerprint`` / ``model_fingerprint``),
 ``created`` and ``versions`` do not enter it, so the same weights loaded from another folder resume
 the same store. A shard ``I/N`` owns the chunks whose number (first query index // chunk_size) is
 ``I mod N``; ``merge_stores`` joins shard folders into one complete store.
@@ -138,11 +139,12 @@ def config_fingerprint(manifest: Mapping[str, Any]) -> str:
     """Fingerprint of everything that decides the rows (see the module docstring)."""
     ds = manifest["dataset"]
     teachers = [{k: v for k, v in t.items() if k != "spec"} for t in manifest["teachers"]]
+    candidates = [{k: v for k, v in c.items() if k != "model"} for c in manifest["candidates"]]
     return fingerprint_json({
         "schema": SCHEMA,
         "dataset": {k: ds.get(k) for k in ("split", "corpus_fingerprint", "queries_fingerprint",
                                            "qrels_fingerprint", "n_queries")},
-        "candidates": list(manifest["candidates"]),
+        "candidates": candidates,
         "include_positives": bool(manifest.get("include_positives", True)),
         "teachers": teachers,
         "ensemble": manifest.get("ensemble"),
@@ -436,9 +438,10 @@ def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     keys = []
     for key in ("dataset", "candidates", "include_positives", "teachers", "ensemble"):
         a, b = old.get(key), new.get(key)
-        if key == "teachers":
-            a = [{k: v for k, v in t.items() if k != "spec"} for t in a or []]
-            b = [{k: v for k, v in t.items() if k != "spec"} for t in b or []]
+        if key in ("teachers", "candidates"):
+            drop = "spec" if key == "teachers" else "model"
+            a = [{k: v for k, v in t.items() if k != drop} for t in a or []]
+            b = [{k: v for k, v in t.items() if k != drop} for t in b or []]
         if key == "dataset":
             a = {k: (a or {}).get(k) for k in ("split", "corpus_fingerprint", "queries_fingerprint",
                                                "qrels_fingerprint", "n_queries")}

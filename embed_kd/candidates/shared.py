@@ -1,0 +1,78 @@
+"""Fitted retrievers, loaded models and embeddings shared by candidate sources and teachers.
+
+``score-teacher --candidates bm25:100 --teacher bm25`` fits BM25 once; ``dense:minilm-l6:30`` plus a
+``minilm-l6`` bi-encoder teacher load MiniLM once, read its document embeddings once from the
+embedding cache of ``embed-kd eval`` (:func:`~embed_kd.evaluation.retrieval_eval.encode_corpus`)
+and encode each query of a chunk once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from embed_kd.data.beir import BeirDataset
+from embed_kd.encode import encode_texts, uses_cosine
+from embed_kd.index.cache import EmbeddingCache
+from embed_kd.models import fingerprint_model
+
+logger = logging.getLogger(__name__)
+
+
+class SharedResources:
+    """A per-run registry: one BM25 index, one model per spec, one doc-embedding matrix per model."""
+
+    def __init__(self, dataset: BeirDataset, *, cache: EmbeddingCache | None = None, batch_size: int = 32,
+                 show_progress: bool = False):
+        self.dataset = dataset
+        self.cache = cache or EmbeddingCache()
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self._bm25 = {}
+        self._bi = {}
+        self._docs = {}
+        self._queries: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
+
+    def bm25(self, config=None):
+        from embed_kd.candidates.bm25 import BM25Config, BM25Retriever
+
+        config = config or BM25Config()
+        key = config.fingerprint()
+        if key not in self._bm25:
+            logger.info("fitting BM25 on %d documents", len(self.dataset.corpus))
+            self._bm25[key] = BM25Retriever.fit(self.dataset.corpus, config, show_progress=False)
+        return self._bm25[key]
+
+    def bi_encoder(self, spec: str):
+        from embed_kd.models import load_sentence_transformer
+
+        if spec not in self._bi:
+            self._bi[spec] = load_sentence_transformer(spec)
+        return self._bi[spec]
+
+    def doc_embeddings(self, model) -> tuple[np.ndarray, list[str], dict[str, int]]:
+        """``(embeddings, doc_ids, row_of_doc)`` for the whole corpus, from the embedding cache if valid."""
+        from embed_kd.evaluation.retrieval_eval import encode_corpus
+
+        fp = fingerprint_model(model)
+        if fp not in self._docs:
+            emb, ids, res = encode_corpus(model, self.dataset, cache=self.cache, batch_size=self.batch_size,
+                                          normalize=uses_cosine(model), show_progress=self.show_progress)
+            logger.info("document embeddings (%s): %s", "cache hit" if res.hit else "encoded", res.path)
+            self._docs[fp] = (emb, ids, {d: i for i, d in enumerate(ids)})
+        return self._docs[fp]
+
+    def query_embeddings(self, model, qids: Sequence[str]) -> np.ndarray:
+        """Embeddings of ``qids`` (in that order); the last call per model is memoised, so a candidate
+        source and a teacher sharing a model encode a chunk's queries once."""
+        fp = fingerprint_model(model)
+        key = tuple(qids)
+        hit = self._queries.get(fp)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        emb = encode_texts(model, [self.dataset.queries[q] for q in qids], batch_size=self.batch_size,
+                           normalize=uses_cosine(model), role="query", show_progress=False)
+        self._queries[fp] = (key, emb)
+        return emb

@@ -1,0 +1,147 @@
+"""``embed-kd score-teacher``: candidates + teacher scores on disk (run / merge / export)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosity_options
+
+
+class _DefaultRunGroup(click.Group):
+    """``score-teacher --data …`` runs the ``run`` subcommand; ``merge`` / ``export`` are subcommands."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("score-teacher", cls=_DefaultRunGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def score_teacher_group() -> None:
+    """Mine candidates and store teacher scores for a BEIR split (resumable, shardable).
+
+    \b
+    Score:   embed-kd score-teacher --data scifact --split train --candidates bm25:50 \\
+               --candidates dense:minilm-l6:50 --teacher ce:runs/my-ce -o scores/scifact-ce
+    Ensemble: --teacher bm25 --teacher minilm-l6 --ensemble zscore [--weights bm25=1,minilm-l6=2]
+    Shards:  --shard 0/2 -o scores/s0  and  --shard 1/2 -o scores/s1, then
+             embed-kd score-teacher merge scores/s0 scores/s1 -o scores/all
+    Export:  embed-kd score-teacher export scores/all --format margin-mse-tsv -o triples.tsv
+    """
+
+
+def _parse_shard(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"expected I/N (e.g. 0/4), got {value!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise click.BadParameter(f"expected 0 <= I < N, got {value!r}")
+    return (i, n)
+
+
+@score_teacher_group.command("run")
+@click.option("--data", required=True, help="BEIR folder, or a dataset name resolved under $EMBED_KD_DATA.")
+@click.option("--split", default="train", show_default=True, help="qrels split whose queries are scored.")
+@click.option("--candidates", "candidates", multiple=True, required=True,
+              help="Candidate source, repeatable: bm25:K or dense:MODEL:K (optionally NAME=...).")
+@click.option("--teacher", "teachers", multiple=True, required=True,
+              help="Teacher, repeatable: ce:MODEL, bi:MODEL, bm25, or MODEL (optionally NAME=...).")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Score store folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store made with another config.")
+@click.option("--ensemble", "ensemble_norm", type=click.Choice(["zscore", "minmax", "mean", "none"]), default="zscore",
+              show_default=True, help="With several teachers: per-query normalisation before the weighted average.")
+@click.option("--weights", help="Ensemble weights, e.g. ce=2,bm25=1 (default 1 each).")
+@click.option("--activation", type=click.Choice(["none", "sigmoid"]), default="none", show_default=True,
+              help="Cross-encoder output: raw logits (none) or sigmoid.")
+@click.option("--max-length", type=click.IntRange(8), help="Cross-encoder max tokens (default: the model's).")
+@click.option("--backend", type=click.Choice(["torch", "onnx", "openvino"]), default="torch", show_default=True,
+              help="Cross-encoder runtime: torch (exact) or a sentence-transformers backend (fast).")
+@click.option("--backend-file", help="Backend model file, e.g. onnx/model_qint8_avx512_vnni.onnx.")
+@click.option("--chunk-size", default=32, show_default=True, type=click.IntRange(1),
+              help="Queries per committed chunk (the unit of resume).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Pairs per model batch.")
+@click.option("--shard", callback=_parse_shard, help="Score only shard I of N (I/N, 0-based); merge them after.")
+@click.option("--limit", type=click.IntRange(1), help="Smoke run: only the first N judged queries.")
+@click.option("--no-positives", is_flag=True, help="Do not add qrels positives that no source retrieved.")
+@click.option("--allow-missing-ids", is_flag=True, help="Drop (and count) qrels rows naming unknown ids.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Embedding cache root (default $EMBED_KD_CACHE).")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the document-embedding cache.")
+@click.option("--threads", type=click.IntRange(1), help="torch CPU threads.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@verbosity_options
+@run_command
+def run_command_(data, split, candidates, teachers, output, overwrite, ensemble_norm, weights, activation,
+                 max_length, backend, backend_file, chunk_size, batch_size, shard, limit, no_positives,
+                 allow_missing_ids, cache_dir, no_cache, threads, no_progress, verbose, quiet):
+    """Score candidates of a split with one or more teachers into a score store (resumes by default)."""
+    from embed_kd.data import load_beir, resolve_dataset
+    from embed_kd.teachers.combine import parse_weights
+    from embed_kd.teachers.scorers import parse_teacher_spec
+    from embed_kd.teachers.scoring import ScoreOptions, score_teacher
+
+    setup_logging(verbose, quiet)
+    set_threads(threads)
+    names = [parse_teacher_spec(t).name for t in teachers]
+    w = parse_weights(weights, names) if weights else None
+    folder = resolve_dataset(data)
+    dataset = load_beir(folder, split, name=Path(folder).name, allow_missing_ids=allow_missing_ids)
+    opts = ScoreOptions(chunk_size=chunk_size, batch_size=batch_size, shard=shard, limit=limit, overwrite=overwrite,
+                        include_positives=not no_positives, activation=None if activation == "none" else activation,
+                        max_length=max_length, backend=backend, backend_file=backend_file,
+                        ensemble_norm=ensemble_norm, weights=w, cache_dir=cache_dir, use_cache=not no_cache,
+                        show_progress=not no_progress)
+    s = score_teacher(dataset, candidates, teachers, output, opts)
+    rate = f"{s['pairs_per_s']:.1f} pairs/s" if s["pairs_per_s"] else "n/a"
+    click.echo(f"{s['out']}: {s['rows']} rows, complete={s['complete']}; this run scored {s['queries_scored']} "
+               f"queries / {s['pairs']} pairs ({rate}), skipped {s['chunks_skipped']} committed chunk(s); "
+               f"{s['total_s']:.1f}s", err=True)
+
+
+@score_teacher_group.command("merge")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Merged store folder.")
+@click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
+@verbosity_options
+@run_command
+def merge_command(shards, output, overwrite, verbose, quiet):
+    """Join the shard folders of a --shard I/N run into one complete store (checks completeness)."""
+    from embed_kd.teachers.store import merge_stores
+
+    setup_logging(verbose, quiet)
+    store = merge_stores(shards, output, overwrite=overwrite)
+    click.echo(f"{output}: merged {len(shards)} shard(s), {store.manifest['progress']['rows']} rows, "
+               f"{store.manifest['dataset']['n_queries']} queries", err=True)
+
+
+@score_teacher_group.command("export")
+@click.argument("store", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["margin-mse-tsv", "hf-margin-mse", "hf-listwise", "hf-scores"]),
+              required=True, help="margin-mse-tsv: pos_score neg_score qid pos_id neg_id; hf-*: a datasets folder "
+                                  "(save_to_disk) with texts, ready for sentence-transformers losses.")
+@click.option("--output", "-o", required=True, type=click.Path(), help="Output file (tsv) or folder (hf-*).")
+@click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
+@click.option("--column", default="score", show_default=True, help="Score column: score or score__<teacher>.")
+@click.option("--negatives", type=click.IntRange(1), help="Negatives per positive / per list (highest-scored first; "
+                                                          "default all for TSV, 8 for hf-listwise).")
+@click.option("--data", help="BEIR folder or name, for texts (hf-margin-mse / hf-listwise); default: the store's.")
+@verbosity_options
+@run_command
+def export_command(store, fmt, output, overwrite, column, negatives, data, verbose, quiet):
+    """Export a score store as Margin-MSE triples (TSV) or a Hugging Face dataset."""
+    from embed_kd.teachers import export as ex
+    from embed_kd.teachers.store import open_scores
+
+    setup_logging(verbose, quiet)
+    st = open_scores(store)
+    if fmt == "margin-mse-tsv":
+        n = ex.export_margin_mse_tsv(st, output, column=column, negatives_per_positive=negatives, overwrite=overwrite)
+    else:
+        kind = fmt.removeprefix("hf-")
+        n = ex.export_hf(st, output, kind=kind, column=column, negatives=negatives, data=data, overwrite=overwrite)
+    click.echo(f"{output}: {n} rows ({fmt})", err=True)

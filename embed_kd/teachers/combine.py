@@ -1,0 +1,87 @@
+"""Combine several teachers' scores for one query into the store's ``score`` column.
+
+For teachers ``t`` with scores ``s_t`` over one query's candidates and weights ``w_t`` (default 1):
+
+=========  =====================================================================
+norm       ``score`` (per candidate ``d`` of the query)
+=========  =====================================================================
+``mean``   ``Σ_t w_t · s_t(d) / Σ_t w_t`` — a plain (weighted) average of raw scores
+``none``   same as ``mean``
+``zscore`` ``Σ_t w_t · z_t(d) / Σ_t w_t`` with ``z_t`` = per-query z-score of ``s_t``
+``minmax`` ``Σ_t w_t · m_t(d) / Σ_t w_t`` with ``m_t`` = per-query min-max of ``s_t``
+=========  =====================================================================
+
+Normalisations are :func:`embed_kd.teachers.fusion.normalize_scores` (population std; a constant
+column normalises to 0). Dividing by ``Σ w`` keeps the ensemble on the scale of one normalised
+teacher, so Margin-MSE margins do not grow with the number of teachers. Every teacher scores every
+candidate, so unlike :func:`~embed_kd.teachers.fusion.fuse_runs` no document is missing.
+
+Inputs: ``columns`` ``{teacher: [score per candidate]}`` (equal lengths); output: ``list[float]``.
+
+>>> combine_scores({"ce": [3.0, 1.0], "bm25": [10.0, 30.0]}, "zscore")
+[0.0, 0.0]
+>>> combine_scores({"ce": [3.0, 1.0], "bm25": [10.0, 30.0]}, "zscore", {"ce": 3, "bm25": 1})
+[0.5, -0.5]
+>>> combine_scores({"a": [1.0, 2.0], "b": [3.0, 4.0]}, "mean")
+[2.0, 3.0]
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from embed_kd.errors import EmbedKDError
+from embed_kd.teachers.fusion import normalize_scores
+
+NORMS = ("zscore", "minmax", "none", "mean")
+
+
+def parse_weights(text: str | None, teachers: Sequence[str]) -> dict[str, float]:
+    """``"ce=2,bm25=0.5"`` → ``{"ce": 2.0, "bm25": 0.5}``; unnamed teachers get 1.0.
+
+    >>> parse_weights("ce=2", ["ce", "bm25"])
+    {'ce': 2.0, 'bm25': 1.0}
+    """
+    weights = {t: 1.0 for t in teachers}
+    if not text:
+        return weights
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise EmbedKDError(f"--weights {text!r}: expected name=weight pairs separated by commas")
+        if name not in weights:
+            raise EmbedKDError(f"--weights: unknown teacher '{name}' (teachers: {', '.join(teachers)})")
+        try:
+            w = float(value)
+        except ValueError:
+            raise EmbedKDError(f"--weights: weight of '{name}' must be a number, got {value!r}") from None
+        if w < 0:
+            raise EmbedKDError(f"--weights: weight of '{name}' must be >= 0, got {w}")
+        weights[name] = w
+    if sum(weights.values()) <= 0:
+        raise EmbedKDError("--weights: at least one weight must be > 0")
+    return weights
+
+
+def combine_scores(columns: Mapping[str, Sequence[float]], norm: str,
+                   weights: Mapping[str, float] | None = None) -> list[float]:
+    """One query's ensemble score per candidate (see the module docstring for the formula)."""
+    if norm not in NORMS:
+        raise ValueError(f"ensemble norm must be one of {NORMS}, got {norm!r}")
+    if not columns:
+        raise ValueError("no teacher columns to combine")
+    lengths = {t: len(c) for t, c in columns.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"teacher columns must have one score per candidate; got lengths {lengths}")
+    n = next(iter(lengths.values()))
+    w = {t: float((weights or {}).get(t, 1.0)) for t in columns}
+    total_w = sum(w.values())
+    if total_w <= 0:
+        raise ValueError("ensemble weights sum to 0")
+    out = [0.0] * n
+    for t, col in columns.items():
+        vals = normalize_scores(col, "none" if norm == "mean" else norm)
+        for i, v in enumerate(vals):
+            out[i] += w[t] * v
+    return [v / total_w for v in out]

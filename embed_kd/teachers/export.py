@@ -1,0 +1,134 @@
+"""Export a teacher-score store to the formats distillation code consumes.
+
+**Margin-MSE triples TSV** (Hofstätter et al., 2020, "Improving Efficient Neural Ranking Models
+with Cross-Architecture Knowledge Distillation" — their published teacher files), no header::
+
+    pos_score <TAB> neg_score <TAB> query_id <TAB> pos_doc_id <TAB> neg_doc_id
+
+one line per (query, positive, negative): positives are the candidates with ``label > 0``,
+negatives those with ``label == 0``, highest teacher score first (``negatives_per_positive`` keeps
+the N hardest). Scores come from one store column (``score`` by default).
+
+**Hugging Face datasets** (``datasets.Dataset.save_to_disk`` folders), with texts so that
+sentence-transformers losses consume them directly:
+
+==============  ===============================================  =====================================
+kind            columns                                           loss
+==============  ===============================================  =====================================
+``margin-mse``  query, positive, negative, label (= s⁺ − s⁻)      ``MarginMSELoss`` (bi- / cross-encoder)
+``listwise``    query, positive, negative_1..n, label [s⁺, s⁻…]   ``DistillKLDivLoss``
+``scores``      the store's rows as they are (ids, no texts)      your own pipeline
+==============  ===============================================  =====================================
+
+Queries without a positive among their candidates, or without negatives, produce no example.
+
+>>> rows = [("d1", 3.0, 1), ("d2", 1.0, 0), ("d3", 2.0, 0)]
+>>> list(margin_triples("q", rows))
+[(3.0, 2.0, 'q', 'd1', 'd3'), (3.0, 1.0, 'q', 'd1', 'd2')]
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from embed_kd.errors import ArtifactError, EmbedKDError
+
+logger = logging.getLogger(__name__)
+
+
+def margin_triples(qid: str, rows: Sequence[tuple[str, float, int]], negatives_per_positive: int | None = None
+                   ) -> Iterator[tuple[float, float, str, str, str]]:
+    """``(pos_score, neg_score, qid, pos_id, neg_id)`` for one query's ``(doc_id, score, label)`` rows."""
+    pos = sorted((r for r in rows if r[2] > 0), key=lambda r: (-r[1], r[0]))
+    neg = sorted((r for r in rows if r[2] <= 0), key=lambda r: (-r[1], r[0]))
+    if negatives_per_positive:
+        neg = neg[:negatives_per_positive]
+    for p in pos:
+        for n in neg:
+            yield p[1], n[1], qid, p[0], n[0]
+
+
+def export_margin_mse_tsv(store, path, *, column: str = "score", negatives_per_positive: int | None = None,
+                          overwrite: bool = False) -> int:
+    """Write the triples TSV atomically; returns the number of lines."""
+    from embed_kd.io import atomic_write_text, refuse_existing
+
+    refuse_existing(path, overwrite)
+    lines = []
+    for qid, rows in store.iter_queries(column):
+        for ps, ns, q, pid, nid in margin_triples(qid, rows, negatives_per_positive):
+            lines.append(f"{ps:.7g}\t{ns:.7g}\t{q}\t{pid}\t{nid}\n")
+    if not lines:
+        raise EmbedKDError(f"{store.path}: no (positive, negative) pair in the store; nothing to export")
+    atomic_write_text(path, "".join(lines), overwrite=overwrite)
+    return len(lines)
+
+
+def _texts(store, data: str | None):
+    from embed_kd.data import load_beir, resolve_dataset
+    from embed_kd.data.fingerprint import fingerprint_corpus
+
+    ds_meta = store.manifest["dataset"]
+    folder = resolve_dataset(data or ds_meta.get("path") or ds_meta["name"])
+    ds = load_beir(folder, ds_meta["split"], allow_missing_ids=True)
+    if fingerprint_corpus(ds.corpus) != ds_meta["corpus_fingerprint"]:
+        raise ArtifactError(f"{store.path}: scores were made on another corpus than {folder} "
+                            "(corpus fingerprints differ); pass --data with the right dataset")
+    return ds
+
+
+def examples(store, dataset, *, kind: str, column: str = "score", negatives: int | None = None) -> dict[str, list]:
+    """Columns of the ``margin-mse`` or ``listwise`` dataset (see the module docstring)."""
+    cols: dict[str, list] = {"query": [], "positive": []}
+    n_neg = negatives or 8
+    if kind == "margin-mse":
+        cols.update(negative=[], label=[])
+    elif kind == "listwise":
+        cols.update({f"negative_{i + 1}": [] for i in range(n_neg)}, label=[])
+    else:
+        raise EmbedKDError(f"unknown export kind {kind!r}")
+    for qid, rows in store.iter_queries(column):
+        if qid not in dataset.queries:
+            raise ArtifactError(f"{store.path}: query '{qid}' is not in {dataset.path}")
+        q_text = dataset.queries[qid]
+        if kind == "margin-mse":
+            for ps, ns, _, pid, nid in margin_triples(qid, rows, negatives):
+                cols["query"].append(q_text)
+                cols["positive"].append(dataset.doc_text(pid))
+                cols["negative"].append(dataset.doc_text(nid))
+                cols["label"].append(float(ps - ns))
+            continue
+        pos = sorted((r for r in rows if r[2] > 0), key=lambda r: (-r[1], r[0]))
+        neg = sorted((r for r in rows if r[2] <= 0), key=lambda r: (-r[1], r[0]))[:n_neg]
+        if len(neg) < n_neg:
+            continue  # a fixed number of columns: queries with fewer negatives are skipped
+        for p in pos:
+            cols["query"].append(q_text)
+            cols["positive"].append(dataset.doc_text(p[0]))
+            for i, n in enumerate(neg):
+                cols[f"negative_{i + 1}"].append(dataset.doc_text(n[0]))
+            cols["label"].append([float(p[1])] + [float(n[1]) for n in neg])
+    return cols
+
+
+def export_hf(store, path, *, kind: str, column: str = "score", negatives: int | None = None,
+              data: str | None = None, overwrite: bool = False) -> int:
+    """Write a ``datasets`` folder (``load_from_disk``-able) atomically; returns its number of rows."""
+    import datasets
+
+    from embed_kd.io import atomic_dir
+
+    store._check_column(column)
+    if kind == "scores":
+        ds = datasets.Dataset(store.table())
+    else:
+        cols = examples(store, _texts(store, data), kind=kind, column=column, negatives=negatives)
+        if not cols["query"]:
+            raise EmbedKDError(f"{store.path}: no training example could be made (no positive with enough negatives)")
+        ds = datasets.Dataset.from_dict(cols)
+    with atomic_dir(Path(path), overwrite=overwrite) as tmp:
+        ds.save_to_disk(str(tmp))
+    logger.info("wrote %d %s examples to %s", len(ds), kind, path)
+    return len(ds)

@@ -1,0 +1,267 @@
+"""Teachers that score (query, document) candidate pairs: cross-encoder, bi-encoder, BM25.
+
+A teacher spec (``--teacher``; ``NAME=`` is optional and names the ``score__NAME`` column)::
+
+    bm25                      BM25 score of the pair (bm25s; the same index as bm25 candidates)
+    ce:MODEL | cross-encoder:MODEL
+                              a sentence-transformers CrossEncoder (path, hub id or preset):
+                              raw logits by default (Margin-MSE needs unsquashed margins),
+                              ``--activation sigmoid`` to squash
+    bi:MODEL | bi-encoder:MODEL
+                              a SentenceTransformer: similarity of query and document embeddings
+                              (document embeddings from the shared embedding cache)
+    MODEL                     kind guessed from the model folder / preset (cross-encoder when its
+                              config is a *ForSequenceClassification)
+
+Default names: ``bm25``, the preset name, or the model folder's / hub id's last part.
+
+Cross-encoder scoring (:class:`CrossEncoderTeacher`) tokenises each pair once (fast tokenizer,
+truncation to ``max_length``), sorts the pairs of a chunk by token length (longest first) so a
+batch pads little, pads each batch from the ready token ids and runs the model's forward — the
+same computation as ``CrossEncoder.predict`` (exact mode: equal within float rounding). The
+backend may be ``torch`` (exact) or ``onnx`` / ``openvino`` (sentence-transformers' backends, e.g.
+an int8-quantised ONNX file: fast mode, scores drift slightly; see eval/results/).
+
+>>> parse_teacher_spec("bm25")
+TeacherSpec(kind='bm25', name='bm25', model=None)
+>>> parse_teacher_spec("big=ce:/models/my-ce")
+TeacherSpec(kind='cross-encoder', name='big', model='/models/my-ce')
+>>> teacher_name_from_model("sentence-transformers/all-MiniLM-L6-v2")
+'all-MiniLM-L6-v2'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from embed_kd.errors import EmbedKDError, ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+_KIND_PREFIX = {"ce": "cross-encoder", "cross-encoder": "cross-encoder", "bi": "bi-encoder",
+                "bi-encoder": "bi-encoder"}
+ACTIVATIONS = (None, "sigmoid")
+BACKENDS = ("torch", "onnx", "openvino")
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    kind: str
+    name: str
+    model: str | None = None
+
+
+def teacher_name_from_model(model: str) -> str:
+    """A column-safe name for a model spec: the last path / hub-id part."""
+    base = Path(str(model).rstrip("/")).name or str(model)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-.")
+    return name or "teacher"
+
+
+def parse_teacher_spec(text: str) -> TeacherSpec:
+    """Parse a ``--teacher`` value (see the module docstring); the model is not loaded here."""
+    raw = text.strip()
+    if not raw:
+        raise EmbedKDError("--teacher: empty spec")
+    name = None
+    head = raw.split(":", 1)[0]
+    if "=" in head and not head.startswith(("/", ".")):
+        name, raw = (p.strip() for p in raw.split("=", 1))
+    if raw.lower() == "bm25":
+        return TeacherSpec("bm25", name or "bm25")
+    prefix, sep, rest = raw.partition(":")
+    if sep and prefix.lower() in _KIND_PREFIX:
+        kind, model = _KIND_PREFIX[prefix.lower()], rest
+    else:
+        kind, model = None, raw
+    if not model:
+        raise EmbedKDError(f"--teacher {text!r}: missing model")
+    if kind is None:
+        from embed_kd.presets import resolve_model_spec
+
+        try:
+            ms = resolve_model_spec(model)
+        except ModelNotFoundError as exc:
+            raise EmbedKDError(f"--teacher {text!r}: unknown teacher ({exc})") from None
+        kind = ms.kind
+        if kind not in ("cross-encoder", "bi-encoder"):
+            raise EmbedKDError(f"--teacher {text!r}: cannot tell whether '{model}' is a cross-encoder or a "
+                               "bi-encoder; write ce:MODEL or bi:MODEL")
+    return TeacherSpec(kind, name or teacher_name_from_model(model), model)
+
+
+class Teacher:
+    """Scores candidate pairs of a chunk of queries; ``manifest_entry`` describes it for the store."""
+
+    spec: TeacherSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def manifest_entry(self) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def score(self, queries: Sequence[str], docs: Sequence[Sequence[str]],
+              progress: Callable[[int], None] | None = None) -> list[np.ndarray]:  # pragma: no cover
+        """``docs[i]`` are the candidate doc ids of query ``queries[i]``; one float32 array per query."""
+        raise NotImplementedError
+
+
+class BM25Teacher(Teacher):
+    def __init__(self, spec: TeacherSpec, resources):
+        self.spec = spec
+        self.res = resources
+        self.bm25 = resources.bm25()
+
+    def manifest_entry(self) -> dict:
+        return {"name": self.name, "spec": "bm25", "kind": "bm25", "fingerprint": self.bm25.config.fingerprint(),
+                "activation": None, "max_length": None, "backend": "bm25s"}
+
+    def score(self, queries, docs, progress=None):
+        ds = self.res.dataset
+        scored = self.bm25.score_pairs({q: ds.queries[q] for q in queries}, {q: list(d) for q, d in zip(queries, docs)})
+        out = [np.array([scored[q][d] for d in dl], dtype=np.float32) for q, dl in zip(queries, docs)]
+        if progress:
+            progress(sum(len(d) for d in docs))
+        return out
+
+
+class BiEncoderTeacher(Teacher):
+    def __init__(self, spec: TeacherSpec, resources):
+        from embed_kd.models import fingerprint_model
+
+        self.spec = spec
+        self.res = resources
+        self.model = resources.bi_encoder(spec.model)
+        self.fingerprint = fingerprint_model(self.model)
+        self.res.doc_embeddings(self.model)
+
+    def manifest_entry(self) -> dict:
+        return {"name": self.name, "spec": self.spec.model, "kind": "bi-encoder", "fingerprint": self.fingerprint,
+                "activation": None, "max_length": getattr(self.model, "max_seq_length", None),
+                "backend": "torch", "similarity": str(getattr(self.model, "similarity_fn_name", None) or "cosine")}
+
+    def score(self, queries, docs, progress=None):
+        import torch
+
+        emb, _, row = self.res.doc_embeddings(self.model)
+        q_emb = self.res.query_embeddings(self.model, list(queries))
+        out = []
+        for i, dl in enumerate(docs):
+            d_emb = emb[[row[d] for d in dl]]
+            sims = self.model.similarity(torch.from_numpy(q_emb[i : i + 1]), torch.from_numpy(d_emb))[0]
+            out.append(sims.detach().cpu().numpy().astype(np.float32))
+            if progress:
+                progress(len(dl))
+        return out
+
+
+class CrossEncoderTeacher(Teacher):
+    """A sentence-transformers ``CrossEncoder``, scored with length-sorted, pre-tokenised batches."""
+
+    def __init__(self, spec: TeacherSpec, resources, *, activation: str | None = None, max_length: int | None = None,
+                 batch_size: int = 32, backend: str = "torch", backend_file: str | None = None):
+        from embed_kd.models import fingerprint_model, load_cross_encoder
+
+        if activation not in ACTIVATIONS:
+            raise EmbedKDError(f"--activation must be one of none, sigmoid; got {activation!r}")
+        if backend not in BACKENDS:
+            raise EmbedKDError(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        self.spec = spec
+        self.res = resources
+        self.activation = activation
+        self.batch_size = batch_size
+        self.backend = backend
+        self.backend_file = backend_file
+        kwargs = {}
+        if backend != "torch":
+            kwargs = {"backend": backend}
+            if backend_file:
+                kwargs["model_kwargs"] = {"file_name": backend_file}
+        self.model = load_cross_encoder(spec.model, max_length=max_length, **kwargs)
+        if self.model.num_labels != 1:
+            raise EmbedKDError(f"--teacher {spec.model}: a teacher cross-encoder must output one score "
+                               f"(num_labels=1), this one has {self.model.num_labels}")
+        self.max_length = int(self.model.max_seq_length)
+        self.fingerprint = fingerprint_model(self.model) if backend == "torch" else self._backend_fingerprint()
+
+    def _backend_fingerprint(self) -> str:
+        """ONNX/OpenVINO weights are not torch parameters: hash the backend model file(s) instead."""
+        from embed_kd.presets import locate_model
+
+        source, _ = locate_model(self.spec.model)
+        sub = "onnx" if self.backend == "onnx" else "openvino"
+        fname = self.backend_file or ("model.onnx" if self.backend == "onnx" else "openvino_model.xml")
+        path = Path(source) / fname if (Path(source) / fname).exists() else Path(source) / sub / Path(fname).name
+        h = hashlib.sha256(f"{self.backend}:{fname}:max_length={self.max_length}".encode())
+        files = [path] + ([path.with_suffix(".bin")] if self.backend == "openvino" else [])
+        for f in files:
+            if f.is_file():
+                with f.open("rb") as fh:
+                    while block := fh.read(1 << 22):
+                        h.update(block)
+        return h.hexdigest()[:16]
+
+    def manifest_entry(self) -> dict:
+        return {"name": self.name, "spec": self.spec.model, "kind": "cross-encoder", "fingerprint": self.fingerprint,
+                "activation": self.activation, "max_length": self.max_length,
+                "backend": self.backend if not self.backend_file else f"{self.backend}:{self.backend_file}"}
+
+    def score_texts(self, pairs: Sequence[tuple[str, str]], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Scores of ``(query text, doc text)`` pairs in input order (float32)."""
+        import torch
+
+        n = len(pairs)
+        out = np.empty(n, dtype=np.float32)
+        if n == 0:
+            return out
+        tok = self.model.tokenizer
+        enc = tok([p[0] for p in pairs], [p[1] for p in pairs], truncation=True, max_length=self.max_length)
+        keys = list(enc.keys())
+        lengths = np.array([len(ids) for ids in enc["input_ids"]])
+        order = np.argsort(-lengths, kind="stable")
+        self.model.eval()
+        with torch.inference_mode():
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                feats = tok.pad({k: [enc[k][i] for i in idx] for k in keys}, return_tensors="pt")
+                feats = {k: v.to(self.model.device) for k, v in feats.items()}
+                scores = self.model(feats)["scores"]
+                if torch.is_floating_point(scores) and torch.finfo(scores.dtype).bits < 32:
+                    scores = scores.float()
+                if self.activation == "sigmoid":
+                    scores = torch.sigmoid(scores)
+                out[idx] = scores.reshape(len(idx), -1)[:, 0].detach().cpu().numpy()
+                if progress:
+                    progress(len(idx))
+        return out
+
+    def score(self, queries, docs, progress=None):
+        ds = self.res.dataset
+        pairs, bounds = [], []
+        for q, dl in zip(queries, docs):
+            start = len(pairs)
+            pairs += [(ds.queries[q], ds.doc_text(d)) for d in dl]
+            bounds.append((start, len(pairs)))
+        flat = self.score_texts(pairs, progress)
+        return [flat[a:b] for a, b in bounds]
+
+
+def build_teacher(spec: TeacherSpec, resources, **ce_options) -> Teacher:
+    """Load the teacher a spec names (raises EmbedKDError with the spec when it cannot)."""
+    if spec.kind == "bm25":
+        return BM25Teacher(spec, resources)
+    try:
+        if spec.kind == "bi-encoder":
+            return BiEncoderTeacher(spec, resources)
+        return CrossEncoderTeacher(spec, resources, **ce_options)
+    except ModelNotFoundError as exc:
+        raise EmbedKDError(f"--teacher {spec.name}: unknown teacher ({exc})") from None

@@ -1,0 +1,269 @@
+"""`embed-kd score-teacher` end to end with tiny config-built models on the tiny BEIR dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from embed_kd.cli import main
+from embed_kd.teachers.store import open_scores
+
+
+def build_tiny_cross_encoder(path: Path, vocab: list[str], *, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """A 2-layer BertForSequenceClassification (num_labels=1) + the tiny tokenizer, loadable by CrossEncoder."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    torch.manual_seed(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True, model_max_length=48).save_pretrained(path)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=hidden * 2, max_position_embeddings=64, num_labels=1,
+                     initializer_range=0.5)  # large random weights: scores that differ between pairs
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ce(tmp_path_factory, tiny_model) -> Path:
+    # the tiny bi-encoder's tokenizer vocabulary (conftest.build_tiny_bi_encoder saves it next to the model)
+    vocab = (tiny_model.parent / f"{tiny_model.name}-hf" / "vocab.txt").read_text().split("\n")[:-1]
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("models") / "tiny-ce", vocab)
+
+
+def _args(data, out, cache, *extra):
+    return ["score-teacher", "--data", str(data), "--split", "train", "--candidates", "bm25:4", "--cache-dir",
+            str(cache), "--no-progress", "-q", "-o", str(out), *extra]
+
+
+def _invoke(args):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def test_cross_encoder_scores_equal_predict(tiny_beir, tiny_ce):
+    """Exact mode: pre-tokenised, length-sorted batches give CrossEncoder.predict's scores."""
+    import torch
+
+    from embed_kd.candidates.shared import SharedResources
+    from embed_kd.data import load_beir
+    from embed_kd.teachers.scorers import CrossEncoderTeacher, parse_teacher_spec
+
+    ds = load_beir(tiny_beir, "train")
+    pairs = [(ds.queries[q], ds.doc_text(d)) for q in ds.queries for d in list(ds.corpus)[:7]]
+    for activation, fn in ((None, torch.nn.Identity()), ("sigmoid", torch.nn.Sigmoid())):
+        teacher = CrossEncoderTeacher(parse_teacher_spec(f"ce:{tiny_ce}"), SharedResources(ds), batch_size=5,
+                                      activation=activation)
+        ours = teacher.score_texts(pairs)
+        ref = teacher.model.predict(pairs, batch_size=32, activation_fn=fn, show_progress_bar=False)
+        assert ours.shape == (len(pairs),)
+        np.testing.assert_allclose(ours, ref, atol=1e-4)
+        assert np.std(ours) > 0  # a real model: scores differ between pairs
+
+
+def test_end_to_end_cross_encoder(tiny_beir, tiny_model, tiny_ce, tmp_path):
+    from sentence_transformers import CrossEncoder
+
+    from embed_kd.data import load_beir
+
+    out = tmp_path / "scores"
+    r = _invoke(_args(tiny_beir, out, tmp_path / "cache", "--candidates", f"dense:{tiny_model}:3",
+                      "--teacher", f"ce:{tiny_ce}", "--chunk-size", "2"))
+    assert r.exit_code == 0, r.output
+    store = open_scores(out)
+    m = store.manifest
+    assert m["complete"] and m["ensemble"] is None and m["teachers"][0]["kind"] == "cross-encoder"
+    assert m["teachers"][0]["activation"] is None and m["dataset"]["split"] == "train"
+    assert [c["name"] for c in m["candidates"]] == ["bm25", "dense"]
+    t = store.table().to_pydict()
+    ds = load_beir(tiny_beir, "train")
+    # queries in split order, rows of a query contiguous
+    seen = list(dict.fromkeys(t["query_id"]))
+    assert seen == list(ds.queries)
+    assert len(seen) == len([q for q in range(len(t["query_id"])) if q == 0 or t["query_id"][q] != t["query_id"][q - 1]])
+    for q, pos in ds.qrels.items():  # every positive is there and labelled
+        got = {d: lab for qq, d, lab in zip(t["query_id"], t["doc_id"], t["label"]) if qq == q}
+        assert all(got.get(d) == r_ for d, r_ in pos.items())
+        assert sum(1 for qq in t["query_id"] if qq == q) == len(got)  # no duplicate doc per query
+    for i in range(len(t["doc_id"])):  # a doc that no source retrieved must be a positive
+        if t["rank__bm25"][i] == -1 and t["rank__dense"][i] == -1:
+            assert t["label"][i] > 0
+    assert t["score"] == t[f"score__{tiny_ce.name}"]
+    ce = CrossEncoder(str(tiny_ce))
+    pairs = [(ds.queries[q], ds.doc_text(d)) for q, d in zip(t["query_id"], t["doc_id"])]
+    ref = ce.predict(pairs, batch_size=32, activation_fn=__import__("torch").nn.Identity(), show_progress_bar=False)
+    np.testing.assert_allclose(np.array(t["score"]), ref, atol=1e-4)
+
+
+def test_ensemble_column_and_weights(tiny_beir, tiny_ce, tmp_path):
+    from embed_kd.teachers.combine import combine_scores
+
+    out = tmp_path / "ens"
+    r = _invoke(_args(tiny_beir, out, tmp_path / "cache", "--teacher", f"ce=ce:{tiny_ce}", "--teacher", "bm25",
+                      "--ensemble", "zscore", "--weights", "ce=3"))
+    assert r.exit_code == 0, r.output
+    store = open_scores(out)
+    assert store.manifest["ensemble"] == {"norm": "zscore", "weights": {"ce": 3.0, "bm25": 1.0}}
+    t = store.table().to_pydict()
+    q0 = t["query_id"][0]
+    idx = [i for i, q in enumerate(t["query_id"]) if q == q0]
+    want = combine_scores({"ce": [t["score__ce"][i] for i in idx], "bm25": [t["score__bm25"][i] for i in idx]},
+                          "zscore", {"ce": 3.0, "bm25": 1.0})
+    np.testing.assert_allclose([t["score"][i] for i in idx], want, rtol=1e-6, atol=1e-6)
+
+
+def test_kill9_then_resume_equals_clean_run(tiny_beir, tiny_ce, tmp_path):
+    """A real subprocess killed with SIGKILL mid-run; the resumed store equals a clean run's rows."""
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    extra = ("--teacher", f"ce:{tiny_ce}", "--teacher", "bm25", "--chunk-size", "1")
+    r = _invoke(_args(tiny_beir, clean, tmp_path / "cache", *extra))
+    assert r.exit_code == 0, r.output
+
+    env = {**os.environ, "EMBED_KD_SCORE_PAUSE_AFTER_CHUNKS": "2", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "embed_kd", *_args(tiny_beir, killed, tmp_path / "cache", *extra)]
+    cmd.remove("-q")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    shards = killed / "shards"
+    deadline = time.time() + 120
+    line = ""
+    while time.time() < deadline:  # the hook logs when it pauses, right before committing chunk 3
+        line = proc.stderr.readline()
+        if "pausing before committing" in line or (not line and proc.poll() is not None):
+            break
+    assert "pausing before committing" in line, "the scoring subprocess did not reach the pause point"
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    assert sorted(p.name for p in shards.glob("chunk-*")) == ["chunk-000000-000000.parquet", "chunk-000001-000001.parquet"]
+    manifest = json.loads((killed / "manifest.json").read_text())
+    assert manifest["complete"] is False
+    with pytest.raises(Exception, match="incomplete score store"):
+        open_scores(killed)
+
+    r = _invoke(_args(tiny_beir, killed, tmp_path / "cache", *extra))
+    assert r.exit_code == 0, r.output
+    a, b = open_scores(killed), open_scores(clean)
+    assert a.manifest["progress"] == b.manifest["progress"]
+    assert a.table().equals(b.table())
+
+
+def test_shards_merge_equals_clean(tiny_beir, tiny_ce, tmp_path):
+    extra = ("--teacher", f"ce:{tiny_ce}", "--chunk-size", "2")
+    cache = tmp_path / "cache"
+    assert _invoke(_args(tiny_beir, tmp_path / "clean", cache, *extra)).exit_code == 0
+    for i in range(2):
+        r = _invoke(_args(tiny_beir, tmp_path / f"s{i}", cache, *extra, "--shard", f"{i}/2"))
+        assert r.exit_code == 0, r.output
+    r = _invoke(["score-teacher", "merge", str(tmp_path / "s0"), "-o", str(tmp_path / "m")])
+    assert r.exit_code == 2 and "shard(s) 1/2 missing" in r.output and not (tmp_path / "m").exists()
+    r = _invoke(["score-teacher", "merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "-o", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert open_scores(tmp_path / "m").table().equals(open_scores(tmp_path / "clean").table())
+
+
+def test_exports(tiny_beir, tiny_ce, tmp_path):
+    import datasets
+
+    out = tmp_path / "s"
+    assert _invoke(_args(tiny_beir, out, tmp_path / "cache", "--teacher", f"ce:{tiny_ce}")).exit_code == 0
+    store = open_scores(out)
+    tsv = tmp_path / "triples.tsv"
+    r = _invoke(["score-teacher", "export", str(out), "--format", "margin-mse-tsv", "-o", str(tsv)])
+    assert r.exit_code == 0, r.output
+    lines = [ln.split("\t") for ln in tsv.read_text().splitlines()]
+    labels = {(q, d): lab for q, rows in store.iter_queries() for d, _, lab in rows}
+    scores = {(q, d): s for q, rows in store.iter_queries() for d, s, _ in rows}
+    assert lines and all(len(ln) == 5 for ln in lines)
+    for ps, ns, q, p, n in lines:
+        assert labels[(q, p)] > 0 and labels[(q, n)] == 0
+        assert float(ps) == pytest.approx(scores[(q, p)], rel=1e-6) and float(ns) == pytest.approx(scores[(q, n)], rel=1e-6)
+    n_expected = sum(sum(1 for r_ in rows if r_[2] > 0) * sum(1 for r_ in rows if r_[2] == 0)
+                     for _, rows in store.iter_queries())
+    assert len(lines) == n_expected
+    r = _invoke(["score-teacher", "export", str(out), "--format", "margin-mse-tsv", "-o", str(tsv)])
+    assert r.exit_code == 2 and "--overwrite" in r.output
+
+    hf = tmp_path / "hf"
+    r = _invoke(["score-teacher", "export", str(out), "--format", "hf-margin-mse", "-o", str(hf)])
+    assert r.exit_code == 0, r.output
+    ds = datasets.load_from_disk(str(hf))
+    assert ds.column_names == ["query", "positive", "negative", "label"] and len(ds) == n_expected
+    first = lines[0]
+    assert ds[0]["label"] == pytest.approx(float(first[0]) - float(first[1]), rel=1e-5, abs=1e-6)
+
+    lw = tmp_path / "lw"
+    r = _invoke(["score-teacher", "export", str(out), "--format", "hf-listwise", "--negatives", "2", "-o", str(lw)])
+    assert r.exit_code == 0, r.output
+    ds = datasets.load_from_disk(str(lw))
+    assert ds.column_names == ["query", "positive", "negative_1", "negative_2", "label"]
+    assert all(len(x) == 3 for x in ds["label"])
+
+
+# ----------------------------------------------------------------------------------------- bad input
+
+def _assert_clean_error(r, out, *needles):
+    assert r.exit_code == 2, r.output
+    err = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("Error: "), r.output
+    assert "Traceback" not in r.output
+    for n in needles:
+        assert n in err[0], err[0]
+    if out is not None:
+        assert not Path(out).exists()
+
+
+def test_unknown_teacher(tiny_beir, tmp_path):
+    out = tmp_path / "o"
+    r = _invoke(_args(tiny_beir, out, tmp_path / "cache", "--teacher", "no-such-model-xyz"))
+    _assert_clean_error(r, out, "unknown teacher", "no-such-model-xyz")
+    r = _invoke(_args(tiny_beir, out, tmp_path / "cache", "--teacher", "bm25", "--candidates", "splade:3"))
+    _assert_clean_error(r, out, "unknown source 'splade'")
+
+
+def test_empty_split(tiny_beir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_beir, data)
+    (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    out = tmp_path / "o"
+    _assert_clean_error(_invoke(_args(data, out, tmp_path / "cache", "--teacher", "bm25")), out, "train.tsv", "no judgments")
+
+
+def test_malformed_qrels(tiny_beir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_beir, data)
+    (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq-cat-train\tcat-1\n")
+    out = tmp_path / "o"
+    _assert_clean_error(_invoke(_args(data, out, tmp_path / "cache", "--teacher", "bm25")), out, "train.tsv:2",
+                        "3 tab-separated fields")
+
+
+def test_store_from_another_config_refused(tiny_beir, tiny_ce, tmp_path):
+    out = tmp_path / "s"
+    assert _invoke(_args(tiny_beir, out, tmp_path / "cache", "--teacher", "bm25", "--chunk-size", "2")).exit_code == 0
+    before = {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
+    manifest = (out / "manifest.json").read_text()
+    r = _invoke(_args(tiny_beir, out, tmp_path / "cache", "--teacher", f"ce:{tiny_ce}"))
+    _assert_clean_error(r, None, "another config", "teachers", "--overwrite")
+    assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == before  # untouched
+    assert (out / "manifest.json").read_text() == manifest
+    # a reader given another store's scores for this dataset is refused too
+    from embed_kd.data import load_beir
+    from embed_kd.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="another dataset/split"):
+        open_scores(out).check_dataset(load_beir(tiny_beir, "test"))
+    r = _invoke(_args(tiny_beir, out, tmp_path / "cache", "--teacher", f"ce:{tiny_ce}", "--overwrite"))
+    assert r.exit_code == 0, r.output
+    assert open_scores(out).manifest["teachers"][0]["kind"] == "cross-encoder"
