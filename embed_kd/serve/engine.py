@@ -7,11 +7,14 @@ Asymmetric serving only works when the query model lives in the doc model's embe
 - declares the embedding teacher it was aligned to, and that teacher is not the index's doc
   model (by fingerprint).
 
-A query model declares its teacher either in a manifest in its folder (the first of
-``embed_kd_manifest.json``, ``run_manifest.json`` that exists) or through
-``--expect-teacher-fingerprint`` (which wins). In the manifest, the first of these fields that
-holds a 16-hex fingerprint is used (a plain ``teacher`` field is *not* read: in a distillation run
-it may name the cross-encoder that scored the pairs rather than the embedding space)::
+A query model declares its teacher either in a manifest in its folder or through
+``--expect-teacher-fingerprint`` (which wins). Manifests read, first found wins:
+
+- ``embed_kd_train.json`` (``embed-kd train``'s run manifest, schema ``embed-kd/train-run@1``):
+  its ``teacher.fingerprint`` is the embedding teacher the student was trained against;
+- ``embed_kd_manifest.json`` or ``run_manifest.json``: the first of these fields that holds a
+  16-hex fingerprint (a plain ``teacher`` field is *not* read there: in other manifests it may
+  name the cross-encoder that scored the pairs rather than the embedding space)::
 
     {"embedding_teacher": {"fingerprint": "914d1e0a39f6fa04", ...}}
     {"aligned_to": {"fingerprint": "..."}}
@@ -47,7 +50,8 @@ from embed_kd.errors import ArtifactError, EmbedKDError
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAMES = ("embed_kd_manifest.json", "run_manifest.json")
+TRAIN_MANIFEST, TRAIN_SCHEMA = "embed_kd_train.json", "embed-kd/train-run@1"
+MANIFEST_NAMES = (TRAIN_MANIFEST, "embed_kd_manifest.json", "run_manifest.json")
 _TEACHER_FIELDS = (("embedding_teacher", "fingerprint"), ("aligned_to", "fingerprint"),
                    ("embedding_teacher_fingerprint",))
 _FP = re.compile(r"^[0-9a-f]{16}$")
@@ -65,7 +69,12 @@ def declared_teacher_fingerprint(model_dir: str | Path) -> tuple[str | None, Pat
         if not path.is_file():
             continue
         manifest = read_json(path, "model manifest")
-        for keys in _TEACHER_FIELDS:
+        fields = _TEACHER_FIELDS
+        if name == TRAIN_MANIFEST:
+            if not isinstance(manifest, dict) or manifest.get("schema") != TRAIN_SCHEMA:
+                raise ArtifactError(f"{path}: not an embed-kd train run manifest (schema {TRAIN_SCHEMA!r})")
+            fields = (("teacher", "fingerprint"),)
+        for keys in fields:
             value: Any = manifest
             for key in keys:
                 value = value.get(key) if isinstance(value, dict) else None

@@ -42,11 +42,14 @@ def _config(app, host: str, port: int, *, access_log: bool = False, log_level: s
 
 def serve_forever(app, host: str = "127.0.0.1", port: int = 8000, *, access_log: bool = False,
                   log_level: str = "warning") -> None:
-    """Serve until Ctrl-C / SIGTERM (uvicorn handles the signals and drains open requests)."""
+    """Serve until Ctrl-C / SIGTERM (uvicorn handles the signals and drains open requests); Ctrl-C returns."""
     import uvicorn
 
     check_port(host, port)
-    uvicorn.Server(_config(app, host, port, access_log=access_log, log_level=log_level)).run()
+    try:
+        uvicorn.Server(_config(app, host, port, access_log=access_log, log_level=log_level)).run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: that is a normal stop
+        logger.info("server on %s:%d stopped", host, port)
 
 
 class BackgroundServer:
