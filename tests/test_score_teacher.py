@@ -267,3 +267,32 @@ def test_store_from_another_config_refused(tiny_beir, tiny_ce, tmp_path):
     r = _invoke(_args(tiny_beir, out, tmp_path / "cache", "--teacher", f"ce:{tiny_ce}", "--overwrite"))
     assert r.exit_code == 0, r.output
     assert open_scores(out).manifest["teachers"][0]["kind"] == "cross-encoder"
+
+
+def test_onnx_backends(tiny_beir, tiny_ce, tmp_path):
+    """Fast mode: ONNX Runtime fp32 equals torch; int8 runs and is recorded in the store's teacher entry."""
+    pytest.importorskip("onnxruntime")
+    from embed_kd.candidates.shared import SharedResources
+    from embed_kd.data import load_beir
+    from embed_kd.index.cache import EmbeddingCache
+    from embed_kd.teachers.scorers import CrossEncoderTeacher, parse_teacher_spec
+
+    ds = load_beir(tiny_beir, "train")
+    res = SharedResources(ds, cache=EmbeddingCache(tmp_path / "cache"))
+    pairs = [(ds.queries[q], ds.doc_text(d)) for q in ds.queries for d in list(ds.corpus)[:9]]
+    spec = parse_teacher_spec(f"ce:{tiny_ce}")
+    exact = CrossEncoderTeacher(spec, res, batch_size=8).score_texts(pairs)
+    fp32 = CrossEncoderTeacher(spec, res, batch_size=8, backend="onnx")
+    np.testing.assert_allclose(fp32.score_texts(pairs), exact, atol=1e-4)
+    int8 = CrossEncoderTeacher(spec, res, batch_size=8, backend="onnx-int8").score_texts(pairs)
+    assert int8.shape == exact.shape and np.isfinite(int8).all()
+    exports = sorted(p.name for p in (tmp_path / "cache" / "onnx").iterdir())
+    assert len(exports) == 2 and all((tmp_path / "cache" / "onnx" / e / "meta.json").is_file() for e in exports)
+
+    out = tmp_path / "s"
+    args = _args(tiny_beir, out, tmp_path / "cache", "--teacher", f"ce:{tiny_ce}", "--backend", "onnx-int8",
+                 "--chunk-size", "2")
+    assert _invoke(args).exit_code == 0
+    assert open_scores(out).manifest["teachers"][0]["backend"] == "onnx-int8"
+    r = _invoke(_args(tiny_beir, out, tmp_path / "cache", "--teacher", f"ce:{tiny_ce}"))
+    _assert_clean_error(r, None, "another config", "teachers")

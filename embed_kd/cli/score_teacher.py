@@ -60,9 +60,8 @@ def _parse_shard(ctx, param, value):
 @click.option("--activation", type=click.Choice(["none", "sigmoid"]), default="none", show_default=True,
               help="Cross-encoder output: raw logits (none) or sigmoid.")
 @click.option("--max-length", type=click.IntRange(8), help="Cross-encoder max tokens (default: the model's).")
-@click.option("--backend", type=click.Choice(["torch", "onnx", "openvino"]), default="torch", show_default=True,
-              help="Cross-encoder runtime: torch (exact) or a sentence-transformers backend (fast).")
-@click.option("--backend-file", help="Backend model file, e.g. onnx/model_qint8_avx512_vnni.onnx.")
+@click.option("--backend", type=click.Choice(["torch", "onnx", "onnx-int8"]), default="torch", show_default=True,
+              help="Cross-encoder runtime: torch (exact) or ONNX Runtime, fp32 or int8 weights (fast).")
 @click.option("--chunk-size", default=32, show_default=True, type=click.IntRange(1),
               help="Queries per committed chunk (the unit of resume).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Pairs per model batch.")
@@ -77,7 +76,7 @@ def _parse_shard(ctx, param, value):
 @verbosity_options
 @run_command
 def run_command_(data, split, candidates, teachers, output, overwrite, ensemble_norm, weights, activation,
-                 max_length, backend, backend_file, chunk_size, batch_size, shard, limit, no_positives,
+                 max_length, backend, chunk_size, batch_size, shard, limit, no_positives,
                  allow_missing_ids, cache_dir, no_cache, threads, no_progress, verbose, quiet):
     """Score candidates of a split with one or more teachers into a score store (resumes by default)."""
     from embed_kd.data import load_beir, resolve_dataset
@@ -93,7 +92,7 @@ def run_command_(data, split, candidates, teachers, output, overwrite, ensemble_
     dataset = load_beir(folder, split, name=Path(folder).name, allow_missing_ids=allow_missing_ids)
     opts = ScoreOptions(chunk_size=chunk_size, batch_size=batch_size, shard=shard, limit=limit, overwrite=overwrite,
                         include_positives=not no_positives, activation=None if activation == "none" else activation,
-                        max_length=max_length, backend=backend, backend_file=backend_file,
+                        max_length=max_length, backend=backend,
                         ensemble_norm=ensemble_norm, weights=w, cache_dir=cache_dir, use_cache=not no_cache,
                         show_progress=not no_progress)
     s = score_teacher(dataset, candidates, teachers, output, opts)

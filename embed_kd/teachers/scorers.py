@@ -19,8 +19,8 @@ Cross-encoder scoring (:class:`CrossEncoderTeacher`) tokenises each pair once (f
 truncation to ``max_length``), sorts the pairs of a chunk by token length (longest first) so a
 batch pads little, pads each batch from the ready token ids and runs the model's forward — the
 same computation as ``CrossEncoder.predict`` (exact mode: equal within float rounding). The
-backend may be ``torch`` (exact) or ``onnx`` / ``openvino`` (sentence-transformers' backends, e.g.
-an int8-quantised ONNX file: fast mode, scores drift slightly; see eval/results/).
+backend may be ``torch`` (exact) or ``onnx`` / ``onnx-int8`` (ONNX Runtime, optionally with int8
+weights: fast mode, scores drift slightly; see :mod:`embed_kd.teachers.onnx_backend` and eval/results/).
 
 >>> parse_teacher_spec("bm25")
 TeacherSpec(kind='bm25', name='bm25', model=None)
@@ -32,7 +32,6 @@ TeacherSpec(kind='cross-encoder', name='big', model='/models/my-ce')
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ logger = logging.getLogger(__name__)
 _KIND_PREFIX = {"ce": "cross-encoder", "cross-encoder": "cross-encoder", "bi": "bi-encoder",
                 "bi-encoder": "bi-encoder"}
 ACTIVATIONS = (None, "sigmoid")
-BACKENDS = ("torch", "onnx", "openvino")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 @dataclass(frozen=True)
@@ -165,10 +164,14 @@ class BiEncoderTeacher(Teacher):
 
 
 class CrossEncoderTeacher(Teacher):
-    """A sentence-transformers ``CrossEncoder``, scored with length-sorted, pre-tokenised batches."""
+    """A sentence-transformers ``CrossEncoder``, scored with length-sorted, pre-tokenised batches.
+
+    ``backend``: ``torch`` (exact: ``CrossEncoder.predict``'s computation), or ``onnx`` / ``onnx-int8``
+    (fast: ONNX Runtime, see :mod:`embed_kd.teachers.onnx_backend`).
+    """
 
     def __init__(self, spec: TeacherSpec, resources, *, activation: str | None = None, max_length: int | None = None,
-                 batch_size: int = 32, backend: str = "torch", backend_file: str | None = None):
+                 batch_size: int = 32, backend: str = "torch"):
         from embed_kd.models import fingerprint_model, load_cross_encoder
 
         if activation not in ACTIVATIONS:
@@ -180,40 +183,25 @@ class CrossEncoderTeacher(Teacher):
         self.activation = activation
         self.batch_size = batch_size
         self.backend = backend
-        self.backend_file = backend_file
-        kwargs = {}
-        if backend != "torch":
-            kwargs = {"backend": backend}
-            if backend_file:
-                kwargs["model_kwargs"] = {"file_name": backend_file}
-        self.model = load_cross_encoder(spec.model, max_length=max_length, **kwargs)
+        self.model = load_cross_encoder(spec.model, max_length=max_length)
         if self.model.num_labels != 1:
             raise EmbedKDError(f"--teacher {spec.model}: a teacher cross-encoder must output one score "
                                f"(num_labels=1), this one has {self.model.num_labels}")
         self.max_length = int(self.model.max_seq_length)
-        self.fingerprint = fingerprint_model(self.model) if backend == "torch" else self._backend_fingerprint()
+        self.fingerprint = fingerprint_model(self.model)
+        self._ort = None
+        if backend != "torch":
+            import torch
 
-    def _backend_fingerprint(self) -> str:
-        """ONNX/OpenVINO weights are not torch parameters: hash the backend model file(s) instead."""
-        from embed_kd.presets import locate_model
+            from embed_kd.teachers.onnx_backend import OrtCrossEncoder, export_cross_encoder
 
-        source, _ = locate_model(self.spec.model)
-        sub = "onnx" if self.backend == "onnx" else "openvino"
-        fname = self.backend_file or ("model.onnx" if self.backend == "onnx" else "openvino_model.xml")
-        path = Path(source) / fname if (Path(source) / fname).exists() else Path(source) / sub / Path(fname).name
-        h = hashlib.sha256(f"{self.backend}:{fname}:max_length={self.max_length}".encode())
-        files = [path] + ([path.with_suffix(".bin")] if self.backend == "openvino" else [])
-        for f in files:
-            if f.is_file():
-                with f.open("rb") as fh:
-                    while block := fh.read(1 << 22):
-                        h.update(block)
-        return h.hexdigest()[:16]
+            cache = getattr(resources, "cache", None)
+            path = export_cross_encoder(self.model, backend, cache.root if cache is not None else None)
+            self._ort = OrtCrossEncoder(path, threads=torch.get_num_threads())
 
     def manifest_entry(self) -> dict:
         return {"name": self.name, "spec": self.spec.model, "kind": "cross-encoder", "fingerprint": self.fingerprint,
-                "activation": self.activation, "max_length": self.max_length,
-                "backend": self.backend if not self.backend_file else f"{self.backend}:{self.backend_file}"}
+                "activation": self.activation, "max_length": self.max_length, "backend": self.backend}
 
     def score_texts(self, pairs: Sequence[tuple[str, str]], progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Scores of ``(query text, doc text)`` pairs in input order (float32)."""
@@ -232,14 +220,18 @@ class CrossEncoderTeacher(Teacher):
         with torch.inference_mode():
             for start in range(0, n, self.batch_size):
                 idx = order[start : start + self.batch_size]
-                feats = tok.pad({k: [enc[k][i] for i in idx] for k in keys}, return_tensors="pt")
-                feats = {k: v.to(self.model.device) for k, v in feats.items()}
-                scores = self.model(feats)["scores"]
-                if torch.is_floating_point(scores) and torch.finfo(scores.dtype).bits < 32:
-                    scores = scores.float()
-                if self.activation == "sigmoid":
-                    scores = torch.sigmoid(scores)
-                out[idx] = scores.reshape(len(idx), -1)[:, 0].detach().cpu().numpy()
+                batch = {k: [enc[k][i] for i in idx] for k in keys}
+                if self._ort is not None:
+                    logits = self._ort.logits(tok.pad(batch, return_tensors="np"))
+                    out[idx] = 1.0 / (1.0 + np.exp(-logits)) if self.activation == "sigmoid" else logits
+                else:
+                    feats = {k: v.to(self.model.device) for k, v in tok.pad(batch, return_tensors="pt").items()}
+                    scores = self.model(feats)["scores"]
+                    if torch.is_floating_point(scores) and torch.finfo(scores.dtype).bits < 32:
+                        scores = scores.float()
+                    if self.activation == "sigmoid":
+                        scores = torch.sigmoid(scores)
+                    out[idx] = scores.reshape(len(idx), -1)[:, 0].detach().cpu().numpy()
                 if progress:
                     progress(len(idx))
         return out

@@ -45,7 +45,6 @@ class ScoreOptions:
     activation: str | None = None
     max_length: int | None = None
     backend: str = "torch"
-    backend_file: str | None = None
     ensemble_norm: str = "zscore"
     weights: dict[str, float] | None = None
     cache_dir: str | Path | None = None
@@ -110,7 +109,7 @@ def score_teacher(dataset, candidates: Sequence[str], teachers: Sequence[str], o
     t = time.perf_counter()
     cand_entries = miner.prepare()
     built = [build_teacher(s, res, activation=opt.activation, max_length=opt.max_length,
-                           batch_size=opt.batch_size, backend=opt.backend, backend_file=opt.backend_file)
+                           batch_size=opt.batch_size, backend=opt.backend)
              if s.kind == "cross-encoder" else build_teacher(s, res) for s in t_specs]
     prepare_s = time.perf_counter() - t
     ensemble = None if len(built) == 1 else {"norm": opt.ensemble_norm, "weights": weights}
