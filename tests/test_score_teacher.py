@@ -296,3 +296,29 @@ def test_onnx_backends(tiny_beir, tiny_ce, tmp_path):
     assert open_scores(out).manifest["teachers"][0]["backend"] == "onnx-int8"
     r = _invoke(_args(tiny_beir, out, tmp_path / "cache", "--teacher", f"ce:{tiny_ce}"))
     _assert_clean_error(r, None, "another config", "teachers")
+
+
+def test_weights_from_ensemble_weights_file(tiny_beir, tmp_path):
+    from embed_kd.errors import EmbedKDError
+    from embed_kd.teachers.combine import parse_weights
+
+    doc = {"schema": "embed-kd/ensemble-weights@1", "norm": "minmax", "fusion": "wsum",
+           "weights": {"bm25": 0.25, "dense": 0.75}}
+    f = tmp_path / "w.json"
+    f.write_text(json.dumps(doc))
+    assert parse_weights(str(f), ["bm25", "dense"]) == {"bm25": 0.25, "dense": 0.75}
+    with pytest.raises(EmbedKDError, match="teachers are"):
+        parse_weights(str(f), ["bm25", "ce"])
+    out = tmp_path / "o"
+    r = _invoke(_args(tiny_beir, out, tmp_path / "cache", "--teacher", "bm25", "--teacher", "b2=bm25",
+                      "--weights", str(f)))
+    _assert_clean_error(r, out, "weights are for")
+    doc["weights"] = {"bm25": 0.25, "b2": 0.75}
+    f.write_text(json.dumps(doc))
+    r = _invoke(_args(tiny_beir, out, tmp_path / "cache", "--teacher", "bm25", "--teacher", "b2=bm25",
+                      "--weights", str(f)))
+    _assert_clean_error(r, out, "norm 'minmax'", "--ensemble minmax")
+    r = _invoke(_args(tiny_beir, out, tmp_path / "cache", "--teacher", "bm25", "--teacher", "b2=bm25",
+                      "--weights", str(f), "--ensemble", "minmax"))
+    assert r.exit_code == 0, r.output
+    assert open_scores(out).manifest["ensemble"] == {"norm": "minmax", "weights": {"bm25": 0.25, "b2": 0.75}}

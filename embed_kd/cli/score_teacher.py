@@ -56,7 +56,8 @@ def _parse_shard(ctx, param, value):
 @click.option("--overwrite", is_flag=True, help="Replace an existing store made with another config.")
 @click.option("--ensemble", "ensemble_norm", type=click.Choice(["zscore", "minmax", "mean", "none"]), default="zscore",
               show_default=True, help="With several teachers: per-query normalisation before the weighted average.")
-@click.option("--weights", help="Ensemble weights, e.g. ce=2,bm25=1 (default 1 each).")
+@click.option("--weights", help="Ensemble weights, e.g. ce=2,bm25=1 (default 1 each), or a weights JSON from "
+                                "`embed-kd eval --ensemble … --save-weights`.")
 @click.option("--activation", type=click.Choice(["none", "sigmoid"]), default="none", show_default=True,
               help="Cross-encoder output: raw logits (none) or sigmoid.")
 @click.option("--max-length", type=click.IntRange(8), help="Cross-encoder max tokens (default: the model's).")
@@ -80,6 +81,7 @@ def run_command_(data, split, candidates, teachers, output, overwrite, ensemble_
                  allow_missing_ids, cache_dir, no_cache, threads, no_progress, verbose, quiet):
     """Score candidates of a split with one or more teachers into a score store (resumes by default)."""
     from embed_kd.data import load_beir, resolve_dataset
+    from embed_kd.errors import EmbedKDError
     from embed_kd.teachers.combine import parse_weights
     from embed_kd.teachers.scorers import parse_teacher_spec
     from embed_kd.teachers.scoring import ScoreOptions, score_teacher
@@ -88,6 +90,12 @@ def run_command_(data, split, candidates, teachers, output, overwrite, ensemble_
     set_threads(threads)
     names = [parse_teacher_spec(t).name for t in teachers]
     w = parse_weights(weights, names) if weights else None
+    if weights and Path(weights).is_file():
+        from embed_kd.io import read_json
+
+        file_norm = read_json(weights, "ensemble weights file").get("norm")
+        if file_norm and file_norm != ensemble_norm:
+            raise EmbedKDError(f"{weights}: weights were fitted with norm '{file_norm}'; pass --ensemble {file_norm}")
     folder = resolve_dataset(data)
     dataset = load_beir(folder, split, name=Path(folder).name, allow_missing_ids=allow_missing_ids)
     opts = ScoreOptions(chunk_size=chunk_size, batch_size=batch_size, shard=shard, limit=limit, overwrite=overwrite,

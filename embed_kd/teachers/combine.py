@@ -28,9 +28,10 @@ Inputs: ``columns`` ``{teacher: [score per candidate]}`` (equal lengths); output
 
 from __future__ import annotations
 
+import os
 from typing import Mapping, Sequence
 
-from embed_kd.errors import EmbedKDError
+from embed_kd.errors import ArtifactError, EmbedKDError
 from embed_kd.teachers.fusion import normalize_scores
 
 NORMS = ("zscore", "minmax", "none", "mean")
@@ -39,12 +40,18 @@ NORMS = ("zscore", "minmax", "none", "mean")
 def parse_weights(text: str | None, teachers: Sequence[str]) -> dict[str, float]:
     """``"ce=2,bm25=0.5"`` → ``{"ce": 2.0, "bm25": 0.5}``; unnamed teachers get 1.0.
 
+    ``text`` may also be the path of a weights JSON written by ``embed-kd eval --ensemble …
+    --save-weights`` (schema ``embed-kd/ensemble-weights@1``, see :mod:`embed_kd.teachers.ensemble`):
+    its ``weights`` are used, and must name exactly the teachers.
+
     >>> parse_weights("ce=2", ["ce", "bm25"])
     {'ce': 2.0, 'bm25': 1.0}
     """
     weights = {t: 1.0 for t in teachers}
     if not text:
         return weights
+    if text.endswith(".json") or os.path.isfile(text):
+        return _weights_file(text, teachers)
     for part in text.split(","):
         name, sep, value = part.partition("=")
         name = name.strip()
@@ -62,6 +69,24 @@ def parse_weights(text: str | None, teachers: Sequence[str]) -> dict[str, float]
     if sum(weights.values()) <= 0:
         raise EmbedKDError("--weights: at least one weight must be > 0")
     return weights
+
+
+def _weights_file(path: str, teachers: Sequence[str]) -> dict[str, float]:
+    from embed_kd.io import read_json
+
+    doc = read_json(path, "ensemble weights file")
+    if not isinstance(doc, dict) or doc.get("schema") != "embed-kd/ensemble-weights@1":
+        got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
+        raise ArtifactError(f"{path}: not an ensemble weights file (schema {got!r}, expected 'embed-kd/ensemble-weights@1')")
+    w = doc.get("weights")
+    if not isinstance(w, dict) or not all(isinstance(v, (int, float)) for v in w.values()):
+        raise ArtifactError(f"{path}: field 'weights' must map teacher names to numbers")
+    if set(w) != set(teachers):
+        raise EmbedKDError(f"{path}: weights are for {sorted(w)}, the teachers are {sorted(teachers)}; "
+                           "name the teachers like the ensemble members (NAME=SPEC)")
+    if doc.get("fusion", "wsum") != "wsum":
+        raise EmbedKDError(f"{path}: weights fitted for fusion {doc.get('fusion')!r}; score-teacher fuses by weighted sum")
+    return {t: float(w[t]) for t in teachers}
 
 
 def combine_scores(columns: Mapping[str, Sequence[float]], norm: str,
