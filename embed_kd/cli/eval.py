@@ -32,11 +32,18 @@ from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosi
 @click.option("--ignore-identical-ids", is_flag=True, help="Drop a retrieved doc whose id equals the query id (BEIR's option).")
 @click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: torch's choice).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--ensemble", "ensemble_config", type=click.Path(dir_okay=False),
+              help="Evaluate an ensemble teacher from this YAML (members, norm, fusion, weights or fit: dev).")
+@click.option("--save-weights", type=click.Path(dir_okay=False),
+              help="With --ensemble: write the (fitted) weights JSON that score-teacher reads.")
+@click.option("--rerank", "rerank_model", help="Re-rank the first stage's top-K with this cross-encoder (folder/preset).")
+@click.option("--rerank-depth", default=100, show_default=True, type=click.IntRange(1), help="K for --rerank (BEIR: 100).")
 @verbosity_options
 @run_command
 def eval_command(data, split, model, query_model, doc_model, output, overwrite, save_run, index_kind, top_k,
                  batch_size, cache_dir, no_cache, limit_queries, limit_docs, allow_missing_ids,
-                 ignore_identical_ids, threads, no_progress, verbose, quiet):
+                 ignore_identical_ids, threads, no_progress, ensemble_config, save_weights, rerank_model,
+                 rerank_depth, verbose, quiet):
     """Encode, index with FAISS and score with pytrec_eval (nDCG@10, Recall@100, MRR@10).
 
     \b
@@ -51,9 +58,13 @@ def eval_command(data, split, model, query_model, doc_model, output, overwrite, 
     set_threads(threads)
     if model and (query_model or doc_model):
         raise EmbedKDError("pass either --model (symmetric) or --query-model/--doc-model (asymmetric), not both")
-    if not model and not (query_model and doc_model):
+    if ensemble_config and (model or query_model or doc_model):
+        raise EmbedKDError("--ensemble replaces --model/--query-model/--doc-model: pass one or the other")
+    if save_weights and not ensemble_config:
+        raise EmbedKDError("--save-weights needs --ensemble")
+    if not ensemble_config and not model and not (query_model and doc_model):
         raise EmbedKDError("pass --model, or both --query-model and --doc-model")
-    for path in (output, save_run):
+    for path in (output, save_run, save_weights):
         if path:
             refuse_existing(path, overwrite)
 
@@ -72,7 +83,12 @@ def eval_command(data, split, model, query_model, doc_model, output, overwrite, 
     opts = EvalOptions(top_k=top_k, index=index_kind, batch_size=batch_size, cache_dir=cache_dir,
                        use_cache=not no_cache, ignore_identical_ids=ignore_identical_ids,
                        show_progress=not no_progress, timings={"load_data_s": load_data_s})
-    if model == "bm25":
+    if ensemble_config:
+        from embed_kd.teachers.ensemble import evaluate_ensemble_from_config
+
+        result = evaluate_ensemble_from_config(ensemble_config, dataset, folder, opts, save_weights=save_weights,
+                                               overwrite=overwrite)
+    elif model == "bm25":
         result = evaluate_bm25(dataset, options=opts)
     else:
         t = time.perf_counter()
@@ -83,6 +99,13 @@ def eval_command(data, split, model, query_model, doc_model, output, overwrite, 
         opts.timings["load_models_s"] = time.perf_counter() - t
         result = evaluate_dense(dataset, qm, dm, options=opts)
 
+    if rerank_model:
+        from embed_kd.evaluation.rerank import evaluate_rerank
+        from embed_kd.models import load_cross_encoder
+
+        result = evaluate_rerank(dataset, load_cross_encoder(rerank_model), result, depth=rerank_depth,
+                                 batch_size=batch_size, show_progress=not no_progress,
+                                 ignore_identical_ids=ignore_identical_ids)
     run = result.pop("run")
     if save_run:
         atomic_write_json(save_run, run, overwrite=overwrite)

@@ -507,3 +507,23 @@ def evaluate_ensemble(config: EnsembleConfig, dataset: BeirDataset, *, fit_datas
     }
     result["run"] = run
     return result
+
+
+def evaluate_ensemble_from_config(config_path, dataset: BeirDataset, folder, options, *, save_weights=None,
+                                  overwrite: bool = False) -> dict:
+    """What ``embed-kd eval --ensemble CONFIG`` runs: load the config (and the fit split when
+    ``fit: dev``), evaluate, optionally write the weights JSON (atomically, never clobbering)."""
+    from embed_kd.data import load_beir
+    from embed_kd.io import atomic_write_json
+
+    config = EnsembleConfig.from_yaml(config_path)
+    fit_dataset = None
+    if config.fit == "dev":
+        check_fit_split(config.fit_split)
+        fit_dataset = load_beir(folder, config.fit_split, name=dataset.name)
+    result = evaluate_ensemble(config, dataset, fit_dataset=fit_dataset, cache_dir=options.cache_dir,
+                               use_cache=options.use_cache, show_progress=options.show_progress,
+                               ignore_identical_ids=options.ignore_identical_ids, timings=options.timings)
+    if save_weights:
+        atomic_write_json(save_weights, result["ensemble"]["weights_document"], overwrite=overwrite)
+    return result
