@@ -103,7 +103,12 @@ def run_command_(data, split, candidates, teachers, output, overwrite, ensemble_
                         max_length=max_length, backend=backend,
                         ensemble_norm=ensemble_norm, weights=w, cache_dir=cache_dir, use_cache=not no_cache,
                         show_progress=not no_progress)
-    s = score_teacher(dataset, candidates, teachers, output, opts)
+    try:
+        s = score_teacher(dataset, candidates, teachers, output, opts)
+    except KeyboardInterrupt:
+        click.echo(f"Interrupted: the chunks committed so far are kept in {output}; rerun the same command to "
+                   "resume.", err=True)
+        raise SystemExit(130) from None
     rate = f"{s['pairs_per_s']:.1f} pairs/s" if s["pairs_per_s"] else "n/a"
     click.echo(f"{s['out']}: {s['rows']} rows, complete={s['complete']}; this run scored {s['queries_scored']} "
                f"queries / {s['pairs']} pairs ({rate}), skipped {s['chunks_skipped']} committed chunk(s); "
