@@ -38,7 +38,7 @@ def cross_encoder_info(model) -> dict:
     from embed_kd.models import fingerprint_model, model_name
 
     return {"spec": model_name(model), "fingerprint": fingerprint_model(model),
-            "max_length": getattr(model, "max_length", None)}
+            "max_length": getattr(model, "max_seq_length", None)}
 
 
 def score_pairs(model, queries: Mapping[str, str], corpus: Mapping[str, Mapping[str, str]],
