@@ -322,3 +322,25 @@ def test_weights_from_ensemble_weights_file(tiny_beir, tmp_path):
                       "--weights", str(f), "--ensemble", "minmax"))
     assert r.exit_code == 0, r.output
     assert open_scores(out).manifest["ensemble"] == {"norm": "minmax", "weights": {"bm25": 0.25, "b2": 0.75}}
+
+
+def test_bi_encoder_and_bm25_teachers_agree_with_their_retrievers(tiny_beir, tiny_model, tmp_path):
+    """A bi-encoder teacher's score is the similarity FAISS ranked by; BM25's the score bm25s ranked by."""
+    out = tmp_path / "s"
+    r = _invoke(_args(tiny_beir, out, tmp_path / "cache", "--candidates", f"dense:{tiny_model}:5",
+                      "--teacher", f"bi:{tiny_model}", "--teacher", "bm25", "--ensemble", "mean"))
+    assert r.exit_code == 0, r.output
+    store = open_scores(out)
+    name = tiny_model.name
+    assert [t["kind"] for t in store.manifest["teachers"]] == ["bi-encoder", "bm25"]
+    t = store.table().to_pydict()
+    for src, col in (("dense", f"score__{name}"), ("bm25", "score__bm25")):
+        for q in dict.fromkeys(t["query_id"]):
+            got = sorted((t[f"rank__{src}"][i], t[col][i]) for i in range(len(t["query_id"]))
+                         if t["query_id"][i] == q and t[f"rank__{src}"][i] > 0)
+            assert got, (src, q)
+            assert [r_ for r_, _ in got] == list(range(1, len(got) + 1))  # ranks 1..n, no gaps
+            scores = [s for _, s in got]
+            assert all(a >= b - 1e-5 for a, b in zip(scores, scores[1:])), (src, q, scores)
+    # mean ensemble = plain average of the raw columns
+    np.testing.assert_allclose(t["score"], (np.array(t[f"score__{name}"]) + np.array(t["score__bm25"])) / 2, rtol=1e-5, atol=1e-6)
