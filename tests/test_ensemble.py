@@ -177,3 +177,40 @@ def test_first_stage_member_dense_scores_any_doc(tiny_beir, tiny_model):
     for d, s in top.items():  # FAISS inner product = the dot product used for any doc
         assert every[d] == pytest.approx(s, abs=1e-5)
     assert max(every.values()) == pytest.approx(max(top.values()), abs=1e-5)
+
+
+def test_cross_encoder_member_weight_fitted_on_dev_only(tiny_beir, tiny_model, tmp_path, monkeypatch):
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    hf = tiny_model.parent / f"{tiny_model.name}-hf"
+    tok = BertTokenizerFast.from_pretrained(str(hf))
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                                             num_labels=1)).save_pretrained(tmp_path / "ce")
+    tok.save_pretrained(tmp_path / "ce")
+    c = EnsembleConfig.from_dict({"members": [{"name": "bm25", "kind": "bm25", "k": 10},
+                                              {"name": "dense", "kind": "bi-encoder", "model": str(tiny_model), "k": 10},
+                                              {"name": "ce", "kind": "cross-encoder", "model": str(tmp_path / "ce")}],
+                                  "fit": "dev", "dev_queries": 2, "grid": [0, 1], "rerank_depth": 3})
+    test, train = load_beir(tiny_beir, "test"), load_beir(tiny_beir, "train")
+    seen = []
+    real = ens.grid_search_rerank
+
+    def spy(config, first, ce_scores, qrels):
+        seen.append((set(qrels), set(first), {q for run in ce_scores.values() for q in run}))
+        return real(config, first, ce_scores, qrels)
+
+    monkeypatch.setattr(ens, "grid_search_rerank", spy)
+    result = evaluate_ensemble(c, test, fit_dataset=train, use_cache=False, show_progress=False)
+    dev_ids = set(carve_dev_slice(train, 2, 0)[1].qrels)
+    assert seen == [(dev_ids, dev_ids, dev_ids)]
+    wd = result["ensemble"]["weights_document"]
+    assert set(wd["rerank_weights"]) == {"ce"} and wd["rerank_weights"]["ce"] in (0.0, 1.0)
+    assert "first_stage" in result["ensemble"]["member_metrics"]
+    # every test query: the re-ranked head (3 docs) sits above the rest
+    run = ens.ensemble_run(c, test, {"bm25": 1, "dense": 1, "ce": 1},
+                           ens.load_first_stage(c, test, use_cache=False, show_progress=False),
+                           show_progress=False)[0]
+    assert all(len(docs) >= 3 for docs in run.values())
