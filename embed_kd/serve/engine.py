@@ -176,6 +176,7 @@ class SearchEngine:
             "query_model": self.query_info,
             "doc_model": self.index.doc_model,
             "alignment": self.alignment,
-            "index": {"path": str(self.index.path), **index_summary(self.index.manifest)},
+            "index": {"path": str(self.index.path),
+                      **{k: v for k, v in index_summary(self.index.manifest).items() if k != "doc_model"}},
             "load_s": self.load_s,
         }
