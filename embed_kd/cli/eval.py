@@ -12,11 +12,14 @@ from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosi
 
 
 @click.command("eval")
-@click.option("--data", required=True, help="BEIR folder, or a dataset name resolved under $EMBED_KD_DATA / downloaded.")
+@click.option("--data", help="BEIR folder, or a dataset name resolved under $EMBED_KD_DATA / downloaded "
+              "(required, except with --mteb where it replaces a retrieval task's hub data).")
 @click.option("--split", default="test", show_default=True, help="qrels split to evaluate.")
 @click.option("--model", help="Symmetric mode: one bi-encoder for queries and documents ('bm25' for BM25).")
 @click.option("--query-model", help="Asymmetric mode: the model that encodes queries (the student).")
 @click.option("--doc-model", help="Asymmetric mode: the model that encodes documents (the teacher).")
+@click.option("--mteb", "mteb_tasks", metavar="TASK[,TASK…]",
+              help="Run these MTEB tasks with the model(s) instead (beir:FOLDER = a local BEIR retrieval task).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the result JSON here.")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @click.option("--save-run", type=click.Path(dir_okay=False), help="Also write the run (qid → doc → score) as JSON.")
@@ -40,7 +43,7 @@ from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosi
 @click.option("--rerank-depth", default=100, show_default=True, type=click.IntRange(1), help="K for --rerank (BEIR: 100).")
 @verbosity_options
 @run_command
-def eval_command(data, split, model, query_model, doc_model, output, overwrite, save_run, index_kind, top_k,
+def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output, overwrite, save_run, index_kind, top_k,
                  batch_size, cache_dir, no_cache, limit_queries, limit_docs, allow_missing_ids,
                  ignore_identical_ids, threads, no_progress, ensemble_config, save_weights, rerank_model,
                  rerank_depth, verbose, quiet):
@@ -64,6 +67,17 @@ def eval_command(data, split, model, query_model, doc_model, output, overwrite, 
         raise EmbedKDError("--save-weights needs --ensemble")
     if not ensemble_config and not model and not (query_model and doc_model):
         raise EmbedKDError("pass --model, or both --query-model and --doc-model")
+    if mteb_tasks:
+        if ensemble_config or rerank_model or save_run:
+            raise EmbedKDError("--mteb runs MTEB's own search and scoring: --ensemble/--rerank/--save-run do not apply")
+        from embed_kd.cli.mteb_eval import run_mteb_eval
+
+        return run_mteb_eval(mteb_tasks, data=data, split=split, model=model, query_model=query_model,
+                             doc_model=doc_model, output=output, overwrite=overwrite, batch_size=batch_size,
+                             limit_queries=limit_queries, limit_docs=limit_docs, allow_missing_ids=allow_missing_ids,
+                             show_progress=not no_progress)
+    if not data:
+        raise EmbedKDError("--data is required (it is optional only with --mteb)")
     for path in (output, save_run, save_weights):
         if path:
             refuse_existing(path, overwrite)
