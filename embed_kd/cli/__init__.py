@@ -33,6 +33,7 @@ def _register() -> None:
     from embed_kd.cli import serve as serve_cmd
     from embed_kd.cli import train as train_cmd
     from embed_kd.cli import train_teacher as train_teacher_cmd
+    from embed_kd.cli import publish as publish_cmd
 
     main.add_command(eval_cmd.eval_command)
     main.add_command(models_cmd.models_command)
@@ -42,6 +43,7 @@ def _register() -> None:
     main.add_command(serve_cmd.serve_command)
     main.add_command(train_cmd.train_command)
     main.add_command(train_teacher_cmd.train_teacher_command)
+    main.add_command(publish_cmd.publish_command)
 
 
 _register()
