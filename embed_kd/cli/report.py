@@ -1,25 +1,64 @@
-"""``embed-kd report``: one markdown table from several ``embed-kd eval`` result files."""
+"""``embed-kd report``: a markdown table (and optionally a quality-vs-speed PNG) from eval result files."""
 
 from __future__ import annotations
 
 import click
 
-from embed_kd.cli.common import run_command
+from embed_kd.cli.common import run_command, setup_logging, verbosity_options
+
+SCHEMAS = ("embed-kd/eval@1", "embed-kd/mteb@1")
 
 
 @click.command("report")
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also write a PNG of nDCG@10 against query-encoding speed (queries/s) here.")
+@click.option("--label", "labels", multiple=True, metavar="RESULT=TEXT",
+              help="Point label for one result file (default: the query model's name). Repeatable.")
+@click.option("--title", help="Plot title.")
+@click.option("--overwrite", is_flag=True, help="Replace --plot if it exists.")
+@verbosity_options
 @run_command
-def report_command(results) -> None:
-    """Print a markdown table of eval RESULTS (JSON files written by `embed-kd eval -o`)."""
-    from embed_kd.errors import ArtifactError
-    from embed_kd.evaluation.report import markdown_table
-    from embed_kd.io import read_json
+def report_command(results, plot_path, labels, title, overwrite, verbose, quiet) -> None:
+    """Print a markdown table of eval RESULTS (JSON files written by `embed-kd eval -o` / `eval --mteb -o`).
 
+    \b
+    embed-kd report runs/*.json
+    embed-kd report runs/teacher.json runs/cut.json runs/student.json --plot runs/speed.png
+    """
+    from pathlib import Path
+
+    from embed_kd.errors import ArtifactError, EmbedKDError
+    from embed_kd.evaluation.mteb_eval import mteb_table
+    from embed_kd.evaluation.report import markdown_table
+    from embed_kd.io import read_json, refuse_existing
+
+    setup_logging(verbose, quiet)
+    if plot_path:
+        refuse_existing(plot_path, overwrite)
+    by_file = {}
+    for item in labels:
+        path, sep, text = item.partition("=")
+        if not sep or not text:
+            raise EmbedKDError(f"--label {item!r}: use RESULT=TEXT")
+        by_file[Path(path).resolve()] = text
     loaded = []
     for path in results:
         r = read_json(path, "eval result")
-        if not isinstance(r, dict) or r.get("schema") != "embed-kd/eval@1":
-            raise ArtifactError(f"{path}: not an embed-kd eval result (schema embed-kd/eval@1)")
+        if not isinstance(r, dict) or r.get("schema") not in SCHEMAS:
+            raise ArtifactError(f"{path}: not an embed-kd eval result (schema {' or '.join(SCHEMAS)})")
         loaded.append(r)
-    click.echo(markdown_table(loaded))
+    evals = [r for r in loaded if r["schema"] == "embed-kd/eval@1"]
+    if evals:
+        click.echo(markdown_table(evals))
+    for r in loaded:
+        if r["schema"] == "embed-kd/mteb@1":
+            click.echo(f"\nMTEB ({r['mode']}, queries by {r['query_model']['spec']}, docs by {r['doc_model']['spec']}):")
+            click.echo(mteb_table(r))
+    if plot_path:
+        from embed_kd.evaluation.plot import plot_quality_speed, points, speed_table
+
+        pts = points(loaded, [by_file.get(Path(p).resolve()) for p in results])
+        click.echo("\n" + speed_table(pts))
+        plot_quality_speed(pts, plot_path, title=title, overwrite=overwrite)
+        click.echo(f"\nplot written to {plot_path}", err=True)
