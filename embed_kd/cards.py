@@ -98,7 +98,24 @@ def _eval_rows(results: Iterable[dict]) -> list[str]:
     return rows
 
 
+def hub_name(spec: str | None) -> str | None:
+    """A preset's hub id (``minilm-l6`` → ``sentence-transformers/all-MiniLM-L6-v2``), else ``spec``.
+
+    >>> hub_name("minilm-l6")
+    'sentence-transformers/all-MiniLM-L6-v2'
+    """
+    if not spec:
+        return spec
+    try:
+        from embed_kd.presets import resolve_model_spec
+
+        return resolve_model_spec(spec).hub_id or spec
+    except Exception:  # noqa: BLE001 - a card must not fail on an unresolvable name
+        return spec
+
+
 def _usage_student(name: str, teacher: str | None) -> list[str]:
+    teacher = hub_name(teacher)
     out = ["## How to load it", "",
            "Symmetric (queries and documents by this model):", "",
            "```python", "from sentence_transformers import SentenceTransformer", "",
@@ -228,7 +245,7 @@ def render_card_section(manifest: dict, *, name: str, eval_results: Iterable[dic
 
 
 def _front_matter(manifest: dict) -> str:
-    base = manifest.get("base") or (manifest.get("teacher") or {}).get("spec")
+    base = hub_name(manifest.get("base") or (manifest.get("teacher") or {}).get("spec"))
     is_student = manifest.get("schema") == MANIFESTS["embed_kd_train.json"]
     tags = ["embed-kd", "knowledge-distillation", "sentence-transformers"]
     tags += ["sentence-similarity", "feature-extraction"] if is_student else ["cross-encoder", "text-ranking"]

@@ -20,6 +20,7 @@ Output folder (written atomically; refused if it exists unless ``--overwrite``):
     OUTPUT/                      a plain sentence-transformers folder: SentenceTransformer(OUTPUT)
       modules.json, config.json, model.safetensors, ...   (projection: a Dense module sub-folder)
       embed_kd_train.json        the run manifest (below)
+      README.md                  model card (embed_kd.cards): recipe, teachers, data, how to load it
       checkpoints/checkpoint-<step>/   model weights of the kept checkpoints (no optimizer state)
 
 While training, checkpoints live in ``OUTPUT.work/`` (optimizer state included) so that an
@@ -320,6 +321,9 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
                 (ck / junk).unlink(missing_ok=True)
             os.replace(ck, keep / ck.name)
         atomic_write_json(tmp / MANIFEST, manifest)
+        from embed_kd.cards import write_model_card
+
+        write_model_card(tmp, manifest=manifest, name=out.name)  # README.md: recipe, data, usage
     shutil.rmtree(work, ignore_errors=True)
     logger.info("student saved to %s (%d steps, %.0fs training)", out, step, train_time_s)
     return manifest
