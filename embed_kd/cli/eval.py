@@ -75,7 +75,7 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
         return run_mteb_eval(mteb_tasks, data=data, split=split, model=model, query_model=query_model,
                              doc_model=doc_model, output=output, overwrite=overwrite, batch_size=batch_size,
                              limit_queries=limit_queries, limit_docs=limit_docs, allow_missing_ids=allow_missing_ids,
-                             show_progress=not no_progress)
+                             show_progress=not no_progress, cache_dir=cache_dir, use_cache=not no_cache)
     if not data:
         raise EmbedKDError("--data is required (it is optional only with --mteb)")
     for path in (output, save_run, save_weights):

@@ -14,7 +14,8 @@ import click
 
 
 def run_mteb_eval(spec: str, *, data, split, model, query_model, doc_model, output, overwrite, batch_size,
-                  limit_queries, limit_docs, allow_missing_ids, show_progress) -> None:
+                  limit_queries, limit_docs, allow_missing_ids, show_progress, cache_dir=None,
+                  use_cache=True) -> None:
     from embed_kd.errors import EmbedKDError
     from embed_kd.evaluation.mteb_eval import mteb_table, parse_task_names, resolve_tasks, run_mteb
     from embed_kd.io import atomic_write_json, refuse_existing
@@ -42,12 +43,12 @@ def run_mteb_eval(spec: str, *, data, split, model, query_model, doc_model, outp
     else:
         qm, dm = load_sentence_transformer(query_model), load_sentence_transformer(doc_model)
     result = run_mteb(tasks, qm, dm, batch_size=batch_size, show_progress=show_progress,
-                      timings={"load_models_s": time.perf_counter() - t})
+                      timings={"load_models_s": time.perf_counter() - t}, cache_dir=cache_dir, use_cache=use_cache)
     if output:
         atomic_write_json(output, result, overwrite=overwrite)
     click.echo(mteb_table(result))
     qps = result["throughput"]["queries_per_s"]
     click.echo(f"\nMTEB {result['versions']['mteb']}, {result['mode']}; "
                + (f"query encoding {qps:.1f} queries/s; " if qps else "")
-               + f"total {result['timings']['total_s']:.1f}s" + (f"; written to {output}" if output else ""),
+               + f"doc cache: {result['cache']['docs']}; total {result['timings']['total_s']:.1f}s" + (f"; written to {output}" if output else ""),
                err=True)

@@ -49,6 +49,7 @@ Result JSON (schema ``embed-kd/mteb@1``), written by ``embed-kd eval --mteb … 
                   (the first retrieval task's first split, for `embed-kd report`),
       "timings": {"load_models_s", "encode_queries_s", "encode_docs_s", "encode_other_s", "total_s"},
       "throughput": {"queries_per_s", "docs_per_s"},
+      "cache": {"docs": ["hit" | "miss", …] (one per document encoding) | "off" | "not used"},
       "versions": {"embed_kd", "sentence_transformers", "torch", "transformers", "mteb", "python"},
       "created": ISO-8601 UTC
     }
@@ -84,17 +85,41 @@ def _role(prompt_type) -> str:
     return value if value in ("query", "document") else "other"
 
 
-def routed_encoder(query_model, doc_model=None):
+def _default_prompts_only(model) -> bool:
+    return not any((getattr(model, "prompts", None) or {}).values())
+
+
+def _corpus_of(inputs) -> dict | None:
+    """The ``{id: {title, text}}`` corpus behind an mteb document dataloader (None if not recoverable)."""
+    ds = getattr(inputs, "dataset", None)
+    cols = getattr(ds, "column_names", None) or []
+    if "id" not in cols or "body" not in cols:
+        return None
+    titles = ds["title"] if "title" in cols else [None] * len(ds)
+    corpus = {i: {"title": t or "", "text": b or ""} for i, t, b in zip(ds["id"], titles, ds["body"])}
+    return corpus if len(corpus) == len(ds) else None
+
+
+def routed_encoder(query_model, doc_model=None, *, cache=None):
     """An mteb encoder: queries (and non-retrieval inputs) by ``query_model``, documents by ``doc_model``.
 
     ``doc_model`` None (or the same object) gives the symmetric case through the same wrapper, so
     both modes share one code path and one set of timings (``encoder.stats``).
+
+    ``cache`` (an :class:`embed_kd.index.EmbeddingCache`): retrieval documents are looked up in /
+    stored to embed-kd's document-embedding cache with the same key ``embed-kd eval`` uses (doc
+    model fingerprint, corpus fingerprint, max length, normalisation), so a teacher's corpus is
+    encoded once for every student and for both evaluators. Only for a doc model without custom
+    prompts (a prompt would change the embeddings but not the key); otherwise mteb encodes.
     """
     from mteb.models.abs_encoder import AbsEncoder
     from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
 
     class RoutedEncoder(AbsEncoder):
         def __init__(self, q, d):
+            self.doc_st = q if d is None else d
+            self.cache = cache
+            self.cache_results: list[str] = []
             self.query = SentenceTransformerEncoderWrapper(q)
             self.document = self.query if d is None or d is q else SentenceTransformerEncoderWrapper(d)
             self.model = q
@@ -105,8 +130,19 @@ def routed_encoder(query_model, doc_model=None):
             role = _role(prompt_type)
             side = self.document if role == "document" else self.query
             t = time.perf_counter()
-            emb = side.encode(inputs, task_metadata=task_metadata, hf_split=hf_split, hf_subset=hf_subset,
-                              prompt_type=prompt_type, **kwargs)
+            corpus = _corpus_of(inputs) if role == "document" and self.cache is not None else None
+            if corpus is not None and _default_prompts_only(self.doc_st):
+                from types import SimpleNamespace
+
+                from embed_kd.evaluation.retrieval_eval import encode_corpus
+
+                emb, _, res = encode_corpus(self.doc_st, SimpleNamespace(corpus=corpus), cache=self.cache,
+                                            batch_size=kwargs.get("batch_size", 32),
+                                            show_progress=kwargs.get("show_progress_bar", True))
+                self.cache_results.append("hit" if res.hit else "miss")
+            else:
+                emb = side.encode(inputs, task_metadata=task_metadata, hf_split=hf_split, hf_subset=hf_subset,
+                                  prompt_type=prompt_type, **kwargs)
             self.stats.seconds[role] += time.perf_counter() - t
             self.stats.counts[role] += len(emb)
             return emb
@@ -270,8 +306,11 @@ def _scores(task_result) -> dict:
 
 
 def run_mteb(tasks: list[ResolvedTask], query_model, doc_model=None, *, batch_size: int = 32,
-             show_progress: bool = True, timings: dict | None = None) -> dict:
-    """Evaluate ``tasks`` with ``mteb.evaluate``; returns the ``embed-kd/mteb@1`` result dict."""
+             show_progress: bool = True, timings: dict | None = None, cache_dir=None, use_cache: bool = True) -> dict:
+    """Evaluate ``tasks`` with ``mteb.evaluate``; returns the ``embed-kd/mteb@1`` result dict.
+
+    ``cache_dir`` / ``use_cache``: the document-embedding cache (see :func:`routed_encoder`).
+    """
     import mteb
 
     from embed_kd.evaluation.retrieval_eval import model_info, versions
@@ -284,7 +323,10 @@ def run_mteb(tasks: list[ResolvedTask], query_model, doc_model=None, *, batch_si
         raise EmbedKDError(
             f"asymmetric mode needs one embedding space: query model '{q_info['spec']}' makes "
             f"{q_info['dim']}-dim vectors, doc model '{d_info['spec']}' makes {d_info['dim']}-dim vectors")
-    encoder = routed_encoder(query_model, doc_model if asym else None)
+    from embed_kd.index.cache import EmbeddingCache
+
+    cache = EmbeddingCache(cache_dir, enabled=use_cache) if use_cache else None
+    encoder = routed_encoder(query_model, doc_model if asym else None, cache=cache)
     out_tasks = []
     for rt in tasks:
         t = time.perf_counter()
@@ -316,8 +358,10 @@ def run_mteb(tasks: list[ResolvedTask], query_model, doc_model=None, *, batch_si
         "timings": timings,
         "throughput": {
             "queries_per_s": st.counts["query"] / st.seconds["query"] if st.seconds["query"] > 0 else None,
-            "docs_per_s": st.counts["document"] / st.seconds["document"] if st.seconds["document"] > 0 else None,
+            "docs_per_s": (st.counts["document"] / st.seconds["document"]
+                           if st.seconds["document"] > 0 and "hit" not in encoder.cache_results else None),
         },
+        "cache": {"docs": encoder.cache_results or ("off" if cache is None else "not used")},
         "versions": {**versions(), "mteb": mteb.__version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
