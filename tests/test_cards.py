@@ -155,3 +155,30 @@ def test_publish_refuses_changed_weights(student_dir, tiny_model):
 def test_publish_folder_without_manifest(tiny_model):
     r = _publish(tiny_model, "--repo-id", "me/x", "--dry-run")
     assert r.exit_code == 2 and "no embed-kd manifest" in r.output
+
+
+def test_publish_dry_run_cross_encoder_teacher(tmp_path, tiny_model):
+    """A train-teacher style folder: CrossEncoder weights + embed_kd_teacher.json with their fingerprint."""
+    from sentence_transformers import CrossEncoder
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from embed_kd.models import load_cross_encoder
+
+    raw = tmp_path / "ce-hf"
+    BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                             intermediate_size=32, max_position_embeddings=64, num_labels=1)
+                                  ).save_pretrained(raw)
+    for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        if (tiny_model / f).exists():
+            shutil.copy(tiny_model / f, raw / f)
+    d = tmp_path / "ce"
+    CrossEncoder(str(raw), device="cpu").save_pretrained(str(d))
+    fp = fingerprint_model(load_cross_encoder(d))
+    (d / "embed_kd_teacher.json").write_text(json.dumps({
+        "schema": "embed-kd/cross-encoder-teacher@1", "base": "minilm-l6", "base_fingerprint": "b0",
+        "model_fingerprint": fp, "config": {"loss": "bce"}, "dataset": {"name": "tiny", "split": "train"},
+        "dev": {}}))
+    r = _publish(d, "--repo-id", "me/tiny-ce", "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert f"cross-encoder teacher {d} (fingerprint {fp}" in r.output and "dry run: nothing uploaded" in r.output
+    assert 'CrossEncoder("me/tiny-ce")' in (d / "README.md").read_text()
