@@ -85,7 +85,9 @@ def render_markdown(r: dict) -> str:
         f"- **Pairs**: {p['n_pairs']} (SciFact {p['split']}, first {p['queries']} queries, {p['candidates']}); "
         f"mean {p['tokens_mean']:.0f} tokens per pair, {p['share_at_max_length']:.0%} truncated at "
         f"{r['teacher']['max_length']}.",
-        f"- **Teacher**: {r['teacher']['built_from'] or r['teacher']['path']}, max_length {r['teacher']['max_length']}.",
+        f"- **Teacher**: `{r['teacher']['path']}`"
+        + (f" ({r['teacher']['built_from']})" if r["teacher"]["built_from"] else "")
+        + f", max_length {r['teacher']['max_length']}.",
         f"- **Machine**: {r['machine']['cpus']} CPUs, torch threads {r['machine']['torch_threads']}; "
         f"{r['machine']['note']}.",
         "- pairs/s counts teacher time (tokenisation + model); score-teacher's whole loop (candidates, "
@@ -123,6 +125,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--teacher", help="a cross-encoder folder (default: build the MiniLM-size CE)")
+    ap.add_argument("--teacher-note", default=None, help="how --teacher was made (for the report)")
     ap.add_argument("--ce-dir", default="/tmp/embed_kd_minilm_ce", help="where the built CE is saved")
     ap.add_argument("--out", default=str(REPO / "eval" / "results" / "score-teacher-speed"))
     args = ap.parse_args()
@@ -217,8 +220,9 @@ def main() -> None:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "flock /tmp/embed_kd_heavy.lock .venv/bin/python scripts/score_teacher_speed.py "
                    f"--queries {args.queries} --k {args.k} --max-length {args.max_length} --batch-size {args.batch_size}"
-                   + (f" --teacher {args.teacher}" if args.teacher else ""),
-        "teacher": {"path": str(teacher), "built_from": None if args.teacher else "minilm-l6 (all-MiniLM-L6-v2) + random 1-logit head, seed 0",
+                   + (f" --teacher {args.teacher}" if args.teacher else "")
+                   + (f" --teacher-note '{args.teacher_note}'" if args.teacher_note else ""),
+        "teacher": {"path": str(teacher), "built_from": args.teacher_note if args.teacher else "minilm-l6 (all-MiniLM-L6-v2) + random 1-logit head, seed 0",
                     "max_length": args.max_length},
         "pairs": {"dataset": dataset.name, "split": "train", "queries": args.queries, "candidates": f"bm25:{args.k} + qrels positives",
                   "n_pairs": n_pairs, "tokens_mean": float(np.mean(lengths)),
