@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,7 @@ def layer_cut(spec: str, keep_layers: str, out_root: str | None = None) -> str:
     student = cut_layers(load_sentence_transformer(spec), keep)
     out = Path(tempfile.mkdtemp(prefix="embed-kd-cut-", dir=out_root)) / f"{Path(spec).name}-layers-{'-'.join(map(str, keep))}"
     student.save(str(out))
+    atexit.register(shutil.rmtree, out.parent, ignore_errors=True)  # a throw-away copy: removed at exit
     return str(out)
 
 
