@@ -15,9 +15,9 @@ transformer optimizer (attention / LayerNorm / GELU fusion; BERT-family models),
 eval/results/score-teacher-speed.md for the measured drift and per-query Kendall tau). The store
 records the backend in the teacher entry, so stores made by different backends never mix.
 
-Why not sentence-transformers' ``backend="onnx"``: it needs ``optimum``, whose releases that
-install next to transformers 5 cannot import it (checked with pip's resolver here); ONNX Runtime is
-what ``optimum`` would run underneath.
+Why not sentence-transformers' ``backend="onnx"``: it needs ``optimum``, and the release pip's
+resolver picks next to transformers 5 here is optimum 1.17.1, which predates transformers 5 (not
+adopted, not installed); ONNX Runtime is what ``optimum`` would run underneath.
 """
 
 from __future__ import annotations
