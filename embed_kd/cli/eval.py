@@ -41,12 +41,13 @@ from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosi
               help="With --ensemble: write the (fitted) weights JSON that score-teacher reads.")
 @click.option("--rerank", "rerank_model", help="Re-rank the first stage's top-K with this cross-encoder (folder/preset).")
 @click.option("--rerank-depth", default=100, show_default=True, type=click.IntRange(1), help="K for --rerank (BEIR: 100).")
+@click.option("--loyalty-teacher", help="Also report loyalty to this embedding teacher (top-10 overlap, Spearman, cosine).")
 @verbosity_options
 @run_command
 def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output, overwrite, save_run, index_kind, top_k,
                  batch_size, cache_dir, no_cache, limit_queries, limit_docs, allow_missing_ids,
                  ignore_identical_ids, threads, no_progress, ensemble_config, save_weights, rerank_model,
-                 rerank_depth, verbose, quiet):
+                 rerank_depth, loyalty_teacher, verbose, quiet):
     """Encode, index with FAISS and score with pytrec_eval (nDCG@10, Recall@100, MRR@10).
 
     \b
@@ -113,6 +114,13 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
         opts.timings["load_models_s"] = time.perf_counter() - t
         result = evaluate_dense(dataset, qm, dm, options=opts)
 
+    if loyalty_teacher:
+        if model == "bm25":
+            raise EmbedKDError("--loyalty-teacher needs a dense model (not bm25)")
+        from embed_kd.evaluation.loyalty import evaluate_loyalty
+
+        result["loyalty"] = evaluate_loyalty(dataset, qm, dm, load_sentence_transformer(loyalty_teacher),
+                                             options=opts, run=result["run"])
     if rerank_model:
         from embed_kd.evaluation.rerank import evaluate_rerank
         from embed_kd.models import load_cross_encoder
@@ -126,6 +134,12 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
     if output:
         atomic_write_json(output, result, overwrite=overwrite)
     click.echo(markdown_table([result]))
+    if loyalty_teacher:
+        ly = result["loyalty"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        click.echo(f"\nloyalty to {ly['teacher']['spec']}: top-10 overlap {fmt(ly['top10_overlap'])}, "
+                   f"Spearman {fmt(ly['spearman'])}, query cosine {fmt(ly['query_cosine'])}, "
+                   f"doc cosine {fmt(ly['doc_cosine'])}")
     if verbose:
         click.echo()
         click.echo(timings_table(result))
