@@ -280,6 +280,7 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
     evaluator = CrossEncoderRerankingEvaluator(samples, at_k=10, always_rerank_positives=False, name="dev",
                                                batch_size=32, show_progress_bar=False, write_csv=False)
 
+    torch.manual_seed(config.seed)  # the new classification head's initialisation
     model = load_cross_encoder(config.base, max_length=config.max_length)
     if model.num_labels != 1:
         raise EmbedKDError(f"base model '{config.base}' has {model.num_labels} output labels; a 1-label scorer is needed")
