@@ -91,7 +91,10 @@ def main(runs: Path) -> None:
     lines = ["# SciFact teachers: BM25, MiniLM, fusions, a trained cross-encoder", "",
              f"Measured {doc['created']} on {doc['machine']}. SciFact **test** (300 queries). Ensemble weights are "
              "fitted on a 100-query dev slice of the **train** split (seed 0), never on test.", "",
-             "| teacher | nDCG@10 | Recall@100 | MRR@10 | weights | note |", "|---|---|---|---|---|---|"]
+             ]
+    if (runs / "summary.md").is_file():   # the measured conclusions, written by hand after the runs
+        lines += [(runs / "summary.md").read_text().strip(), ""]
+    lines += ["| teacher | nDCG@10 | Recall@100 | MRR@10 | weights | note |", "|---|---|---|---|---|---|"]
     for row in rows:
         w = ", ".join(f"{k} {v:g}" for k, v in row.get("weights", {}).items()) or "—"
         note = row["note"]
