@@ -108,6 +108,9 @@ def resolve_model_spec(spec: str | os.PathLike) -> ModelSpec:
 
 
 def _guess_kind(path: Path) -> str | None:
+    st_cfg = path / "config_sentence_transformers.json"  # sentence-transformers ≥ 4 records the model class
+    if st_cfg.is_file() and '"CrossEncoder"' in st_cfg.read_text(encoding="utf-8"):
+        return "cross-encoder"
     modules = path / "modules.json"
     if modules.is_file():
         text = modules.read_text(encoding="utf-8")

@@ -76,6 +76,9 @@ def test_tiny_run_saves_a_loadable_cross_encoder(tiny_beir, tiny_model, tmp_path
     assert set(manifest["dev"]["after"]) >= {"dev_ndcg@10", "dev_base_ndcg@10"}
     card = (out / "README.md").read_text()
     assert "embed-kd training recipe" in card and "ListNetLoss" in card
+    from embed_kd.presets import resolve_model_spec
+
+    assert resolve_model_spec(str(out)).kind == "cross-encoder"   # so score-teacher --teacher DIR picks it up
     ce = CrossEncoder(str(out), device="cpu")
     scores = ce.predict([("cat purr ?", "cat kitten purr"), ("cat purr ?", "sea wave tide")])
     assert scores.shape == (2,)
