@@ -45,8 +45,8 @@ def main() -> None:
     if not cut_dir.exists():
         cut_layers(teacher, keep).save(str(cut_dir))
     entries = {"teacher": "minilm-l6", "cut": str(cut_dir)}
-    for name, folder in (("default", "scifact-l3"), ("peer", "scifact-l3-peer"), ("margin_only", "scifact-l3-margin"),
-                         ("align_only", "scifact-l3-align")):
+    for name, folder in (("default", "scifact-l3"), ("round_robin", "scifact-l3-rr"), ("peer", "scifact-l3-peer"),
+                         ("margin_only", "scifact-l3-margin"), ("align_only", "scifact-l3-align")):
         if (RUNS / folder / "modules.json").exists():
             entries[name] = str(RUNS / folder)
             ck = sorted((RUNS / folder / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
