@@ -52,6 +52,20 @@ def write_tiny_beir(root: Path, n_docs_per_topic: int = 5, seed: int = 0) -> Pat
     return root
 
 
+def tiny_tokenizer(vocab: list[str] | None = None, **kwargs):
+    """A lower-casing WordPiece tokenizer over ``vocab`` (default :data:`VOCAB`).
+
+    Built from a vocabulary dict: transformers 5 ignores ``BertTokenizerFast(vocab_file=...)``
+    and would map every word to ``[UNK]``.
+    """
+    from transformers import BertTokenizerFast
+
+    words = VOCAB if vocab is None else vocab
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True, **kwargs)
+    assert tok.convert_tokens_to_ids("cat") != tok.unk_token_id or "cat" not in words, "tokenizer maps words to [UNK]"
+    return tok
+
+
 def build_tiny_bi_encoder(path: Path, *, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
     """A 2-layer BERT bi-encoder (mean pooling + normalise) built from a config, saved as an ST folder."""
     import torch
@@ -60,14 +74,12 @@ def build_tiny_bi_encoder(path: Path, *, hidden: int = 32, layers: int = 2, seed
         from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     except ImportError:  # sentence-transformers < 6
         from sentence_transformers.models import Normalize, Pooling, Transformer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
     raw = path.parent / f"{path.name}-hf"
     raw.mkdir(parents=True, exist_ok=True)
-    (raw / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(raw / "vocab.txt"), do_lower_case=True)
-    tok.save_pretrained(raw)
+    tiny_tokenizer().save_pretrained(raw)
     cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
                      intermediate_size=hidden * 2, max_position_embeddings=64)
     BertModel(cfg).save_pretrained(raw)

@@ -17,24 +17,14 @@ from embed_kd.evaluation.retrieval_eval import EvalOptions, evaluate_dense  # no
 from embed_kd.models import load_sentence_transformer  # noqa: E402
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from conftest import VOCAB, build_tiny_bi_encoder  # noqa: E402
-
-
-def _with_working_tokenizer(path):
-    """The conftest builder passes ``vocab_file=`` to ``BertTokenizerFast``, which transformers 5
-    ignores (every word becomes [UNK], so all documents tie). These tests need rankings with
-    signal, so the folder gets a tokenizer built from the same vocabulary with ``vocab=``."""
-    from transformers import BertTokenizerFast
-
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True).save_pretrained(str(path))
-    return path
+from conftest import build_tiny_bi_encoder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("mteb-models")
-    a = _with_working_tokenizer(build_tiny_bi_encoder(root / "teacher", seed=0))
-    b = _with_working_tokenizer(build_tiny_bi_encoder(root / "student", seed=1))
+    a = build_tiny_bi_encoder(root / "teacher", seed=0)
+    b = build_tiny_bi_encoder(root / "student", seed=1)
     return a, b
 
 

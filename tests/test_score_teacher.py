@@ -17,16 +17,18 @@ from click.testing import CliRunner
 from embed_kd.cli import main
 from embed_kd.teachers.store import open_scores
 
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import VOCAB, tiny_tokenizer  # noqa: E402
+
 
 def build_tiny_cross_encoder(path: Path, vocab: list[str], *, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
     """A 2-layer BertForSequenceClassification (num_labels=1) + the tiny tokenizer, loadable by CrossEncoder."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True, model_max_length=48).save_pretrained(path)
+    tiny_tokenizer(vocab, model_max_length=48).save_pretrained(path)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
                      intermediate_size=hidden * 2, max_position_embeddings=64, num_labels=1,
                      initializer_range=0.5)  # large random weights: scores that differ between pairs
@@ -37,8 +39,7 @@ def build_tiny_cross_encoder(path: Path, vocab: list[str], *, hidden: int = 32, 
 @pytest.fixture(scope="module")
 def tiny_ce(tmp_path_factory, tiny_model) -> Path:
     # the tiny bi-encoder's tokenizer vocabulary (conftest.build_tiny_bi_encoder saves it next to the model)
-    vocab = (tiny_model.parent / f"{tiny_model.name}-hf" / "vocab.txt").read_text().split("\n")[:-1]
-    return build_tiny_cross_encoder(tmp_path_factory.mktemp("models") / "tiny-ce", vocab)
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("models") / "tiny-ce", VOCAB)
 
 
 def _args(data, out, cache, *extra):
