@@ -3,6 +3,13 @@
 Every file is written to a temporary sibling, flushed and fsynced, then renamed into place, so a
 reader sees either the old state or the complete new file, never half of one — including after
 ``kill -9``. A writer refuses to replace an existing user output unless ``overwrite=True``.
+
+Temporary names are ``.<name>.pid<PID>-<random>.tmp`` beside the target. A process killed with
+``kill -9`` cannot clean up after itself, so the next write to the same target removes the
+temporaries of writers that are no longer running (:func:`sweep_stale`); a replaced folder parked
+as ``.<name>.old-<PID>`` by a writer killed mid-swap is put back when the target is missing.
+Files and folders are created with the permissions the umask allows (``0o666``/``0o777`` minus
+the umask), as ``open``/``mkdir`` would, not ``tempfile``'s private ``0o600``/``0o700``.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,13 +43,73 @@ def _check_parent(path: Path) -> None:
         raise ArtifactError(f"{parent}: output folder is not writable")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.pid{os.getpid()}-"
+
+
+def _pid_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, under another user
+        return True
+    return True
+
+
+def sweep_stale(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of earlier writers of ``path`` that are no longer running.
+
+    Also puts back ``path`` from a ``.<name>.old-<PID>`` sibling when a writer was killed between
+    parking the old folder and renaming the new one in (or removes that sibling when ``path``
+    exists). Returns what was removed or restored.
+    """
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        return []
+    tmp_re = re.compile(rf"^\.{re.escape(path.name)}\.pid(\d+)-[^/]*\.tmp$")
+    old_re = re.compile(rf"^\.{re.escape(path.name)}\.old-(\d+)$")
+    done = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return []
+    for p in entries:
+        m = tmp_re.match(p.name) or old_re.match(p.name)
+        if not m or _pid_running(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if m.re is old_re and not path.exists():
+                os.replace(p, path)
+            elif p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            done.append(p)
+    return done
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = True) -> Path:
     path = Path(path)
     if not overwrite:
         refuse_existing(path, overwrite)
     _check_parent(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    sweep_stale(path)
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot create a file in {path.parent} ({exc.strerror or exc})") from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -77,7 +145,12 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     if not overwrite:
         refuse_existing(path, overwrite)
     _check_parent(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    sweep_stale(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp"))
+        os.chmod(tmp, 0o777 & ~_umask())
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot create a folder in {path.parent} ({exc.strerror or exc})") from None
     try:
         yield tmp
         if path.exists():
@@ -87,6 +160,10 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except OSError as exc:  # disk full, read-only file system, permissions: one clear error, nothing left
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        raise ArtifactError(f"{path}: writing failed{where}: {exc.strerror or exc}; nothing was written") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
