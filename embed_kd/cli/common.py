@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -12,6 +13,9 @@ import click
 from embed_kd.errors import EmbedKDError
 
 EXIT_USER_ERROR = 2
+#: OSErrors that are the machine's state, not a bug: reported as one ``Error:`` line, like user mistakes
+_ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENOENT,
+               errno.ENOTDIR, errno.EISDIR}
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
@@ -37,7 +41,12 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
 
 
 def run_command(fn):
-    """Turn :class:`EmbedKDError` into ``Error: …`` + exit 2, and Ctrl-C into exit 130."""
+    """Turn :class:`EmbedKDError` into ``Error: …`` + exit 2, and Ctrl-C into exit 130.
+
+    An ``OSError`` that describes the machine (disk full, quota, read-only file system, permission
+    denied, missing path) is reported the same way, naming the file; any other exception is a bug
+    and keeps its traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -45,6 +54,12 @@ def run_command(fn):
             return fn(*args, **kwargs)
         except EmbedKDError as exc:
             click.echo(f"Error: {exc}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        except OSError as exc:
+            if exc.errno not in _ENV_ERRNOS:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
             click.echo("Interrupted: nothing partial was kept (outputs are written atomically).", err=True)
