@@ -20,7 +20,8 @@ for normalised models), exactly what ``embed-kd eval`` ranks by.
 Bad requests are answered ``4xx`` with ``{"error": "<one sentence>", "problems": [{"field",
 "message", "type"}]}``: ``422`` for a malformed JSON body, wrong types (strict: ``"5"`` is not an
 int, ``1`` is not a bool), an empty/blank/oversized query, too many queries, ``k`` out of range or
-unknown fields; ``413`` for a body larger than ``max_body_bytes``; ``404``/``405`` for unknown routes
+unknown fields; ``413`` for a body larger than ``max_body_bytes`` (by ``Content-Length``, or counted while
+reading a chunked body); ``404``/``405`` for unknown routes
 or methods.
 
 ``GET /health`` → ``{"status": "ok", "n_docs": int}``.
@@ -71,28 +72,61 @@ def _json_type(value: Any) -> str:
 
 
 class _BodyLimit:
-    """Pure ASGI middleware: answer 413 when ``Content-Length`` exceeds the limit (before reading it)."""
+    """Pure ASGI middleware: answer 413 for a body larger than the limit.
+
+    With ``Content-Length`` the size is known before reading (400 for an invalid header). Without
+    it (``Transfer-Encoding: chunked``) the body is read here, counting bytes, and the request is
+    answered 413 as soon as the count passes the limit — so a chunked upload cannot make the app
+    buffer more than ``limit`` bytes; a body within the limit is replayed to the app unchanged.
+    """
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            for name, value in scope.get("headers", ()):
-                if name == b"content-length":
-                    try:
-                        size = int(value)
-                    except ValueError:
-                        size = -1
-                    if size < 0 or size > self.limit:
-                        from fastapi.responses import JSONResponse
+    async def _reject(self, scope, receive, send, status: int, msg: str) -> None:
+        from fastapi.responses import JSONResponse
 
-                        status = 413 if size > self.limit else 400
-                        msg = (f"request body is {size} bytes; the limit is {self.limit} bytes" if status == 413
-                               else "invalid Content-Length header")
-                        await JSONResponse({"error": msg, "problems": []}, status_code=status)(scope, receive, send)
-                        return
-        await self.app(scope, receive, send)
+        await JSONResponse({"error": msg, "problems": []}, status_code=status)(scope, receive, send)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    size = int(value)
+                except ValueError:
+                    size = -1
+                if size < 0 or size > self.limit:
+                    if size > self.limit:
+                        await self._reject(scope, receive, send, 413,
+                                           f"request body is {size} bytes; the limit is {self.limit} bytes")
+                    else:
+                        await self._reject(scope, receive, send, 400, "invalid Content-Length header")
+                    return
+                await self.app(scope, receive, send)
+                return
+        # no Content-Length (chunked): count while reading, replay when within the limit
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._reject(scope, receive, send, 413,
+                                   f"request body is more than {self.limit} bytes (chunked); the limit is "
+                                   f"{self.limit} bytes")
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
 
 
 def create_app(engine: "SearchEngine", settings: ServeSettings | None = None) -> "FastAPI":
