@@ -42,12 +42,15 @@ from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosi
 @click.option("--rerank", "rerank_model", help="Re-rank the first stage's top-K with this cross-encoder (folder/preset).")
 @click.option("--rerank-depth", default=100, show_default=True, type=click.IntRange(1), help="K for --rerank (BEIR: 100).")
 @click.option("--loyalty-teacher", help="Also report loyalty to this embedding teacher (top-10 overlap, Spearman, cosine).")
+@click.option("--allow-teacher-mismatch", is_flag=True,
+              help="Asymmetric mode: evaluate even when --query-model declares another embedding teacher than "
+                   "--doc-model (a warning instead of a refusal).")
 @verbosity_options
 @run_command
 def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output, overwrite, save_run, index_kind, top_k,
                  batch_size, cache_dir, no_cache, limit_queries, limit_docs, allow_missing_ids,
                  ignore_identical_ids, threads, no_progress, ensemble_config, save_weights, rerank_model,
-                 rerank_depth, loyalty_teacher, verbose, quiet):
+                 rerank_depth, loyalty_teacher, allow_teacher_mismatch, verbose, quiet):
     """Encode, index with FAISS and score with pytrec_eval (nDCG@10, Recall@100, MRR@10).
 
     \b
@@ -68,6 +71,9 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
         raise EmbedKDError("--save-weights needs --ensemble")
     if not ensemble_config and not model and not (query_model and doc_model):
         raise EmbedKDError("pass --model, or both --query-model and --doc-model")
+    if loyalty_teacher and (ensemble_config or model == "bm25"):
+        raise EmbedKDError("--loyalty-teacher compares a dense retriever's embeddings with the teacher's: it needs "
+                           "--model M or --query-model/--doc-model (not bm25 or --ensemble)")
     if mteb_tasks:
         if ensemble_config or rerank_model or save_run:
             raise EmbedKDError("--mteb runs MTEB's own search and scoring: --ensemble/--rerank/--save-run do not apply")
@@ -112,11 +118,20 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
         else:
             qm, dm = load_sentence_transformer(query_model), load_sentence_transformer(doc_model)
         opts.timings["load_models_s"] = time.perf_counter() - t
+        alignment = None
+        if not model:
+            from embed_kd.evaluation.retrieval_eval import model_info
+            from embed_kd.serve.engine import query_model_alignment
+
+            q_info, d_info = model_info(qm), model_info(dm)
+            if q_info["dim"] == d_info["dim"]:  # else evaluate_dense refuses the dimensions
+                alignment = query_model_alignment(query_model, q_info, d_info, allow_mismatch=allow_teacher_mismatch,
+                                                  docs="--doc-model's documents")
         result = evaluate_dense(dataset, qm, dm, options=opts)
+        if alignment is not None:
+            result["alignment"] = alignment
 
     if loyalty_teacher:
-        if model == "bm25":
-            raise EmbedKDError("--loyalty-teacher needs a dense model (not bm25)")
         from embed_kd.evaluation.loyalty import evaluate_loyalty
 
         result["loyalty"] = evaluate_loyalty(dataset, qm, dm, load_sentence_transformer(loyalty_teacher),

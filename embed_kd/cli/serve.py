@@ -14,6 +14,9 @@ from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosi
                                     "default: the index's doc model.")
 @click.option("--expect-teacher-fingerprint", help="Refuse to start unless the index's doc model has this "
                                                    "fingerprint (the teacher the query model was aligned to).")
+@click.option("--allow-teacher-mismatch", is_flag=True,
+              help="Serve even when the query model declares another embedding teacher than the index's doc "
+                   "model (a warning instead of a refusal; results mix two embedding spaces).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 @click.option("--max-batch-size", default=32, show_default=True, type=click.IntRange(1),
@@ -30,8 +33,8 @@ from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosi
 @click.option("--access-log", is_flag=True, help="Log every request (uvicorn access log).")
 @verbosity_options
 @run_command
-def serve_command(index_dir, query_model, expect_teacher_fingerprint, host, port, max_batch_size, max_wait_ms,
-                  max_k, max_query_chars, max_queries, threads, no_verify, access_log, verbose, quiet):
+def serve_command(index_dir, query_model, expect_teacher_fingerprint, allow_teacher_mismatch, host, port,
+                  max_batch_size, max_wait_ms, max_k, max_query_chars, max_queries, threads, no_verify, access_log, verbose, quiet):
     """Serve POST /search, GET /health and GET /info with uvicorn.
 
     \b
@@ -47,7 +50,7 @@ def serve_command(index_dir, query_model, expect_teacher_fingerprint, host, port
     set_threads(threads)
     check_port(host, port)  # fail in a second, not after loading the model
     engine = SearchEngine.load(index_dir, query_model, expect_teacher_fingerprint=expect_teacher_fingerprint,
-                               verify=not no_verify)
+                               verify=not no_verify, allow_teacher_mismatch=allow_teacher_mismatch)
     settings = ServeSettings(max_k=max_k, max_query_chars=max_query_chars, max_queries=max_queries,
                              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
     app = create_app(engine, settings)

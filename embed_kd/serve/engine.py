@@ -22,7 +22,9 @@ A query model declares its teacher either in a manifest in its folder or through
 
 A query model with the index's doc-model fingerprint is the symmetric case and always accepted;
 a different model that declares nothing is accepted with a warning (``alignment: "unverified"``
-in ``GET /info``).
+in ``GET /info``). ``--allow-teacher-mismatch`` turns the refusal of a declared teacher that is not
+the doc model into a warning (``alignment: "mismatch"``); ``embed-kd eval`` applies the same check
+to ``--query-model`` / ``--doc-model``.
 
 >>> check_query_model({"dim": 384, "fingerprint": "a" * 16, "spec": "s"},
 ...                   {"dim": 384, "fingerprint": "b" * 16, "spec": "t"}, declared="b" * 16)
@@ -86,11 +88,15 @@ def declared_teacher_fingerprint(model_dir: str | Path) -> tuple[str | None, Pat
     return None, None
 
 
-def check_query_model(query: dict, doc: dict, *, declared: str | None = None, source: str = "") -> str:
+def check_query_model(query: dict, doc: dict, *, declared: str | None = None, source: str = "",
+                      allow_mismatch: bool = False, docs: str = "the index's documents") -> str:
     """Refuse a query model outside the doc model's space; return how the match was established.
 
     ``query`` / ``doc``: ``{"spec", "fingerprint", "dim"}``. Returns ``"same model"``,
-    ``"declared"`` (the declared teacher is the doc model) or ``"unverified"``.
+    ``"declared"`` (the declared teacher is the doc model), ``"unverified"`` (nothing declared) or,
+    with ``allow_mismatch`` (``--allow-teacher-mismatch``), ``"mismatch"`` after a warning where the
+    declared teacher is another model. A dimension mismatch is always refused. ``docs`` names the
+    documents in the message (``embed-kd eval`` passes ``"--doc-model's documents"``).
     """
     if int(query["dim"]) != int(doc["dim"]):
         raise EmbedKDError(
@@ -99,12 +105,14 @@ def check_query_model(query: dict, doc: dict, *, declared: str | None = None, so
             "aligned to"
         )
     if declared is not None and declared != doc["fingerprint"]:
-        raise EmbedKDError(
-            f"query model '{query['spec']}' was aligned to a teacher with fingerprint {declared}"
-            + (f" ({source})" if source else "")
-            + f", but the index's documents were encoded by '{doc['spec']}' ({doc['fingerprint']}); "
-            "build the index with that teacher"
-        )
+        what = (f"query model '{query['spec']}' was aligned to a teacher with fingerprint {declared}"
+                + (f" ({source})" if source else "")
+                + f", but {docs} were encoded by '{doc['spec']}' ({doc['fingerprint']})")
+        if not allow_mismatch:
+            raise EmbedKDError(f"{what}; use that teacher's documents (build the index with it), or pass "
+                               "--allow-teacher-mismatch to run anyway")
+        logger.warning("%s: running anyway (--allow-teacher-mismatch); scores mix two embedding spaces", what)
+        return "mismatch"
     if query["fingerprint"] == doc["fingerprint"]:
         return "same model"
     if declared is not None:
@@ -113,6 +121,21 @@ def check_query_model(query: dict, doc: dict, *, declared: str | None = None, so
         "query model '%s' declares no embedding teacher: cannot verify that it was aligned to '%s' (%s); "
         "pass --expect-teacher-fingerprint to check it", query["spec"], doc["spec"], doc["fingerprint"])
     return "unverified"
+
+
+def query_model_alignment(query_spec: str, query: dict, doc: dict, *, expect_teacher_fingerprint: str | None = None,
+                          allow_mismatch: bool = False, docs: str = "the index's documents") -> str:
+    """:func:`check_query_model` with the teacher the query model declares (its folder's manifest), or
+    ``expect_teacher_fingerprint`` when given."""
+    from embed_kd.presets import locate_model
+
+    if expect_teacher_fingerprint is not None and not _FP.match(expect_teacher_fingerprint):
+        raise EmbedKDError(f"--expect-teacher-fingerprint {expect_teacher_fingerprint!r}: expected 16 hex digits")
+    declared, source = expect_teacher_fingerprint, "--expect-teacher-fingerprint"
+    if declared is None:
+        declared, path = declared_teacher_fingerprint(locate_model(query_spec)[0])
+        source = str(path) if path else ""
+    return check_query_model(query, doc, declared=declared, source=source, allow_mismatch=allow_mismatch, docs=docs)
 
 
 @dataclass
@@ -128,12 +151,12 @@ class SearchEngine:
 
     @classmethod
     def load(cls, index_dir: str | Path, query_model: str | None = None, *,
-             expect_teacher_fingerprint: str | None = None, verify: bool = True) -> "SearchEngine":
+             expect_teacher_fingerprint: str | None = None, verify: bool = True,
+             allow_teacher_mismatch: bool = False) -> "SearchEngine":
         """Open the index, load the query model (default: the index's doc model) and check they match."""
         from embed_kd.evaluation.retrieval_eval import model_info
         from embed_kd.index.store import open_index
         from embed_kd.models import load_sentence_transformer
-        from embed_kd.presets import locate_model
 
         if expect_teacher_fingerprint is not None and not _FP.match(expect_teacher_fingerprint):
             raise EmbedKDError(f"--expect-teacher-fingerprint {expect_teacher_fingerprint!r}: expected 16 hex digits")
@@ -145,11 +168,9 @@ class SearchEngine:
         model = load_sentence_transformer(spec)
         model_s = time.perf_counter() - t
         info = model_info(model)
-        declared, source = expect_teacher_fingerprint, "--expect-teacher-fingerprint"
-        if declared is None:
-            declared, path = declared_teacher_fingerprint(locate_model(spec)[0])
-            source = str(path) if path else ""
-        alignment = check_query_model(info, index.doc_model, declared=declared, source=source)
+        alignment = query_model_alignment(spec, info, index.doc_model,
+                                          expect_teacher_fingerprint=expect_teacher_fingerprint,
+                                          allow_mismatch=allow_teacher_mismatch)
         logger.info("serving %d docs (%s, dim %d) of '%s' with query model '%s' (alignment: %s)",
                     index.n, index.manifest["kind"], index.dim, index.doc_model["spec"], info["spec"], alignment)
         return cls(model, index, info, alignment, {"open_index_s": index_s, "load_query_model_s": model_s})
