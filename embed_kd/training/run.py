@@ -26,6 +26,15 @@ Output folder (written atomically; refused if it exists unless ``--overwrite``):
 While training, checkpoints live in ``OUTPUT.work/`` (optimizer state included) so that an
 interrupted run resumes with ``--resume``; it is removed when the run completes.
 
+``OUTPUT.work/run.json`` (schema ``embed-kd/train-work@1``) fingerprints what decides the run:
+``{"schema", "fingerprint", "inputs": {"config" (without train.threads), "limit_queries",
+"limit_docs", "dataset" (corpus/queries/qrels fingerprints), "scores" (config_fingerprint),
+"teacher" (fingerprint), "student_init" (fingerprint)}}``. ``--resume`` refuses a work folder made
+with other inputs, resumes from the newest *complete* checkpoint (one whose ``trainer_state.json``
+— the trainer's last write — exists; a checkpoint cut short by a kill is removed) through the
+trainer's own ``resume_from_checkpoint`` (weights, optimizer, scheduler, RNG states, data position),
+and starts from step 0 when the run was killed before its first checkpoint.
+
 Run manifest ``embed_kd_train.json`` (schema ``embed-kd/train-run@1``)::
 
     {
@@ -66,6 +75,44 @@ from embed_kd.training.config import TrainConfig
 logger = logging.getLogger(__name__)
 SCHEMA = "embed-kd/train-run@1"
 MANIFEST = "embed_kd_train.json"
+WORK_SCHEMA = "embed-kd/train-work@1"
+WORK_MANIFEST = "run.json"
+_TRAINER_STATE = "trainer_state.json"  # the last file the trainer writes into a checkpoint
+
+
+def complete_checkpoints(ckpt_dir: Path, *, remove_partial: bool = False) -> list[Path]:
+    """The checkpoints of ``ckpt_dir`` the trainer finished writing (``trainer_state.json`` present),
+    by step; with ``remove_partial`` the others (a save cut short by a kill) are deleted."""
+    from embed_kd.training.averaging import list_checkpoints
+
+    done = []
+    for ck in list_checkpoints(ckpt_dir):
+        if (ck / _TRAINER_STATE).is_file():
+            done.append(ck)
+        elif remove_partial:
+            logger.warning("%s: incomplete checkpoint (interrupted while saving): removing it", ck)
+            shutil.rmtree(ck, ignore_errors=True)
+    return done
+
+
+def _check_work(work: Path, run_fp: str, inputs: dict, resume: bool) -> None:
+    """Write ``work/run.json`` for a new run; on ``resume`` refuse a work folder made with other inputs."""
+    from embed_kd.io import atomic_write_json, read_json
+
+    path = work / WORK_MANIFEST
+    if resume and path.is_file():
+        old = read_json(path, "interrupted-run manifest")
+        if not isinstance(old, dict) or old.get("schema") != WORK_SCHEMA:
+            raise ArtifactError(f"{path}: not an embed-kd interrupted-run manifest (schema {WORK_SCHEMA!r})")
+        if old.get("fingerprint") != run_fp:
+            before = old.get("inputs") or {}
+            diff = sorted(k for k in set(before) | set(inputs) if before.get(k) != inputs.get(k))
+            raise ArtifactError(
+                f"{work}: the interrupted run was made with other inputs (fingerprint {old.get('fingerprint')}, this "
+                f"run {run_fp}; differs in: {', '.join(diff) or '?'}); resume it with the same config and data, "
+                "or pass --overwrite to start over")
+        return
+    atomic_write_json(path, {"schema": WORK_SCHEMA, "fingerprint": run_fp, "inputs": inputs})
 
 
 def git_info() -> dict:
@@ -79,6 +126,13 @@ def git_info() -> dict:
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     return {"commit": commit, "dirty": dirty}
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def seed_everything(seed: int) -> None:
@@ -261,13 +315,29 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     budget = _time_budget_callback(T.max_time_s)
     trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=train_dataset, loss=loss,
                                          evaluator=evaluator, callbacks=[budget])
+    cfg_fp = cfg.to_dict()
+    cfg_fp.get("train", {}).pop("threads", None)  # threads change the speed, not what is learnt
+    inputs = {"config": cfg_fp, "limit_queries": limit_queries, "limit_docs": limit_docs,
+              "dataset": full_fps, "scores": None if store is None else store.manifest.get("config_fingerprint"),
+              "teacher": fingerprint_model(teacher), "student_init": init_fp}
+    from embed_kd.data.fingerprint import fingerprint_json
+
+    run_fp = fingerprint_json(inputs)
     resume_from = None
     if resume:
-        ck = list_checkpoints(ckpt_dir)
-        if not ck:
-            raise EmbedKDError(f"--resume: no checkpoint in {ckpt_dir} to resume from")
-        resume_from = str(ck[-1])
-        logger.info("resuming from %s", resume_from)
+        if not work.is_dir():
+            raise EmbedKDError(f"--resume: no interrupted run of {out} ({work} does not exist)")
+        _check_work(work, run_fp, inputs, resume=True)
+        ck = complete_checkpoints(ckpt_dir, remove_partial=True)
+        if ck:
+            resume_from = str(ck[-1])
+            logger.info("resuming from %s", resume_from)
+        else:
+            logger.warning("--resume: %s holds no complete checkpoint (interrupted before the first save): "
+                           "starting from step 0", work)
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    else:
+        _check_work(work, run_fp, inputs, resume=False)
     t_train = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     train_time_s = time.perf_counter() - t_train
@@ -316,10 +386,10 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
         student.save(str(tmp))
         keep = tmp / "checkpoints"
         keep.mkdir()
-        for ck in ckpts:
-            for junk in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin"):
-                (ck / junk).unlink(missing_ok=True)
-            os.replace(ck, keep / ck.name)
+        junk = shutil.ignore_patterns("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+                                      "training_args.bin")
+        for ck in ckpts:  # hard links: OUTPUT.work stays whole (resumable) until OUTPUT is in place
+            shutil.copytree(ck, keep / ck.name, ignore=junk, copy_function=_link_or_copy)
         atomic_write_json(tmp / MANIFEST, manifest)
         from embed_kd.cards import write_model_card
 
