@@ -22,6 +22,20 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What a broken or incomplete model folder raises while loading: a missing/unreadable file
+    (OSError), a malformed config (ValueError, JSON errors), a truncated weights file
+    (``safetensors.SafetensorError``) or weights of another shape (RuntimeError from ``load_state_dict``)."""
+    errors: list[type[BaseException]] = [OSError, ValueError, RuntimeError]
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover - safetensors ships with transformers
+        pass
+    return tuple(errors)
+
+
 def load_sentence_transformer(spec: str | os.PathLike, *, device: str | None = None) -> "SentenceTransformer":
     """Load a bi-encoder (``SentenceTransformer``) from a path, hub id or preset."""
     from sentence_transformers import SentenceTransformer
@@ -31,7 +45,7 @@ def load_sentence_transformer(spec: str | os.PathLike, *, device: str | None = N
         raise EmbedKDError(f"model '{spec}' is a cross-encoder; an embedding model is needed here")
     try:
         model = SentenceTransformer(source, device=device or "cpu")
-    except (OSError, ValueError) as exc:
+    except _load_errors() as exc:
         raise ModelNotFoundError(f"model '{spec}' could not be loaded from {source}: {exc}") from None
     model.embed_kd_spec = str(spec)  # type: ignore[attr-defined]
     return model
@@ -46,7 +60,7 @@ def load_cross_encoder(spec: str | os.PathLike, *, device: str | None = None, ma
     source, ms = locate_model(spec)
     try:
         model = CrossEncoder(source, device=device or "cpu", max_length=max_length, **kwargs)
-    except (OSError, ValueError) as exc:
+    except _load_errors() as exc:
         raise ModelNotFoundError(f"cross-encoder '{spec}' could not be loaded from {source}: {exc}") from None
     model.embed_kd_spec = str(spec)  # type: ignore[attr-defined]
     return model
