@@ -30,7 +30,7 @@ def report_command(results, plot_path, labels, title, overwrite, verbose, quiet)
 
     from embed_kd.errors import ArtifactError, EmbedKDError
     from embed_kd.evaluation.mteb_eval import mteb_table
-    from embed_kd.evaluation.report import markdown_table
+    from embed_kd.evaluation.report import markdown_table, missing_fields
     from embed_kd.io import read_json, refuse_existing
 
     setup_logging(verbose, quiet)
@@ -47,6 +47,9 @@ def report_command(results, plot_path, labels, title, overwrite, verbose, quiet)
         r = read_json(path, "eval result")
         if not isinstance(r, dict) or r.get("schema") not in SCHEMAS:
             raise ArtifactError(f"{path}: not an embed-kd eval result (schema {' or '.join(SCHEMAS)})")
+        missing = missing_fields(r) if r["schema"] == "embed-kd/eval@1" else []
+        if missing:
+            raise ArtifactError(f"{path}: eval result is missing field(s) {', '.join(missing)}")
         loaded.append(r)
     evals = [r for r in loaded if r["schema"] == "embed-kd/eval@1"]
     if evals:

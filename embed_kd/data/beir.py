@@ -14,7 +14,10 @@ Rules enforced here (each violation is a :class:`~embed_kd.errors.DataError` nam
 - a document needs a non-empty title or text, a query a non-empty text;
 - a qrels row has exactly three tab-separated fields and an integer score;
 - every query and document id a qrels file names exists in ``queries.jsonl`` / ``corpus.jsonl``
-  (``allow_missing_ids=True`` drops such rows instead and counts them in ``dropped_qrels``).
+  (``allow_missing_ids=True`` drops such rows instead and counts them in ``dropped_qrels``);
+- a (query-id, corpus-id) pair judged twice must have the same score both times;
+- files are UTF-8; a UTF-8 byte-order mark at the start is skipped, a UTF-16/32 file (its BOM) is
+  refused with a message saying so.
 
 Only the queries that have judgments in the split are kept, as BEIR does.
 
@@ -91,15 +94,29 @@ def doc_text(doc: dict[str, str]) -> str:
     return f"{title} {text}".strip() if title else text
 
 
+_UTF16_32_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16",
+                  b"\xfe\xff": "UTF-16"}
+
+
+def _decode_line(path: Path, lineno: int, raw: bytes) -> str:
+    """One line as text: UTF-8 (a UTF-8 BOM on line 1 skipped); a clear error otherwise."""
+    if lineno == 1:
+        for bom, name in _UTF16_32_BOMS.items():
+            if raw.startswith(bom):
+                raise DataError(f"{path}: the file is {name}-encoded (byte-order mark); save it as UTF-8")
+        raw = raw.removeprefix(b"\xef\xbb\xbf")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+            line = _decode_line(path, lineno, raw)
             if not line.strip():
                 continue
             try:
@@ -171,10 +188,7 @@ def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+            line = _decode_line(path, lineno, raw).rstrip("\r\n")
             if not line.strip():
                 continue
             parts = line.split("\t")
@@ -192,7 +206,11 @@ def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
                 rel = int(score)
             except ValueError:
                 raise DataError(f"{path}:{lineno}: score must be an integer, got {score!r}") from None
-            qrels.setdefault(qid, {})[doc_id] = rel
+            docs = qrels.setdefault(qid, {})
+            if doc_id in docs and docs[doc_id] != rel:
+                raise DataError(f"{path}:{lineno}: ({qid}, {doc_id}) is judged twice with different scores "
+                                f"({docs[doc_id]} and {rel})")
+            docs[doc_id] = rel
     if not qrels:
         raise DataError(f"{path}: no judgments")
     return qrels

@@ -14,6 +14,26 @@ from __future__ import annotations
 
 from typing import Iterable
 
+#: fields the table reads from an ``embed-kd/eval@1`` result (dotted paths)
+REQUIRED_EVAL_FIELDS = ("mode", "dataset.name", "dataset.split", "metrics.ndcg_at_10", "metrics.recall_at_100",
+                        "metrics.mrr_at_10", "timings.total_s")
+
+
+def missing_fields(result: dict, fields: Iterable[str] = REQUIRED_EVAL_FIELDS) -> list[str]:
+    """The dotted ``fields`` absent from ``result`` (what a hand-edited or truncated result lacks).
+
+    >>> missing_fields({"mode": "bm25", "metrics": {"ndcg_at_10": 0.5}}, ["mode", "metrics.ndcg_at_10", "timings.total_s"])
+    ['timings.total_s']
+    """
+    out = []
+    for f in fields:
+        value = result
+        for key in f.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None:
+            out.append(f)
+    return out
+
 
 def _name(info) -> str:
     return info["spec"] if info else "—"
