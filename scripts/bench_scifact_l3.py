@@ -3,10 +3,12 @@
 Evaluates (SciFact test, 300 queries x 5,183 docs) the teacher, the untrained cut and the trained
 students in asymmetric mode (student queries x teacher documents) and, where listed, symmetric
 mode; loyalty to the teacher; query-encoding speed (300 test queries, 1 thread, median of 3
-alternating repetitions). Each measurement is cached as JSON in --work so a rerun only adds what is
-missing. Run (heavy: takes the shared lock):
+alternating repetitions). Each measurement is cached as JSON in --work (with the machine's load
+average before/after it) so a rerun only adds what is missing. Rows of an earlier session found in
+the existing ``--out``.json (a different ``session`` label) are kept, marked with their session, unless
+this session measured the same (model, mode). Run (heavy: takes the shared lock):
 
-    flock /tmp/embed_kd_heavy.lock .venv/bin/python scripts/bench_scifact_l3.py
+    flock /tmp/embed_kd_heavy.lock .venv/bin/python scripts/bench_scifact_l3.py --session LABEL
 """
 
 from __future__ import annotations
@@ -17,16 +19,46 @@ import statistics
 import time
 from pathlib import Path
 
-RUNS = Path("/work/runs")
+FOLDERS = (("default", "scifact-l3"), ("proportional", "scifact-l3-prop"), ("round_robin", "scifact-l3-rr"),
+           ("peer", "scifact-l3-peer"), ("margin_only", "scifact-l3-margin"), ("align_only", "scifact-l3-align"))
+
+
+def _place_labels(ys: list[float], gap: float) -> list[float]:
+    """Label heights for points sharing one x: sorted, at least ``gap`` apart, centred on the points.
+
+    >>> [round(v, 2) for v in _place_labels([0.5, 0.5, 0.9], 0.1)]
+    [0.45, 0.55, 0.9]
+    """
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    out = [0.0] * len(ys)
+    placed: list[float] = []
+    for i in order:
+        y = ys[i] if not placed else max(ys[i], placed[-1] + gap)
+        placed.append(y)
+    # shift each cluster down so it is centred on its points
+    start = 0
+    for j in range(1, len(placed) + 1):
+        if j == len(placed) or placed[j] - placed[j - 1] > gap + 1e-12:
+            idx = order[start:j]
+            shift = (sum(placed[start:j]) - sum(ys[i] for i in idx)) / (j - start)
+            for k, i in enumerate(idx):
+                out[i] = placed[start + k] - shift
+            start = j
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--work", default=str(RUNS / "bench-l3"))
+    ap.add_argument("--runs", default="runs", help="folder holding the trained students (see FOLDERS)")
+    ap.add_argument("--work", default=None, help="measurement cache (default RUNS/bench-l3)")
     ap.add_argument("--out", default="eval/results/scifact-l3")
     ap.add_argument("--keep-layers", default="0,3,5")
     ap.add_argument("--sym", default="teacher,cut,default,peer", help="entries also evaluated symmetrically")
+    ap.add_argument("--session", required=True, help="label of this measuring session, stored in every row")
+    ap.add_argument("--skip-speed", action="store_true", help="keep the previous --out.json speed measurement")
     args = ap.parse_args()
+    RUNS = Path(args.runs)
+    import os
     import torch
 
     from embed_kd.data import load_beir, resolve_dataset
@@ -36,7 +68,7 @@ def main() -> None:
     from embed_kd.models import load_sentence_transformer
     from embed_kd.students import cut_layers
 
-    work = Path(args.work)
+    work = Path(args.work or RUNS / "bench-l3")
     work.mkdir(parents=True, exist_ok=True)
     ds = load_beir(resolve_dataset("scifact"), "test")
     teacher = load_sentence_transformer("minilm-l6")
@@ -45,8 +77,7 @@ def main() -> None:
     if not cut_dir.exists():
         cut_layers(teacher, keep).save(str(cut_dir))
     entries = {"teacher": "minilm-l6", "cut": str(cut_dir)}
-    for name, folder in (("default", "scifact-l3"), ("round_robin", "scifact-l3-rr"), ("peer", "scifact-l3-peer"),
-                         ("margin_only", "scifact-l3-margin"), ("align_only", "scifact-l3-align")):
+    for name, folder in FOLDERS:
         if (RUNS / folder / "modules.json").exists():
             entries[name] = str(RUNS / folder)
             ck = sorted((RUNS / folder / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -65,12 +96,14 @@ def main() -> None:
             f = work / f"{name}-{mode}.json"
             if not f.exists():
                 t0 = time.perf_counter()
+                load_before = os.getloadavg()
                 model = teacher if spec == "minilm-l6" else load_sentence_transformer(spec)
                 dm = teacher if mode == "asym" else model
                 r = evaluate_dense(ds, model, dm, options=opts)
                 r["loyalty"] = evaluate_loyalty(ds, model, dm, teacher, options=opts, run=r["run"])
                 r.pop("run")
                 r.pop("per_query")
+                r["loadavg_before_after"] = [list(load_before), list(os.getloadavg())]
                 f.write_text(json.dumps(r, indent=1))
                 print(f"{name} {mode}: nDCG@10 {r['metrics']['ndcg_at_10']:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
             results[f"{name}-{mode}"] = json.loads(f.read_text())
@@ -78,7 +111,11 @@ def main() -> None:
 
     # query-encoding speed: 1 thread, alternating, median of 3
     speed_f = work / "speed.json"
+    previous = json.loads(Path(args.out + ".json").read_text()) if Path(args.out + ".json").exists() else None
+    if args.skip_speed and previous and not speed_f.exists():
+        speed_f.write_text(json.dumps({**previous["speed"], "session": previous["speed"].get("session")}))
     if not speed_f.exists():
+        load_before = os.getloadavg()
         torch.set_num_threads(1)
         queries = list(ds.queries.values())
         models = {"teacher": teacher, "cut": load_sentence_transformer(entries["cut"])}
@@ -89,13 +126,17 @@ def main() -> None:
                 encode_texts(m, queries, batch_size=32, role="query", show_progress=False)
                 times[k].append(time.perf_counter() - t0)
         speed = {k: len(queries) / statistics.median(v) for k, v in times.items()}
-        speed_f.write_text(json.dumps({"queries_per_s": speed, "times_s": times, "threads": 1, "n": len(queries)}))
+        speed_f.write_text(json.dumps({"queries_per_s": speed, "times_s": times, "threads": 1, "n": len(queries),
+                                       "session": args.session,
+                                       "loadavg_before_after": [list(load_before), list(os.getloadavg())]}))
     speed = json.loads(speed_f.read_text())
 
     t_ndcg = results["teacher-sym"]["metrics"]["ndcg_at_10"]
     qps = speed["queries_per_s"]
     rows = []
     for key, r in results.items():
+        if key == "teacher-asym":  # the same measurement as teacher-sym
+            continue
         name, mode = key.rsplit("-", 1)
         m = r["metrics"]
         manifest = None
@@ -110,21 +151,32 @@ def main() -> None:
             "train_steps": manifest["training"]["global_step"] if manifest else None,
             "stopped_by_time_budget": manifest["training"]["stopped_by_time_budget"] if manifest else None,
             "query_model": r["query_model"], "created": r["created"],
+            "session": args.session, "loadavg_before_after": r.get("loadavg_before_after"),
+            "dev_ndcg_at_10": ((manifest.get("dev") or {}).get("metrics_final") or {}).get("ndcg_at_10")
+            if manifest else None,
+            "overrides": manifest["overrides"] if manifest else None,
         })
-    out = {"schema": "embed-kd/bench-scifact-l3@1", "dataset": results["teacher-sym"]["dataset"],
+    # earlier sessions' rows: kept (marked) unless this session measured the same (model, mode)
+    if previous:
+        have = {(r["model"], r["mode"]) for r in rows}
+        for r in previous["rows"]:
+            if r.get("session") != args.session and (r["model"], r["mode"]) not in have:
+                rows.append(r)
+    out = {"schema": "embed-kd/bench-scifact-l3@2", "dataset": results["teacher-sym"]["dataset"],
            "teacher_ndcg_at_10": t_ndcg, "speed": speed, "speedup": qps["cut"] / qps["teacher"], "rows": rows,
            "versions": results["teacher-sym"]["versions"],
            "note": "measured on a shared 2-core CPU machine (other engineers' jobs interleaved); see the .md"}
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
-    lines = ["| model | mode | nDCG@10 | ×teacher | R@100 | top-10 overlap | Spearman | query cos | q/s (1 thread) | train s (steps) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | mode | nDCG@10 | ×teacher | R@100 | top-10 overlap | Spearman | query cos | q/s (1 thread) "
+             "| train s (steps) | session |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ly = r["loyalty"] or {}
         f = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
         tr = "—" if r["train_time_s"] is None else f"{r['train_time_s']:.0f} ({r['train_steps']})"
         lines.append(f"| {r['model']} | {r['mode']} | {r['ndcg_at_10']:.4f} | {r['ratio_to_teacher']:.3f} | "
                      f"{r['recall_at_100']:.4f} | {f(ly.get('top10_overlap'))} | {f(ly.get('spearman'))} | "
-                     f"{f(ly.get('query_cosine'))} | {r['query_per_s']:.0f} | {tr} |")
+                     f"{f(ly.get('query_cosine'))} | {r['query_per_s']:.0f} | {tr} | {r.get('session') or '?'} |")
     Path(args.out + ".table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -133,16 +185,27 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        mk = "o" if r["mode"] == "asymmetric" else "s"
-        ax.scatter(r["query_per_s"], r["ndcg_at_10"], marker=mk)
-        ax.annotate(f"{r['model']} ({r['mode'][:4]})", (r["query_per_s"], r["ndcg_at_10"]), fontsize=7,
-                    xytext=(4, 2), textcoords="offset points")
+    fig, ax = plt.subplots(figsize=(8, 6))
+    plotted = [r for r in rows if not (r["model"] == "teacher" and r["mode"] == "asymmetric")]
+    by_x: dict[float, list[dict]] = {}
+    for r in plotted:
+        by_x.setdefault(round(r["query_per_s"], 3), []).append(r)
+    for x, group in by_x.items():
+        ys = [r["ndcg_at_10"] for r in group]
+        for r, ly in zip(group, _place_labels(ys, 0.013)):
+            mk = "o" if r["mode"] == "asymmetric" else "s"
+            fc = "none" if r.get("session") != args.session else None
+            ax.scatter(r["query_per_s"], r["ndcg_at_10"], marker=mk, facecolors=fc,
+                       edgecolors="C0" if fc else None, color=None if fc else "C1")
+            ax.annotate(f"{r['model']} ({r['mode'][:4]}) {r['ndcg_at_10']:.3f}", (r["query_per_s"], r["ndcg_at_10"]),
+                        xytext=(r["query_per_s"] + 2, ly), textcoords="data", fontsize=6.5, va="center",
+                        arrowprops={"arrowstyle": "-", "lw": 0.3, "color": "grey"})
     ax.axhline(t_ndcg, ls="--", lw=0.8, color="grey")
     ax.set_xlabel("query encoding speed, queries/s (1 CPU thread)")
     ax.set_ylabel("SciFact test nDCG@10")
-    ax.set_title("3-layer MiniLM students vs MiniLM-L6 teacher (o asym, s sym)")
+    ax.set_xlim(min(r["query_per_s"] for r in plotted) - 3, max(r["query_per_s"] for r in plotted) + 22)
+    ax.set_title(f"3-layer MiniLM students vs MiniLM-L6 teacher (o asym, s sym; filled: session {args.session},\n"
+                 "hollow: earlier session, see the .md)", fontsize=9)
     fig.tight_layout()
     fig.savefig(args.out + ".png", dpi=120)
 
