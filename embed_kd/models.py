@@ -36,6 +36,13 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _default_device() -> str:
+    """``cpu``, or this process's GPU in a multi-process launch with CUDA (:func:`embed_kd.distributed.device`)."""
+    from embed_kd.distributed import device
+
+    return device()
+
+
 def load_sentence_transformer(spec: str | os.PathLike, *, device: str | None = None) -> "SentenceTransformer":
     """Load a bi-encoder (``SentenceTransformer``) from a path, hub id or preset."""
     from sentence_transformers import SentenceTransformer
@@ -44,7 +51,7 @@ def load_sentence_transformer(spec: str | os.PathLike, *, device: str | None = N
     if ms.kind == "cross-encoder":
         raise EmbedKDError(f"model '{spec}' is a cross-encoder; an embedding model is needed here")
     try:
-        model = SentenceTransformer(source, device=device or "cpu")
+        model = SentenceTransformer(source, device=device or _default_device())
     except _load_errors() as exc:
         raise ModelNotFoundError(f"model '{spec}' could not be loaded from {source}: {exc}") from None
     model.embed_kd_spec = str(spec)  # type: ignore[attr-defined]
@@ -59,7 +66,7 @@ def load_cross_encoder(spec: str | os.PathLike, *, device: str | None = None, ma
 
     source, ms = locate_model(spec)
     try:
-        model = CrossEncoder(source, device=device or "cpu", max_length=max_length, **kwargs)
+        model = CrossEncoder(source, device=device or _default_device(), max_length=max_length, **kwargs)
     except _load_errors() as exc:
         raise ModelNotFoundError(f"cross-encoder '{spec}' could not be loaded from {source}: {exc}") from None
     model.embed_kd_spec = str(spec)  # type: ignore[attr-defined]

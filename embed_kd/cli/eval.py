@@ -23,7 +23,8 @@ from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosi
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the result JSON here.")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @click.option("--save-run", type=click.Path(dir_okay=False), help="Also write the run (qid → doc → score) as JSON.")
-@click.option("--index", "index_kind", type=click.Choice(["flat", "hnsw", "ivfpq"]), default="flat", show_default=True,
+@click.option("--index", "index_kind", type=click.Choice(["flat", "hnsw", "ivfpq", "auto"]), default="flat",
+              show_default=True,
               help="FAISS index: exact inner product, or approximate for large corpora.")
 @click.option("--top-k", default=100, show_default=True, type=click.IntRange(1), help="Documents retrieved per query.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Encoding batch size.")
@@ -58,11 +59,13 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
     Asymmetric:  embed-kd eval --data scifact --query-model runs/student --doc-model minilm-l6
     BM25:        embed-kd eval --data scifact --model bm25
     """
+    from embed_kd import distributed as dist
     from embed_kd.errors import EmbedKDError
     from embed_kd.io import atomic_write_json, refuse_existing
 
     setup_logging(verbose, quiet)
     set_threads(threads)
+    world = dist.init()  # under torchrun: the corpus is encoded data-parallel, rank 0 writes and prints
     if model and (query_model or doc_model):
         raise EmbedKDError("pass either --model (symmetric) or --query-model/--doc-model (asymmetric), not both")
     if ensemble_config and (model or query_model or doc_model):
@@ -144,6 +147,8 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
                                  batch_size=batch_size, show_progress=not no_progress,
                                  ignore_identical_ids=ignore_identical_ids)
     run = result.pop("run")
+    if not world.is_main:
+        return
     if save_run:
         atomic_write_json(save_run, run, overwrite=overwrite)
     if output:

@@ -70,8 +70,9 @@ def _with_common(fn):
 @click.option("--data", required=True, help="BEIR folder, dataset name, or a corpus.jsonl file.")
 @click.option("--doc-model", required=True, help="The model that encodes the documents (the teacher).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Index folder to create.")
-@click.option("--index", "kind", type=click.Choice(["flat", "hnsw", "ivfpq"]), default="flat", show_default=True,
-              help="FAISS index: exact inner product, or approximate for large corpora.")
+@click.option("--index", "kind", type=click.Choice(["flat", "hnsw", "ivfpq", "auto"]), default="flat",
+              show_default=True, help="FAISS index: exact inner product, approximate for large corpora, or auto "
+                                      "(by corpus size; docs/scaling.md).")
 @click.option("--limit-docs", type=click.IntRange(1), help="Smoke run: only the first N documents.")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @_with_common
@@ -79,19 +80,26 @@ def _with_common(fn):
 @run_command
 def build_command(data, doc_model, output, kind, limit_docs, overwrite, batch_size, cache_dir, no_cache, threads,
                   no_progress, verbose, quiet):
-    """Encode a corpus with --doc-model and write an index folder (atomic: all or nothing)."""
+    """Encode a corpus with --doc-model and write an index folder (atomic: all or nothing).
+
+    Under torchrun / accelerate launch every process encodes a share of the corpus; rank 0 writes.
+    """
+    from embed_kd import distributed as dist
     from embed_kd.index.store import build_index
     from embed_kd.io import refuse_existing
     from embed_kd.models import load_sentence_transformer
 
     setup_logging(verbose, quiet)
     set_threads(threads)
+    world = dist.init()
     refuse_existing(output, overwrite)
     t0 = time.perf_counter()
     corpus, name, source = _load_docs(data, limit_docs)
     model = load_sentence_transformer(doc_model)
     manifest = build_index(output, corpus, model, kind=kind, cache=_cache(cache_dir, no_cache), batch_size=batch_size,
                            name=name, source=source, overwrite=overwrite, show_progress=not no_progress)
+    if not world.is_main:
+        return
     click.echo(_summary(manifest, output))
     click.echo(f"built in {time.perf_counter() - t0:.1f}s", err=True)
 

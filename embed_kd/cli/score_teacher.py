@@ -29,6 +29,8 @@ def score_teacher_group() -> None:
     Ensemble: --teacher bm25 --teacher minilm-l6 --ensemble zscore [--weights bm25=1,minilm-l6=2]
     Shards:  --shard 0/2 -o scores/s0  and  --shard 1/2 -o scores/s1, then
              embed-kd score-teacher merge scores/s0 scores/s1 -o scores/all
+    Launch:  torchrun --nproc-per-node 4 -m embed_kd score-teacher ... -o scores/all
+             (one shard per process, merged and checked by rank 0; docs/scaling.md)
     Export:  embed-kd score-teacher export scores/all --format margin-mse-tsv -o triples.tsv
     """
 
@@ -80,14 +82,17 @@ def run_command_(data, split, candidates, teachers, output, overwrite, ensemble_
                  max_length, backend, chunk_size, batch_size, shard, limit, no_positives,
                  allow_missing_ids, cache_dir, no_cache, threads, no_progress, verbose, quiet):
     """Score candidates of a split with one or more teachers into a score store (resumes by default)."""
+    from embed_kd import distributed as dist
     from embed_kd.data import load_beir, resolve_dataset
     from embed_kd.errors import EmbedKDError
     from embed_kd.teachers.combine import parse_weights
+    from embed_kd.teachers.parallel import score_teacher_distributed
     from embed_kd.teachers.scorers import parse_teacher_spec
     from embed_kd.teachers.scoring import ScoreOptions, score_teacher
 
     setup_logging(verbose, quiet)
     set_threads(threads)
+    world = dist.get_world()  # WORLD_SIZE > 1 under torchrun / accelerate launch
     names = [parse_teacher_spec(t).name for t in teachers]
     w = parse_weights(weights, names) if weights else None
     if weights and Path(weights).is_file():
@@ -104,12 +109,19 @@ def run_command_(data, split, candidates, teachers, output, overwrite, ensemble_
                         ensemble_norm=ensemble_norm, weights=w, cache_dir=cache_dir, use_cache=not no_cache,
                         show_progress=not no_progress)
     try:
-        s = score_teacher(dataset, candidates, teachers, output, opts)
+        if world.distributed:
+            s = score_teacher_distributed(dataset, candidates, teachers, output, opts)
+        else:
+            s = score_teacher(dataset, candidates, teachers, output, opts)
     except KeyboardInterrupt:
         click.echo(f"Interrupted: the chunks committed so far are kept in {output}; rerun the same command to "
                    "resume.", err=True)
         raise SystemExit(130) from None
+    if not world.is_main:
+        return
     rate = f"{s['pairs_per_s']:.1f} pairs/s" if s["pairs_per_s"] else "n/a"
+    if world.distributed:
+        click.echo(f"{world.world_size} processes, one shard each, merged into {s['out']}", err=True)
     click.echo(f"{s['out']}: {s['rows']} rows, complete={s['complete']}; this run scored {s['queries_scored']} "
                f"queries / {s['pairs']} pairs ({rate}), skipped {s['chunks_skipped']} committed chunk(s); "
                f"{s['total_s']:.1f}s", err=True)

@@ -88,20 +88,18 @@ def encode_corpus(model, dataset: BeirDataset, *, cache: EmbeddingCache, batch_s
                   normalize: bool | None = None, show_progress: bool = True):
     """Document embeddings for ``dataset.corpus`` (row i = ``list(corpus)[i]``), from the cache if valid.
 
-    Returns ``(embeddings, doc_ids, cache_result)``.
+    Encoded block by block into a memory-mapped cache entry, data-parallel under ``torchrun``
+    (:mod:`embed_kd.index.stream_encode`). Returns ``(embeddings, doc_ids, cache_result)``; the
+    embeddings are a copy-on-write memory map.
     """
+    from embed_kd.index.stream_encode import encode_corpus_streamed
+
     normalize = uses_cosine(model) if normalize is None else normalize
-    doc_ids = list(dataset.corpus)
     key = cache.make_key(fingerprint_model(model), fingerprint_corpus(dataset.corpus),
                          getattr(model, "max_seq_length", None), normalize)
-
-    def _encode() -> np.ndarray:
-        texts = [doc_text(dataset.corpus[d]) for d in doc_ids]
-        return encode_texts(model, texts, batch_size=batch_size, normalize=normalize, role="document",
-                            show_progress=show_progress)
-
-    res = cache.get_or_encode(key, doc_ids, _encode, model=model_name(model))
-    return res.embeddings, doc_ids, res
+    res = encode_corpus_streamed(model, dataset.corpus, key, cache=cache, batch_size=batch_size, normalize=normalize,
+                                 show_progress=show_progress, model_label=model_name(model))
+    return res.embeddings, res.ids, res
 
 
 def dense_run(query_emb: np.ndarray, qids: list[str], doc_emb: np.ndarray, doc_ids: list[str], *,

@@ -56,6 +56,19 @@ class CacheResult:
     path: Path
 
 
+def write_entry_meta(folder: Path, key_fields: dict, ids: Sequence[str], shape: tuple[int, int],
+                     model: str = "") -> None:
+    """Write ``ids.json`` and ``meta.json`` next to a complete ``embeddings.npy`` in ``folder``
+    (the sha256 is computed by streaming the file, so the matrix need not be in RAM)."""
+    (folder / "ids.json").write_text(json.dumps(list(ids)), encoding="utf-8")
+    meta = {
+        "schema": SCHEMA, **key_fields, "n": int(shape[0]), "dim": int(shape[1]),
+        "sha256": _sha256_file(folder / "embeddings.npy"), "model": model,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
 class EmbeddingCache:
     """A folder of cached embedding matrices keyed by what produced them."""
 
@@ -76,8 +89,14 @@ class EmbeddingCache:
     def entry_path(self, key: str) -> Path:
         return self.root / "embeddings" / key
 
-    def load(self, key_fields: dict, ids: Sequence[str]) -> np.ndarray | None:
-        """Return the cached matrix, or None when absent or invalid (an invalid entry is removed)."""
+    def load(self, key_fields: dict, ids: Sequence[str], *, mmap: bool = False, verify: bool = True
+             ) -> np.ndarray | None:
+        """Return the cached matrix, or None when absent or invalid (an invalid entry is removed).
+
+        ``mmap``: a copy-on-write memory map of ``embeddings.npy`` instead of a matrix in RAM (pages
+        are read on demand; writes stay private). ``verify=False`` skips the sha256 pass (a peer
+        process already verified the entry).
+        """
         path = self.entry_path(key_fields["key"])
         if not path.exists():
             return None
@@ -91,10 +110,10 @@ class EmbeddingCache:
                 problem = "meta.json does not match its key"
             elif cached_ids != list(ids):
                 problem = "document ids differ"
-            elif _sha256_file(path / "embeddings.npy") != meta.get("sha256"):
+            elif verify and _sha256_file(path / "embeddings.npy") != meta.get("sha256"):
                 problem = "embeddings.npy checksum mismatch (truncated or modified)"
             else:
-                emb = np.load(path / "embeddings.npy", allow_pickle=False)
+                emb = np.load(path / "embeddings.npy", allow_pickle=False, mmap_mode="c" if mmap else None)
                 if emb.shape != (meta["n"], meta["dim"]) or emb.dtype != np.float32:
                     problem = f"shape {emb.shape}/{emb.dtype} != ({meta['n']}, {meta['dim']})/float32"
                 else:
@@ -110,13 +129,7 @@ class EmbeddingCache:
         emb = np.ascontiguousarray(emb, dtype=np.float32)
         with atomic_dir(path, overwrite=True) as tmp:
             np.save(tmp / "embeddings.npy", emb, allow_pickle=False)
-            (tmp / "ids.json").write_text(json.dumps(list(ids)), encoding="utf-8")
-            meta = {
-                "schema": SCHEMA, **key_fields, "n": int(emb.shape[0]), "dim": int(emb.shape[1]),
-                "sha256": _sha256_file(tmp / "embeddings.npy"), "model": model,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+            write_entry_meta(tmp, key_fields, ids, emb.shape, model)
         return path
 
     def get_or_encode(

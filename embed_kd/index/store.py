@@ -15,7 +15,9 @@ On-disk layout (schema ``embed-kd/index@1``)::
 
     {
       "schema": "embed-kd/index@1",
-      "kind": "flat" | "hnsw" | "ivfpq",        # see embed_kd.index.faiss_index
+      "kind": "flat" | "hnsw" | "ivfpq",        # see embed_kd.index.faiss_index (``auto`` is resolved)
+      "factory": "IVF894,PQ48x8",                # faiss.index_factory string it was built from (absent
+                                                 # in indexes written before it was recorded)
       "metric": "inner_product",
       "n": int, "dim": int,
       "normalize": bool,                         # documents (and queries) are L2-normalised
@@ -65,9 +67,10 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from embed_kd import distributed as dist
 from embed_kd.data.fingerprint import fingerprint_corpus
 from embed_kd.errors import ArtifactError, EmbedKDError
-from embed_kd.index.faiss_index import INDEX_KINDS, build_faiss_index, search_index
+from embed_kd.index.faiss_index import KIND_CHOICES, build_faiss_index, factory_string, resolve_kind, search_index
 from embed_kd.io import atomic_dir, read_json, refuse_existing
 
 logger = logging.getLogger(__name__)
@@ -146,7 +149,7 @@ class PersistedIndex:
 # ------------------------------------------------------------------------------------------ writing
 
 
-def _write_files(folder: Path, index, ids: list[str], docs: list[dict]) -> dict:
+def _write_files(folder: Path, index, ids: list[str], docs) -> dict:
     import faiss
 
     faiss.write_index(index, str(folder / INDEX_FILE))
@@ -163,11 +166,13 @@ def _write_manifest(folder: Path, manifest: dict) -> None:
 
 
 def _check_embeddings(emb: np.ndarray, corpus: Mapping, what: str) -> np.ndarray:
-    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    if emb.dtype != np.float32:
+        emb = np.asarray(emb, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != len(corpus):
         raise EmbedKDError(f"{what}: embeddings have shape {tuple(emb.shape)}; expected ({len(corpus)}, dim)")
-    if not np.isfinite(emb).all():
-        raise EmbedKDError(f"{what}: embeddings contain NaN or infinite values")
+    for a in range(0, emb.shape[0], 65536):  # blockwise: a memory-mapped matrix is not copied whole
+        if not np.isfinite(emb[a : a + 65536]).all():
+            raise EmbedKDError(f"{what}: embeddings contain NaN or infinite values")
     return emb
 
 
@@ -181,20 +186,19 @@ def write_index(output: str | Path, emb: np.ndarray, corpus: Mapping[str, Mappin
     """
     output = Path(output)
     refuse_existing(output, overwrite)
-    if kind not in INDEX_KINDS:
-        raise EmbedKDError(f"--index {kind}: unknown index kind (choose one of {', '.join(INDEX_KINDS)})")
     if not corpus:
         raise EmbedKDError("no documents to index")
+    kind = resolve_kind(kind, len(corpus))
     emb = _check_embeddings(emb, corpus, str(output))
     ids = list(corpus)
-    docs = [dict(corpus[d]) for d in ids]
     corpus_fp = fingerprint_corpus(corpus)
     index = build_faiss_index(emb, kind)
     created = _now()
     with atomic_dir(output, overwrite=overwrite) as tmp:
-        files = _write_files(tmp, index, ids, docs)
+        files = _write_files(tmp, index, ids, (corpus[d] for d in ids))
         manifest = {
-            "schema": SCHEMA, "kind": kind, "metric": "inner_product",
+            "schema": SCHEMA, "kind": kind, "factory": factory_string(len(ids), int(emb.shape[1]), kind),
+            "metric": "inner_product",
             "n": len(ids), "dim": int(emb.shape[1]), "normalize": bool(normalize),
             "doc_model": dict(doc_model),
             "corpus": {"name": name, "source": source, "fingerprint": corpus_fp, "n_docs": len(ids)},
@@ -332,20 +336,29 @@ def _as_dataset(corpus: Mapping[str, Mapping[str, str]], name: str, source: str)
 def build_index(output: str | Path, corpus: Mapping[str, Mapping[str, str]], doc_model, *, kind: str = "flat",
                 cache=None, batch_size: int = 32, name: str = "", source: str = "", overwrite: bool = False,
                 show_progress: bool = True) -> dict:
-    """Encode ``corpus`` with ``doc_model`` (through the embedding cache) and write an index folder."""
+    """Encode ``corpus`` with ``doc_model`` (through the embedding cache) and write an index folder.
+
+    Under a process group (``torchrun``) every process encodes its share of the corpus and rank 0
+    builds and writes the index; every process returns the manifest.
+    """
     from embed_kd.encode import uses_cosine
     from embed_kd.evaluation.retrieval_eval import encode_corpus, model_info
     from embed_kd.index.cache import EmbeddingCache
 
     refuse_existing(output, overwrite)  # before encoding: a refusal should not cost an encode
-    if kind not in INDEX_KINDS:
-        raise EmbedKDError(f"--index {kind}: unknown index kind (choose one of {', '.join(INDEX_KINDS)})")
+    if kind not in KIND_CHOICES:
+        raise EmbedKDError(f"--index {kind}: unknown index kind (choose one of {', '.join(KIND_CHOICES)})")
     normalize = uses_cosine(doc_model)
     cache = cache if cache is not None else EmbeddingCache()
     emb, _, _ = encode_corpus(doc_model, _as_dataset(corpus, name, source), cache=cache, batch_size=batch_size,
                               normalize=normalize, show_progress=show_progress)
-    return write_index(output, emb, corpus, doc_model=model_info(doc_model), normalize=normalize, kind=kind,
-                       name=name, source=source, overwrite=overwrite)
+    # under torchrun the encoding above is data-parallel; one process builds and writes the index
+    manifest = None
+    with dist.step("writing the index"):
+        if dist.active().is_main:
+            manifest = write_index(output, emb, corpus, doc_model=model_info(doc_model), normalize=normalize,
+                                   kind=kind, name=name, source=source, overwrite=overwrite)
+    return dist.broadcast_object(manifest)
 
 
 def add_documents(path: str | Path, corpus: Mapping[str, Mapping[str, str]], doc_model, *, cache=None,

@@ -50,6 +50,9 @@ class ScoreOptions:
     cache_dir: str | Path | None = None
     use_cache: bool = True
     show_progress: bool = True
+    #: a store of the same config that is already complete is returned as it is instead of refused
+    #: (a multi-process run resumed after its merge failed: :mod:`embed_kd.teachers.parallel`)
+    keep_complete: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -119,6 +122,15 @@ def score_teacher(dataset, candidates: Sequence[str], teachers: Sequence[str], o
                             include_positives=opt.include_positives, shard=shard)
 
     out = Path(out)
+    if opt.keep_complete and not opt.overwrite:
+        done = _complete_store(out, manifest)
+        if done is not None:
+            logger.info("%s: already complete with this config; nothing to score", out)
+            return {"chunks_skipped": done["progress"]["chunks"], "chunks_written": 0, "queries_scored": 0,
+                    "pairs": 0, "pair_scores": 0, "rows": done["progress"]["rows"], "loop_s": 0.0,
+                    "pairs_per_s": None, "teacher_s": {}, "mine_s": 0.0, "score_s": 0.0, "write_s": 0.0,
+                    "complete": True, "shard": done.get("shard"), "out": str(out), "prepare_s": prepare_s,
+                    "total_s": time.perf_counter() - t0, "config_fingerprint": done["config_fingerprint"]}
     fresh = not (out / "manifest.json").is_file() or opt.overwrite
     writer = ScoreStoreWriter.create(out, manifest, chunk_size=opt.chunk_size, overwrite=opt.overwrite)
     try:
@@ -131,6 +143,21 @@ def score_teacher(dataset, candidates: Sequence[str], teachers: Sequence[str], o
     summary.update({"out": str(out), "prepare_s": prepare_s, "total_s": time.perf_counter() - t0,
                     "config_fingerprint": manifest["config_fingerprint"]})
     return summary
+
+
+def _complete_store(out: Path, manifest: dict) -> dict | None:
+    """The manifest of a complete store at ``out`` made with ``manifest``'s config and shard, else None."""
+    from embed_kd.teachers.store import open_scores
+
+    if not (out / "manifest.json").is_file():
+        return None
+    try:
+        old = open_scores(out, allow_incomplete=True).manifest
+    except EmbedKDError:
+        return None
+    same = (old.get("complete") and old["config_fingerprint"] == manifest["config_fingerprint"]
+            and (old.get("shard") or None) == (manifest.get("shard") or None))
+    return old if same else None
 
 
 def _run_chunks(writer, dataset, miner, teachers, ensemble, opt: ScoreOptions) -> dict:

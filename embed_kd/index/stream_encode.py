@@ -1,0 +1,182 @@
+"""Corpus encoding in bounded memory, optionally data-parallel over the processes of a launch.
+
+The corpus is encoded block by block (``block_size`` documents: their texts are built, encoded by
+``SentenceTransformer.encode`` — which length-sorts the block — and written into rows of a
+memory-mapped ``embeddings.npy``), so the process holds the corpus texts once (the loaded corpus)
+plus one block of texts and embeddings, never a second copy of all texts or a full embedding
+matrix in RAM. The result is the embedding-cache entry itself (schema ``embed-kd/embeddings@1``,
+:mod:`embed_kd.index.cache`), returned as a copy-on-write memory map.
+
+Under ``torchrun`` / ``accelerate launch`` (a process group is up, :mod:`embed_kd.distributed`):
+
+1. rank 0 checks the cache; a valid entry is shared (every rank memory-maps it, no encoding);
+2. otherwise rank 0 creates the entry's temporary folder with an empty ``(n, dim)`` ``.npy``;
+3. rank ``r`` of ``W`` encodes the contiguous rows :func:`~embed_kd.distributed.shard_range`
+   ``(n, r, W)`` into it;
+4. when every rank succeeded, rank 0 writes ``ids.json`` / ``meta.json`` (sha256 streamed from the
+   file) and renames the folder into place (atomic, as a single-process write);
+5. every rank memory-maps the finished entry.
+
+With the cache disabled (``--no-cache``) the same file is written to a temporary folder (under the
+cache root when several processes must share it) and deleted once mapped. The folder must be on a
+filesystem all processes see (always true on one machine).
+
+Row ``i`` is document ``ids[i]`` whatever the number of processes; only the composition of the
+length-sorted batches changes (embeddings equal within float rounding, ~1e-6).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from embed_kd import distributed as dist
+from embed_kd.index.cache import CacheResult, EmbeddingCache, write_entry_meta
+
+logger = logging.getLogger(__name__)
+
+#: documents encoded (and held in RAM as texts + embeddings) at a time
+DEFAULT_BLOCK = 8192
+
+
+def encode_rows_into(out: np.ndarray, text_of_row: Callable[[int], str], start: int, stop: int,
+                     encode: Callable[[list[str]], np.ndarray], *, block_size: int = DEFAULT_BLOCK,
+                     progress: Callable[[int], object] | None = None) -> int:
+    """Fill ``out[start:stop]`` block by block with ``encode(texts of the block)``; returns rows written.
+
+    ``out`` is any writable ``(n, dim)`` array (a memory map in practice). Shape errors name the
+    expected and actual shapes.
+
+    >>> out = np.zeros((5, 2), dtype="float32")
+    >>> encode_rows_into(out, lambda i: "x" * i, 1, 5, lambda t: np.array([[len(s), 1] for s in t], "float32"),
+    ...                  block_size=2)
+    4
+    >>> out[:, 0].tolist()
+    [0.0, 1.0, 2.0, 3.0, 4.0]
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    written = 0
+    for a in range(start, stop, block_size):
+        b = min(a + block_size, stop)
+        emb = encode([text_of_row(i) for i in range(a, b)])
+        if emb.shape != (b - a, out.shape[1]):
+            raise ValueError(f"encoder returned shape {tuple(emb.shape)} for rows {a}..{b - 1}; "
+                             f"expected ({b - a}, {out.shape[1]})")
+        out[a:b] = emb
+        written += b - a
+        if progress is not None:
+            progress(b - a)
+    return written
+
+
+def _tmp_folder(cache: EmbeddingCache, key: str, world: dist.World) -> tuple[Path, Path | None]:
+    """``(folder to write, final entry path or None)``; created by rank 0 only."""
+    if cache.enabled:
+        final = cache.entry_path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        from embed_kd.io import sweep_stale
+
+        sweep_stale(final)
+        return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.pid{os.getpid()}-",
+                                     suffix=".tmp")), final
+    if world.distributed:  # peers must see the folder: use the cache root, not a node-local /tmp
+        root = cache.root / "tmp"
+        root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=root, prefix="encode-")), None
+    return Path(tempfile.mkdtemp(prefix="embed-kd-encode-")), None
+
+
+def encode_corpus_streamed(model, corpus: Mapping[str, Mapping[str, str]], key_fields: dict, *,
+                           cache: EmbeddingCache, batch_size: int = 32, normalize: bool = True,
+                           block_size: int = DEFAULT_BLOCK, show_progress: bool = True, model_label: str = ""
+                           ) -> CacheResult:
+    """Document embeddings of ``corpus`` (row i = ``list(corpus)[i]``) as a memory map; see the module doc.
+
+    ``key_fields`` is :meth:`EmbeddingCache.make_key`'s output for (model, corpus, max length,
+    normalisation). Collective under a process group: every rank must call it with the same corpus.
+    """
+    from tqdm.auto import tqdm
+
+    from embed_kd.data.beir import doc_text
+    from embed_kd.encode import embedding_dim, encode_texts
+
+    world = dist.active()
+    ids: Sequence[str] = list(corpus)
+    n = len(ids)
+
+    # 1. a valid cache entry: rank 0 verifies it, the others map it without re-hashing
+    hit = False
+    if cache.enabled:
+        with dist.step("embedding cache lookup"):
+            if world.is_main:
+                hit = cache.load(key_fields, ids, mmap=True) is not None
+        hit = dist.broadcast_object(hit)
+        if hit:
+            emb = cache.load(key_fields, ids, mmap=True, verify=not world.distributed)
+            if emb is None:  # only possible when the entry vanished between the two reads
+                raise RuntimeError(f"embedding cache entry {cache.entry_path(key_fields['key'])} vanished")
+            logger.info("embedding cache hit: %s", cache.entry_path(key_fields["key"]))
+            return CacheResult(emb, list(ids), True, cache.entry_path(key_fields["key"]))
+
+    # 2. rank 0 makes the folder and an empty (n, dim) .npy
+    dim = embedding_dim(model)
+    folder = final = None
+    with dist.step("creating the embedding file"):
+        if world.is_main:
+            folder, final = _tmp_folder(cache, key_fields["key"], world)
+            np.lib.format.open_memmap(folder / "embeddings.npy", mode="w+", dtype=np.float32, shape=(n, dim)).flush()
+    folder, final = dist.broadcast_object((folder, final))
+    npy = folder / "embeddings.npy"
+
+    # 3. every rank fills its rows
+    start, stop = dist.shard_range(n, world.rank, world.world_size)
+    desc = "encode docs" + (f" (rank 0 of {world.world_size}, rows {start}-{stop - 1})" if world.distributed else "")
+    bar = tqdm(total=stop - start, unit="doc", desc=desc, disable=not (show_progress and world.is_main),
+               dynamic_ncols=True)
+
+    def _encode(texts: list[str]) -> np.ndarray:
+        return encode_texts(model, texts, batch_size=batch_size, normalize=normalize, role="document",
+                            show_progress=False)
+
+    try:
+        with dist.step("encoding the corpus"):
+            out = np.load(npy, mmap_mode="r+")
+            encode_rows_into(out, lambda i: doc_text(corpus[ids[i]]), start, stop, _encode, block_size=block_size,
+                             progress=bar.update)
+            out.flush()
+            del out
+    except BaseException:
+        if world.is_main:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+
+    # 4. rank 0 commits the entry (or leaves the temporary file for mapping)
+    path = final or folder
+    with dist.step("committing the embedding cache entry"):
+        if world.is_main:
+            try:
+                if final is not None:
+                    write_entry_meta(folder, key_fields, ids, (n, dim), model_label)
+                    if final.exists():
+                        shutil.rmtree(final)  # an invalid entry the lookup did not remove (a race)
+                    os.replace(folder, final)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+
+    # 5. map it; a temporary (no-cache) file is unlinked once every rank holds its mapping
+    emb = np.load(path / "embeddings.npy", mmap_mode="c")
+    if final is None:
+        dist.barrier()
+        if world.is_main:
+            shutil.rmtree(folder, ignore_errors=True)
+    return CacheResult(emb, list(ids), False, path)
