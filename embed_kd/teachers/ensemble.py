@@ -61,7 +61,7 @@ from typing import Mapping
 import numpy as np
 
 from embed_kd.data.beir import BeirDataset
-from embed_kd.errors import EmbedKDError
+from embed_kd.errors import EmbedKDError, describe_parse_error
 from embed_kd.evaluation.metrics import evaluate_run, top_k
 from embed_kd.teachers.dev_split import DEFAULT_DEV_QUERIES, DEFAULT_SEED, carve_dev_slice, check_fit_split
 from embed_kd.teachers.fusion import METHODS, NORMS, fuse_runs, normalize_run
@@ -131,8 +131,10 @@ class EnsembleConfig:
             raise EmbedKDError(f"{p}: ensemble config not found")
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise EmbedKDError(f"{p}: {describe_parse_error(exc)}") from None
         except yaml.YAMLError as exc:
-            raise EmbedKDError(f"{p}: not valid YAML ({exc})") from None
+            raise EmbedKDError(f"{p}: not valid YAML ({describe_parse_error(exc)})") from None
         return cls.from_dict(raw, source=str(p))
 
     @classmethod

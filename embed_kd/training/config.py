@@ -40,7 +40,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from embed_kd.errors import EmbedKDError
+from embed_kd.errors import EmbedKDError, describe_parse_error
 from embed_kd.students.build import StudentSpec
 
 SCORE_LOSSES = ("margin_mse", "kl", "none")
@@ -119,8 +119,10 @@ class TrainConfig:
             raw = yaml.safe_load(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise EmbedKDError(f"{p}: config file not found") from None
+        except UnicodeDecodeError as exc:
+            raise EmbedKDError(f"{p}: {describe_parse_error(exc)}") from None
         except yaml.YAMLError as exc:
-            raise EmbedKDError(f"{p}: not valid YAML ({exc})") from None
+            raise EmbedKDError(f"{p}: not valid YAML ({describe_parse_error(exc)})") from None
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -220,7 +222,7 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as exc:
-            raise EmbedKDError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+            raise EmbedKDError(f"--set {item!r}: value is not valid YAML ({describe_parse_error(exc)})") from None
         if isinstance(value, str) and _looks_float(value):
             value = float(value)
         node = raw
