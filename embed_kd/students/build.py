@@ -45,8 +45,12 @@ class StudentSpec:
     projection_dim: int | None = None     # add a learned Linear to this dimension (before normalisation)
     max_seq_length: int | None = None     # override the student's max_seq_length
     extra: dict = field(default_factory=dict)
+    type: str = "dense"                   # dense | sparse (SPLADE, embed_kd.students.sparse)
 
     def describe(self) -> str:
+        if self.type == "sparse":
+            base = self.model or "the teacher"
+            return f"sparse (SPLADE) from {base}" + (f", layers {list(self.keep_layers)}" if self.keep_layers else "")
         if self.model:
             return f"model {self.model}" + (f" + projection to {self.projection_dim}" if self.projection_dim else "")
         if self.keep_layers is not None:
@@ -54,11 +58,14 @@ class StudentSpec:
         return f"narrow {self.num_layers}x{self.hidden_size} + projection"
 
     def validate(self) -> None:
+        if self.type not in ("dense", "sparse"):
+            raise EmbedKDError(f"student: type = {self.type!r}; expected dense or sparse")
         if self.model and self.from_teacher:
             raise EmbedKDError("student: pass either a model (--student) or --student-from-teacher, not both")
         if not self.model and not self.from_teacher:
             raise EmbedKDError("student: pass a model (--student PATH|PRESET) or --student-from-teacher")
-        if self.from_teacher and self.keep_layers is None and not (self.hidden_size and self.num_layers):
+        if self.type == "dense" and self.from_teacher and self.keep_layers is None and not (
+                self.hidden_size and self.num_layers):
             raise EmbedKDError("student: --student-from-teacher needs --keep-layers (a layer cut) or "
                                "student.hidden_size + student.num_layers (a narrow student)")
         if self.keep_layers is not None and self.hidden_size:

@@ -63,13 +63,12 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
 
 
 def average_checkpoints(model, checkpoints: Sequence[str | Path]):
-    """Load each checkpoint (a sentence-transformers folder) and put their mean weights into ``model``."""
-    from sentence_transformers import SentenceTransformer
-
+    """Load each checkpoint (a sentence-transformers folder, loaded with ``type(model)``: a
+    SentenceTransformer or a SparseEncoder) and put their mean weights into ``model``."""
     states = []
     for p in checkpoints:
         try:
-            states.append({k: v.detach().cpu() for k, v in SentenceTransformer(str(p), device="cpu").state_dict().items()})
+            states.append({k: v.detach().cpu() for k, v in type(model)(str(p), device="cpu").state_dict().items()})
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"{p}: cannot load checkpoint for averaging ({exc})") from None
     model.load_state_dict(average_state_dicts(states))
