@@ -161,11 +161,15 @@ def main() -> None:
         have = {(r["model"], r["mode"]) for r in rows}
         for r in previous["rows"]:
             if r.get("session") != args.session and (r["model"], r["mode"]) not in have:
-                rows.append(r)
+                # q/s is the architecture's (teacher or 3-layer cut), measured once per file: the current one
+                rows.append({**r, "query_per_s": qps["teacher"] if r["model"] == "teacher" else qps["cut"]})
     out = {"schema": "embed-kd/bench-scifact-l3@2", "dataset": results["teacher-sym"]["dataset"],
            "teacher_ndcg_at_10": t_ndcg, "speed": speed, "speedup": qps["cut"] / qps["teacher"], "rows": rows,
+           "speed_previous": previous["speed"] if previous and previous["speed"].get("session") != speed.get("session")
+           else (previous or {}).get("speed_previous"),
            "versions": results["teacher-sym"]["versions"],
-           "note": "measured on a shared 2-core CPU machine (other engineers' jobs interleaved); see the .md"}
+           "note": "measured on a shared 2-core CPU machine (other engineers' jobs interleaved); see the .md",
+           "note_sessions": (previous or {}).get("note_sessions")}
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
     lines = ["| model | mode | nDCG@10 | ×teacher | R@100 | top-10 overlap | Spearman | query cos | q/s (1 thread) "
              "| train s (steps) | session |",
