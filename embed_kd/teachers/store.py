@@ -47,6 +47,7 @@ column                    type      meaning
       "chunk_size": queries per chunk,
       "shard": null | {"index": I, "count": N},
       "progress": {"queries_done", "rows", "chunks"},
+      "chunk_sha256": {chunk file name: sha256 of its bytes},
       "complete": bool
     }
 
@@ -57,8 +58,11 @@ the same store. A shard ``I/N`` owns the chunks whose number (first query index 
 ``I mod N``; ``merge_stores`` joins shard folders into one complete store.
 
 Reading (:func:`open_scores`) validates the manifest (schema, recomputed config fingerprint), the
-chunk files (names, no overlap, every query of the split covered exactly once, columns match the
-manifest) and refuses an incomplete store unless ``allow_incomplete=True``.
+chunk files (names, no overlap, every query of the split covered exactly once, sha256 equal to
+``chunk_sha256`` — Parquet alone does not notice every flipped byte —, columns match the manifest)
+and refuses an incomplete store unless ``allow_incomplete=True``. A chunk committed by a run killed
+before its manifest update gets its checksum when the store is resumed (the rename made it whole);
+stores written before ``chunk_sha256`` existed are read without the checksum check.
 
 >>> import tempfile, pathlib
 >>> out = pathlib.Path(tempfile.mkdtemp()) / "scores"
@@ -82,6 +86,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -358,6 +363,9 @@ class ScoreStoreWriter:
                 raise ArtifactError(f"{p}: unreadable chunk ({exc}); delete it to recompute it") from None
             queries += b - a + 1
             chunks += 1
+            sums = self.manifest.setdefault("chunk_sha256", {})
+            if p.name not in sums:
+                sums[p.name] = _sha256_file(p)
         self.manifest["progress"] = {"queries_done": queries, "rows": rows, "chunks": chunks}
 
     # -- writing
@@ -377,7 +385,9 @@ class ScoreStoreWriter:
         table = table.cast(self.schema)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
-        atomic_write_bytes(self.folder / SHARDS / chunk_name(first, last), sink.getvalue().to_pybytes())
+        data = sink.getvalue().to_pybytes()
+        atomic_write_bytes(self.folder / SHARDS / chunk_name(first, last), data)
+        self.manifest.setdefault("chunk_sha256", {})[chunk_name(first, last)] = hashlib.sha256(data).hexdigest()
         prog = self.manifest["progress"]
         prog["queries_done"] += last - first + 1
         prog["rows"] += table.num_rows
@@ -420,6 +430,14 @@ def _table_from_columns(columns: Mapping[str, Sequence], schema):
     if len(set(lengths.values())) > 1:
         raise EmbedKDError(f"chunk columns have different lengths: {lengths}")
     return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _lock(folder: Path) -> int:
@@ -590,11 +608,15 @@ def open_scores(path: str | os.PathLike, *, allow_incomplete: bool = False) -> S
             if a2 != b1 + 1:
                 raise ArtifactError(f"{p2}: gap before this chunk (queries {b1 + 1}-{a2 - 1} missing)")
     expected = arrow_schema(teacher_names(m), source_names(m))
+    sums = m.get("chunk_sha256") or {}
     for _, _, p in chunks:
         try:
             schema = pq.read_schema(p)
         except Exception as exc:  # noqa: BLE001
             raise ArtifactError(f"{p}: unreadable chunk ({exc})") from None
+        if p.name in sums and _sha256_file(p) != sums[p.name]:
+            raise ArtifactError(f"{p}: checksum does not match {MANIFEST} (modified or corrupt); delete it and rerun "
+                                "the same score-teacher command to recompute it")
         if schema.names != expected.names:
             raise ArtifactError(f"{p}: columns {schema.names} do not match the manifest's {expected.names}")
     return ScoreStore(folder, m, [p for _, _, p in chunks])
@@ -654,6 +676,7 @@ def merge_stores(shard_folders: Iterable[str | os.PathLike], out: str | os.PathL
                 chunks += 1
         manifest["progress"] = {"queries_done": int(manifest["dataset"]["n_queries"]), "rows": rows, "chunks": chunks}
         manifest["complete"] = True
+        manifest["chunk_sha256"] = {k: v for s in stores for k, v in (s.manifest.get("chunk_sha256") or {}).items()}
         manifest["merged_from"] = [str(s.path) for s in stores]
         atomic_write_json(tmp / MANIFEST, manifest)
     return open_scores(out)
