@@ -149,10 +149,17 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
     run = result.pop("run")
     if not world.is_main:
         return
-    if save_run:
-        atomic_write_json(save_run, run, overwrite=overwrite)
-    if output:
-        atomic_write_json(output, result, overwrite=overwrite)
+    written = []
+    try:  # both outputs or neither: a failed -o removes the --save-run file written just before
+        if save_run:
+            atomic_write_json(save_run, run, overwrite=overwrite)
+            written.append(Path(save_run))
+        if output:
+            atomic_write_json(output, result, overwrite=overwrite)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     click.echo(markdown_table([result]))
     if loyalty_teacher:
         ly = result["loyalty"]
