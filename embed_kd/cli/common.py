@@ -53,7 +53,8 @@ def run_command(fn):
         try:
             return fn(*args, **kwargs)
         except EmbedKDError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun: one report (rank 0 names failed peers)
+                click.echo(f"Error: {exc}", err=True)
             sys.exit(EXIT_USER_ERROR)
         except OSError as exc:
             if exc.errno not in _ENV_ERRNOS:

@@ -46,6 +46,7 @@ def train_command(config, data, split, scores, teacher, student, student_from_te
     embed-kd train eval/configs/scifact-l3.yaml
     embed-kd train --data scifact --scores runs/scifact-train-ens --teacher minilm-l6 \\
         --student-from-teacher --keep-layers 0,2,4 -o runs/student --set train.max_steps=200
+    torchrun --nproc-per-node 2 -m embed_kd train CONFIG   (DDP; global batch = 2 × train.batch_size)
     """
     setup_logging(verbose, quiet)
     set_threads(threads)
@@ -70,6 +71,10 @@ def train_command(config, data, split, scores, teacher, student, student_from_te
     m = train_student(cfg, overwrite=overwrite, resume=resume, show_progress=not no_progress, cache_dir=cache_dir,
                       limit_queries=limit_queries, limit_docs=limit_docs, config_file=config,
                       overrides=list(overrides))
+    from embed_kd.distributed import get_world
+
+    if not get_world().is_main:  # under torchrun: rank 0 reports
+        return
     tr = m["training"]
     ex = m["examples"]
     click.echo(f"student: {m['student']['init']} → {cfg.output}")

@@ -26,6 +26,13 @@ Output folder (written atomically; refused if it exists unless ``--overwrite``):
 While training, checkpoints live in ``OUTPUT.work/`` (optimizer state included) so that an
 interrupted run resumes with ``--resume``; it is removed when the run completes.
 
+Multi-process (``torchrun --nproc-per-node N -m embed_kd train …`` or ``accelerate launch``): the
+trainer runs DDP (gloo on CPU, NCCL on GPUs) and shards each global batch of
+``N × train.batch_size`` examples over the processes; the teacher's document embeddings are
+encoded data-parallel once (:mod:`embed_kd.index.stream_encode`); only rank 0 writes checkpoints'
+weights, the output folder and its manifest (``training.world_size`` records N). The time budget
+is agreed on by all processes (they stop at the same step).
+
 ``OUTPUT.work/run.json`` (schema ``embed-kd/train-work@1``) fingerprints what decides the run:
 ``{"schema", "fingerprint", "inputs": {"config" (without train.threads), "limit_queries",
 "limit_docs", "dataset" (corpus/queries/qrels fingerprints), "scores" (config_fingerprint),
@@ -49,8 +56,8 @@ Run manifest ``embed_kd_train.json`` (schema ``embed-kd/train-run@1``)::
       "student": {"init": description, "init_fingerprint", "fingerprint" (final), "dim",
                   "max_seq_length", "layers", "params"},
       "examples": {"score": stats | null, "align": stats | null},
-      "training": {"global_step", "epochs", "train_time_s", "stopped_by_time_budget",
-                   "log_history": [trainer logs: loss per dataset, dev metrics, lr]},
+      "training": {"global_step", "epochs", "train_time_s", "stopped_by_time_budget", "world_size",
+                   "global_batch_size", "log_history": [trainer logs: loss per dataset, dev metrics, lr]},
       "averaging": {"enabled", "checkpoints": [names], "applied": bool},
       "dev": {"metrics_final": {...}} | null,
       "versions": {...}, "git": {"commit", "dirty"}
@@ -69,6 +76,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embed_kd import distributed as dist
 from embed_kd.errors import ArtifactError, EmbedKDError
 from embed_kd.training.config import TrainConfig
 
@@ -155,7 +163,10 @@ def _time_budget_callback(max_time_s: float | None):
             self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
-            if max_time_s and self.start and time.perf_counter() - self.start > max_time_s:
+            over = bool(max_time_s and self.start and time.perf_counter() - self.start > max_time_s)
+            if max_time_s and dist.is_initialized():  # every process stops at the same step, or DDP hangs
+                over = any(dist.all_gather_object(over))
+            if over:
                 logger.warning("time budget of %.0fs reached at step %d: stopping", max_time_s, state.global_step)
                 self.stopped = True
                 control.should_training_stop = True
@@ -207,14 +218,17 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     from embed_kd.training.dev_eval import DevRetrievalEvaluator
 
     cfg.validate()
+    world = dist.init()  # WORLD_SIZE > 1 under torchrun / accelerate launch
     out = Path(cfg.output)
     work = out.with_name(out.name + ".work")
-    refuse_existing(out, overwrite)
-    if work.exists() and not resume:
-        if not overwrite:
+    with dist.step("checking the output"):
+        refuse_existing(out, overwrite)
+        if work.exists() and not resume and not overwrite:
             raise EmbedKDError(f"{work}: an interrupted run of this output exists; pass --resume to continue it "
                                "or --overwrite to start over")
-        shutil.rmtree(work)
+    with dist.step("clearing the previous run"):
+        if work.exists() and not resume and world.is_main:
+            shutil.rmtree(work)
     if cfg.split == "test":
         raise EmbedKDError("config: split 'test' — students are trained on train queries only (test queries "
                            "would leak into the benchmark)")
@@ -271,8 +285,15 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     align_texts: list[str] = []
     align_emb = None
     if cfg.losses.align != "none":
-        q_emb = teacher_query_embeddings(teacher, dataset.queries, train_qids, cache=cache,
-                                         show_progress=show_progress) if "queries" in cfg.examples.align_texts else None
+        q_emb = None
+        if "queries" in cfg.examples.align_texts:  # rank 0 first (it fills the cache), then the others read it
+            with dist.step("teacher query embeddings"):
+                if world.is_main:
+                    q_emb = teacher_query_embeddings(teacher, dataset.queries, train_qids, cache=cache,
+                                                     show_progress=show_progress)
+            if not world.is_main:
+                q_emb = teacher_query_embeddings(teacher, dataset.queries, train_qids, cache=cache,
+                                                 show_progress=False)
         align_texts, align_emb, align_stats = build_align_examples(
             dataset, doc_emb, doc_ids, train_qids, q_emb, texts=cfg.examples.align_texts,
             max_texts=cfg.examples.max_align_texts, seed=cfg.train.seed)
@@ -309,7 +330,8 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
         weight_decay=T.weight_decay, seed=T.seed, data_seed=T.seed, save_strategy="steps", save_steps=T.save_steps,
         save_total_limit=max(cfg.average.last if cfg.average.enabled else 1, 1) + 1,
         eval_strategy="steps" if evaluator else "no", eval_steps=T.eval_steps if evaluator else None,
-        logging_steps=T.logging_steps, report_to="none", disable_tqdm=not show_progress, use_cpu=True,
+        logging_steps=T.logging_steps, report_to="none", disable_tqdm=not (show_progress and world.is_main),
+        use_cpu=dist.device() == "cpu",
         multi_dataset_batch_sampler=T.sampler, dataloader_drop_last=False,
     )
     budget = _time_budget_callback(T.max_time_s)
@@ -324,24 +346,43 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
 
     run_fp = fingerprint_json(inputs)
     resume_from = None
-    if resume:
-        if not work.is_dir():
-            raise EmbedKDError(f"--resume: no interrupted run of {out} ({work} does not exist)")
-        _check_work(work, run_fp, inputs, resume=True)
-        ck = complete_checkpoints(ckpt_dir, remove_partial=True)
-        if ck:
-            resume_from = str(ck[-1])
-            logger.info("resuming from %s", resume_from)
-        else:
-            logger.warning("--resume: %s holds no complete checkpoint (interrupted before the first save): "
-                           "starting from step 0", work)
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-    else:
-        _check_work(work, run_fp, inputs, resume=False)
+    with dist.step("preparing the work folder"):  # rank 0 checks / cleans OUTPUT.work, the others follow
+        if world.is_main:
+            if resume:
+                if not work.is_dir():
+                    raise EmbedKDError(f"--resume: no interrupted run of {out} ({work} does not exist)")
+                _check_work(work, run_fp, inputs, resume=True)
+                ck = complete_checkpoints(ckpt_dir, remove_partial=True)
+                if ck:
+                    resume_from = str(ck[-1])
+                    logger.info("resuming from %s", resume_from)
+                else:
+                    logger.warning("--resume: %s holds no complete checkpoint (interrupted before the first save): "
+                                   "starting from step 0", work)
+                    shutil.rmtree(ckpt_dir, ignore_errors=True)
+            else:
+                _check_work(work, run_fp, inputs, resume=False)
+    resume_from = dist.broadcast_object(resume_from)
     t_train = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     train_time_s = time.perf_counter() - t_train
     step = trainer.state.global_step
+    manifest = None
+    with dist.step("writing the student"):
+        if world.is_main:  # the other processes hold the same weights (DDP); one writes
+            manifest = _finish(**locals())
+    return dist.broadcast_object(manifest)
+
+
+def _finish(*, cfg, out, work, overwrite, ckpt_dir, step, student, evaluator, teacher, dataset, full_fps,
+            train_qids, dev_qids, store, init_desc, init_fp, student_dim, score_ex, align_stats, trainer,
+            train_time_s, t_start, budget, config_file, overrides, world, **_) -> dict:
+    """Rank 0 after training: final checkpoint, averaging, dev metrics, manifest, atomic output."""
+    from embed_kd.evaluation.retrieval_eval import model_info, versions
+    from embed_kd.io import atomic_dir, atomic_write_json
+    from embed_kd.models import fingerprint_model
+    from embed_kd.training.averaging import average_checkpoints, list_checkpoints
+
     final_ckpt = ckpt_dir / f"checkpoint-{step}"
     if not final_ckpt.exists():
         student.save(str(final_ckpt))
@@ -374,6 +415,7 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
                     "params": int(sum(p.numel() for p in student.parameters()))},
         "examples": {"score": score_ex.stats if score_ex else None, "align": align_stats},
         "training": {"global_step": step, "epochs": trainer.state.epoch, "train_time_s": train_time_s,
+                     "world_size": world.world_size, "global_batch_size": cfg.train.batch_size * world.world_size,
                      "total_time_s": time.perf_counter() - t_start,
                      "stopped_by_time_budget": budget.stopped, "log_history": trainer.state.log_history},
         "averaging": {"enabled": cfg.average.enabled, "checkpoints": [p.name for p in averaged],
