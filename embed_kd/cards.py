@@ -137,14 +137,29 @@ def _usage_student(name: str, teacher: str | None) -> list[str]:
     return out
 
 
+def _usage_sparse(name: str) -> list[str]:
+    return ["## How to load it", "",
+            "```python", "from sentence_transformers import SparseEncoder", "",
+            f'model = SparseEncoder("{name}")',
+            'q = model.encode_query(["what does the student keep?"])      # sparse torch tensors (vocabulary-sized)',
+            'd = model.encode_document(["a passage to index"])',
+            "print(model.similarity(q, d))                               # dot product",
+            'print(model.decode(q[0], top_k=10))                         # the heaviest terms', "```", "",
+            f"With embed-kd: `embed-kd eval --data DATA --model {name} [--doc-top-k K]` (exact search on a SciPy "
+            "sparse inverted index; non-zeros and FLOPs reported).", ""]
+
+
 def _student_section(m: dict, name: str) -> list[str]:
     cfg = m.get("config") or {}
     L = cfg.get("losses") or {}
     teacher, student, ds = m.get("teacher") or {}, m.get("student") or {}, m.get("dataset") or {}
     scores = m.get("scores") or {}
-    lines = [f"# {name}", "",
+    sparse = student.get("type") == "sparse"
+    intro = (f"A sparse (SPLADE) retriever distilled with embed-kd from the score teacher(s) below: one weight per "
+             f"vocabulary term, searched on an inverted index." if sparse else
              f"A query encoder distilled with embed-kd from the embedding teacher "
-             f"`{teacher.get('spec', '?')}`" + (" and the score teacher(s) below" if scores else "") + ".", "",
+             f"`{teacher.get('spec', '?')}`" + (" and the score teacher(s) below" if scores else "") + ".")
+    lines = [f"# {name}", "", intro, "",
              "## Model", "",
              "| | |", "|---|---|",
              f"| initialisation | {student.get('init', '—')} |",
@@ -152,10 +167,18 @@ def _student_section(m: dict, name: str) -> list[str]:
              f"| embedding dim | {_fmt(student.get('dim'))} |",
              f"| parameters | {student['params']:,} |" if student.get("params") else "| parameters | — |",
              f"| max sequence length | {_fmt(student.get('max_seq_length'))} |",
-             f"| fingerprint (embed-kd) | `{student.get('fingerprint', '—')}` |", "",
-             "## Teachers", "",
-             f"- embedding teacher (documents, alignment targets): `{teacher.get('spec', '—')}` "
-             f"(dim {teacher.get('dim', '—')}, fingerprint `{teacher.get('fingerprint', '—')}`)"]
+             f"| fingerprint (embed-kd) | `{student.get('fingerprint', '—')}` |"]
+    if sparse:
+        lines[-4] = f"| vocabulary dim (sparse) | {_fmt(student.get('dim'))} |"
+        lines += [f"| MLM head | {student.get('head_init', '—')} |",
+                  f"| pooling | SpladePooling `{student.get('pooling', 'max')}`, activation `{student.get('activation', 'relu')}` |",
+                  f"| query / document max tokens | {_fmt(student.get('query_length'))} / "
+                  f"{_fmt(student.get('document_length'))} (training documents: "
+                  f"{_fmt(student.get('train_document_length') or student.get('document_length'))}) |"]
+    lines += ["", "## Teachers", ""]
+    if not sparse:
+        lines.append(f"- embedding teacher (documents, alignment targets): `{teacher.get('spec', '—')}` "
+                     f"(dim {teacher.get('dim', '—')}, fingerprint `{teacher.get('fingerprint', '—')}`)")
     for t in scores.get("teachers") or []:
         desc = t if isinstance(t, str) else ", ".join(f"{k}: {v}" for k, v in t.items()
                                                        if k in ("name", "spec", "kind", "fingerprint", "weight"))
@@ -169,6 +192,12 @@ def _student_section(m: dict, name: str) -> list[str]:
         lines.append(f"| score | `{L['score']}` | {L.get('score_weight', 1.0)} |")
     if L.get("align", "none") != "none":
         lines.append(f"| align | `{L['align']}` | {L.get('align_weight', 1.0)} |")
+    if sparse:  # SpladeLoss: FLOPS regularisers on query and document vectors, warmed up from 0
+        S = cfg.get("sparse") or {}
+        lines += [f"| FLOPS (queries) | `FlopsLoss` | {S.get('query_flops_weight')} |",
+                  f"| FLOPS (documents) | `FlopsLoss` | {S.get('doc_flops_weight')} |",
+                  "", f"Inside sentence-transformers' `SpladeLoss`; regulariser weights warmed up "
+                      f"({S.get('flops_schedule')}) over {S.get('flops_warmup_ratio')} of the steps."]
     extra = {k: L[k] for k in ("score_documents", "score_scale", "kl_temperature") if k in L}
     if extra:
         lines += ["", "Score loss settings: " + ", ".join(f"`{k}` = {v}" for k, v in extra.items()) + "."]
@@ -231,7 +260,8 @@ def render_card_section(manifest: dict, *, name: str, eval_results: Iterable[dic
     schema = manifest.get("schema")
     if schema == MANIFESTS["embed_kd_train.json"]:
         lines = _student_section(manifest, name)
-        usage = _usage_student(name, (manifest.get("teacher") or {}).get("spec"))
+        usage = _usage_sparse(name) if (manifest.get("student") or {}).get("type") == "sparse" else \
+            _usage_student(name, (manifest.get("teacher") or {}).get("spec"))
     elif schema == MANIFESTS["embed_kd_teacher.json"]:
         lines, usage = _teacher_section(manifest, name), []
     else:

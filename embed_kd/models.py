@@ -58,6 +58,32 @@ def load_sentence_transformer(spec: str | os.PathLike, *, device: str | None = N
     return model
 
 
+def is_sparse_model(spec: str | os.PathLike) -> bool:
+    """True when ``spec`` resolves to a saved sentence-transformers ``SparseEncoder`` folder."""
+    from embed_kd.students.sparse import is_sparse_folder
+
+    if str(spec) == "bm25":
+        return False
+    try:
+        source, _ = locate_model(spec)
+    except EmbedKDError:
+        return False
+    return is_sparse_folder(source)
+
+
+def load_sparse_encoder(spec: str | os.PathLike, *, device: str | None = None):
+    """Load a ``SparseEncoder`` (SPLADE-style model) from a path, hub id or preset."""
+    from sentence_transformers.sparse_encoder import SparseEncoder
+
+    source, _ = locate_model(spec)
+    try:
+        model = SparseEncoder(str(source), device=device or "cpu")
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"sparse model '{spec}' could not be loaded from {source}: {exc}") from None
+    model.embed_kd_spec = str(spec)  # type: ignore[attr-defined]
+    return model
+
+
 def load_cross_encoder(spec: str | os.PathLike, *, device: str | None = None, max_length: int | None = None,
                        **kwargs) -> "CrossEncoder":
     """Load a ``CrossEncoder`` from a path, hub id or preset (``kwargs`` go to ``CrossEncoder``,

@@ -42,6 +42,9 @@ from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosi
               help="With --ensemble: write the (fitted) weights JSON that score-teacher reads.")
 @click.option("--rerank", "rerank_model", help="Re-rank the first stage's top-K with this cross-encoder (folder/preset).")
 @click.option("--rerank-depth", default=100, show_default=True, type=click.IntRange(1), help="K for --rerank (BEIR: 100).")
+@click.option("--doc-top-k", type=click.IntRange(1),
+              help="Sparse models: keep each document vector's K largest weights (static index pruning).")
+@click.option("--query-top-k", type=click.IntRange(1), help="Sparse models: keep each query vector's K largest weights.")
 @click.option("--loyalty-teacher", help="Also report loyalty to this embedding teacher (top-10 overlap, Spearman, cosine).")
 @click.option("--allow-teacher-mismatch", is_flag=True,
               help="Asymmetric mode: evaluate even when --query-model declares another embedding teacher than "
@@ -51,11 +54,15 @@ from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosi
 def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output, overwrite, save_run, index_kind, top_k,
                  batch_size, cache_dir, no_cache, limit_queries, limit_docs, allow_missing_ids,
                  ignore_identical_ids, threads, no_progress, ensemble_config, save_weights, rerank_model,
-                 rerank_depth, loyalty_teacher, allow_teacher_mismatch, verbose, quiet):
+                 rerank_depth, doc_top_k, query_top_k, loyalty_teacher, allow_teacher_mismatch, verbose, quiet):
     """Encode, index with FAISS and score with pytrec_eval (nDCG@10, Recall@100, MRR@10).
+
+    A SparseEncoder (SPLADE) model is searched exactly on a SciPy sparse inverted index instead
+    (non-zeros and FLOPs reported; --doc-top-k / --query-top-k prune the vectors).
 
     \b
     Symmetric:   embed-kd eval --data scifact --model minilm-l6
+    Sparse:      embed-kd eval --data scifact --model runs/sparse-student --doc-top-k 128
     Asymmetric:  embed-kd eval --data scifact --query-model runs/student --doc-model minilm-l6
     BM25:        embed-kd eval --data scifact --model bm25
     """
@@ -88,6 +95,8 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
                              show_progress=not no_progress, cache_dir=cache_dir, use_cache=not no_cache)
     if not data:
         raise EmbedKDError("--data is required (it is optional only with --mteb)")
+    if (doc_top_k or query_top_k) and not _any_sparse(model, query_model, doc_model):
+        raise EmbedKDError("--doc-top-k / --query-top-k prune sparse vectors; pass a sparse model (--model SPARSE_MODEL)")
     for path in (output, save_run, save_weights):
         if path:
             refuse_existing(path, overwrite)
@@ -114,6 +123,20 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
                                                overwrite=overwrite)
     elif model == "bm25":
         result = evaluate_bm25(dataset, options=opts)
+    elif _any_sparse(model, query_model, doc_model):
+        if not model:
+            raise EmbedKDError("sparse models are evaluated symmetrically (queries and documents in one vocabulary "
+                               "space): pass --model SPARSE_MODEL instead of --query-model/--doc-model")
+        if loyalty_teacher:
+            raise EmbedKDError("--loyalty-teacher compares dense embeddings; it does not apply to a sparse model")
+        from embed_kd.evaluation.sparse_eval import evaluate_sparse
+        from embed_kd.models import load_sparse_encoder
+
+        t = time.perf_counter()
+        sm = load_sparse_encoder(model)
+        opts.timings["load_models_s"] = time.perf_counter() - t
+        result = evaluate_sparse(dataset, sm, options=opts, doc_top_k=doc_top_k, query_top_k=query_top_k)
+        result.pop("_matrices")
     else:
         t = time.perf_counter()
         if model:
@@ -161,6 +184,11 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
             path.unlink(missing_ok=True)
         raise
     click.echo(markdown_table([result]))
+    if "sparse" in result:
+        sp = result["sparse"]
+        click.echo(f"\nsparse: query non-zeros {sp['avg_query_nnz']:.1f}, document non-zeros {sp['avg_doc_nnz']:.1f}"
+                   + (f" (top-{sp['doc_top_k']} of {sp['avg_doc_nnz_unpruned']:.1f})" if sp["doc_top_k"] else "")
+                   + f", FLOPS {sp['flops']:.3f} per (query, doc), {sp['postings_per_query']:,.0f} postings per query")
     if loyalty_teacher:
         ly = result["loyalty"]
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
@@ -173,3 +201,9 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
     click.echo(f"\n{result['dataset']['n_queries']} queries × {result['dataset']['n_docs']} docs; "
                f"doc cache: {result['cache']['docs']}; total {result['timings']['total_s']:.1f}s"
                + (f"; written to {output}" if output else ""), err=True)
+
+
+def _any_sparse(*specs) -> bool:
+    from embed_kd.models import is_sparse_model
+
+    return any(s and is_sparse_model(s) for s in specs)

@@ -23,6 +23,8 @@ def _layers(text: str | None):
 @click.option("--scores", type=click.Path(file_okay=False), help="Score store from `embed-kd score-teacher` on the same split.")
 @click.option("--teacher", help="Embedding teacher (alignment targets + frozen documents), e.g. minilm-l6.")
 @click.option("--student", help="Student model: path, hub id or preset.")
+@click.option("--student-type", type=click.Choice(["dense", "sparse"]),
+              help="dense (default) or sparse: a SPLADE SparseEncoder trained with SpladeLoss + FLOPS (docs/sparse.md).")
 @click.option("--student-from-teacher", is_flag=True, default=None, help="Cut the student out of the teacher (with --keep-layers).")
 @click.option("--keep-layers", help="Teacher layers the cut student keeps, e.g. 0,2,4.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Output folder (a sentence-transformers model).")
@@ -37,7 +39,7 @@ def _layers(text: str | None):
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
 @verbosity_options
 @run_command
-def train_command(config, data, split, scores, teacher, student, student_from_teacher, keep_layers, output, overrides,
+def train_command(config, data, split, scores, teacher, student, student_type, student_from_teacher, keep_layers, output, overrides,
                   overwrite, resume, cache_dir, limit_queries, limit_docs, threads, no_progress, print_config,
                   verbose, quiet):
     """Train a small query encoder: Margin-MSE / KL on teacher scores + alignment to the teacher's embeddings.
@@ -58,6 +60,10 @@ def train_command(config, data, split, scores, teacher, student, student_from_te
                       "student.keep_layers": _layers(keep_layers)})
     if student:
         cfg.student.from_teacher, cfg.student.keep_layers = False, None
+    if student_type:
+        cfg.student.type = student_type
+        if student_type == "sparse":  # a SPLADE student encodes its own documents and has no alignment loss
+            cfg.losses.align, cfg.losses.score_documents = "none", "student"
     cfg = apply_overrides(cfg, list(overrides))
     if print_config:
         import yaml
@@ -67,6 +73,8 @@ def train_command(config, data, split, scores, teacher, student, student_from_te
     cfg.validate()
 
     from embed_kd.training.run import train_student
+    if cfg.student.type == "sparse":  # SPLADE student: same config, data and output layout
+        from embed_kd.training.sparse_run import train_sparse_student as train_student
 
     m = train_student(cfg, overwrite=overwrite, resume=resume, show_progress=not no_progress, cache_dir=cache_dir,
                       limit_queries=limit_queries, limit_docs=limit_docs, config_file=config,
@@ -88,3 +96,6 @@ def train_command(config, data, split, scores, teacher, student, student_from_te
         d = m["dev"]["metrics_final"]
         click.echo(f"dev ({len(m['dataset']['dev_queries'])} held-out train queries, asymmetric): "
                    f"nDCG@10 {d.get('dev_ndcg_at_10', float('nan')):.4f}")
+        if "dev_query_nnz" in d:
+            click.echo(f"dev sparsity: query non-zeros {d['dev_query_nnz']:.1f}, document non-zeros "
+                       f"{d['dev_doc_nnz']:.1f} (pool of {m['dev'].get('pool_docs')} docs)")

@@ -17,6 +17,8 @@ A config file (``yaml.safe_load``; unknown keys are refused, naming the key) mir
                 weight_decay: 0.01, seed: 42, save_steps: 20, eval_steps: 20, max_time_s: null,
                 threads: null, logging_steps: 10}
     average:   {enabled: true, last: 3}
+    sparse:    {query_flops_weight: 3.0e-3, doc_flops_weight: 1.0e-3, ...}   # student.type: sparse only
+                                     # (SparseConfig; docs/sparse.md)
 
 Overrides: ``--set train.lr=1e-4 --set student.keep_layers=[1,3,5] --set losses.score=none``; the
 value is parsed with ``yaml.safe_load`` (so numbers, booleans, lists and ``null`` work).
@@ -95,6 +97,25 @@ class AverageConfig:
 
 
 @dataclass
+class SparseConfig:
+    """SPLADE student settings (``student.type: sparse``; see embed_kd.students.sparse, docs/sparse.md)."""
+
+    pooling: str = "max"                    # SpladePooling: max | sum
+    activation: str = "relu"                # relu | log1p_relu
+    head_bias: float = -5.0                 # initial output bias of an MLM head built on a dense encoder
+    query_length: int = 32                  # max query tokens (Transformer.query_length)
+    document_length: int = 256              # max document tokens at inference (Transformer.document_length)
+    train_document_length: int | None = None  # max document tokens while training (null: document_length)
+    query_flops_weight: float = 3.0e-3      # SpladeLoss query_regularizer_weight (FLOPS on query vectors)
+    doc_flops_weight: float = 1.0e-3        # SpladeLoss document_regularizer_weight
+    query_flops_threshold: int | None = None  # FlopsLoss threshold: only vectors with more non-zeros count
+    doc_flops_threshold: int | None = None
+    flops_warmup_ratio: float = 0.33        # regulariser weights grow from 0 over this share of the steps
+    flops_schedule: str = "quadratic"       # quadratic | linear
+    dev_pool: int = 20                      # dev slice: re-rank each dev query's top-N teacher candidates
+
+
+@dataclass
 class TrainConfig:
     data: str = ""
     split: str = "train"
@@ -106,6 +127,7 @@ class TrainConfig:
     losses: LossesConfig = field(default_factory=LossesConfig)
     train: TrainingConfig = field(default_factory=TrainingConfig)
     average: AverageConfig = field(default_factory=AverageConfig)
+    sparse: SparseConfig = field(default_factory=SparseConfig)
     name: str | None = None
 
     @classmethod
@@ -162,7 +184,37 @@ class TrainConfig:
         if self.train.lr <= 0 or self.train.batch_size < 1:
             raise EmbedKDError("config: train.lr must be > 0 and train.batch_size >= 1")
         self.student.validate()
+        if self.student.type == "sparse":
+            self._validate_sparse()
         return self
+
+    def _validate_sparse(self) -> None:
+        S = self.sparse
+        if self.losses.align != "none":
+            raise EmbedKDError(f"config: losses.align = {self.losses.align!r} does not apply to a sparse student "
+                               "(its vectors live in the vocabulary, not the teacher's space); set losses.align: none")
+        if self.losses.score == "none":
+            raise EmbedKDError("config: a sparse student learns from teacher scores; losses.score must be "
+                               "margin_mse or kl")
+        if self.losses.score_weight != 1.0:
+            raise EmbedKDError("config: losses.score_weight does not apply to a sparse student (SpladeLoss weighs "
+                               "the FLOPS regularisers against the score loss: tune sparse.*_flops_weight)")
+        if self.losses.score_documents != "student":
+            raise EmbedKDError("config: a sparse student encodes its own documents; set losses.score_documents: student")
+        for key, val, allowed in (("sparse.pooling", S.pooling, ("max", "sum")),
+                                  ("sparse.activation", S.activation, ("relu", "log1p_relu")),
+                                  ("sparse.flops_schedule", S.flops_schedule, ("quadratic", "linear"))):
+            if val not in allowed:
+                raise EmbedKDError(f"config: {key} = {val!r}; expected one of {', '.join(allowed)}")
+        for key in ("query_flops_weight", "doc_flops_weight"):
+            if getattr(S, key) < 0:
+                raise EmbedKDError(f"config: sparse.{key} must be >= 0")
+        if not 0 < S.flops_warmup_ratio <= 1:
+            raise EmbedKDError("config: sparse.flops_warmup_ratio must be in (0, 1]")
+        for key in ("query_length", "document_length", "train_document_length", "dev_pool"):
+            v = getattr(S, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise EmbedKDError(f"config: sparse.{key} must be a positive integer, got {v!r}")
 
 
 def _build(cls, raw: Any, where: str):
@@ -185,7 +237,7 @@ def _build(cls, raw: Any, where: str):
 
 
 _NESTED = {"student": StudentSpec, "examples": ExamplesConfig, "losses": LossesConfig, "train": TrainingConfig,
-           "average": AverageConfig}
+           "average": AverageConfig, "sparse": SparseConfig}
 
 
 def _nested_type(f):
