@@ -33,6 +33,27 @@ def refuse_existing(path: str | os.PathLike, overwrite: bool, flag: str = "--ove
         raise EmbedKDError(f"{p}: already exists; refusing to overwrite it (pass {flag} to replace it)")
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, not after an hour of work, when ``path`` could not be written: its nearest existing
+    ancestor must be a writable folder. Creates nothing.
+
+    >>> import tempfile
+    >>> f = tempfile.NamedTemporaryFile()
+    >>> check_writable(f"{f.name}/runs/x.json")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    embed_kd.errors.ArtifactError: /...: is not a folder, so /.../runs/x.json cannot be written
+    """
+    target = Path(path)
+    p = target.absolute().parent
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise ArtifactError(f"{p}: is not a folder, so {target} cannot be written")
+    if not os.access(p, os.W_OK):
+        raise ArtifactError(f"{p}: output folder is not writable (for {target})")
+
+
 def _check_parent(path: Path) -> None:
     parent = path.parent
     try:
