@@ -68,7 +68,7 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
     """
     from embed_kd import distributed as dist
     from embed_kd.errors import EmbedKDError
-    from embed_kd.io import atomic_write_json, refuse_existing
+    from embed_kd.io import atomic_write_json, check_writable, refuse_existing
 
     setup_logging(verbose, quiet)
     set_threads(threads)
@@ -100,6 +100,7 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
     for path in (output, save_run, save_weights):
         if path:
             refuse_existing(path, overwrite)
+            check_writable(path)  # a read-only or missing folder fails now, not after the encode
 
     from embed_kd.data import load_beir, resolve_dataset
     from embed_kd.evaluation.report import markdown_table, timings_table

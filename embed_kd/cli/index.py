@@ -86,13 +86,14 @@ def build_command(data, doc_model, output, kind, limit_docs, overwrite, batch_si
     """
     from embed_kd import distributed as dist
     from embed_kd.index.store import build_index
-    from embed_kd.io import refuse_existing
+    from embed_kd.io import check_writable, refuse_existing
     from embed_kd.models import load_sentence_transformer
 
     setup_logging(verbose, quiet)
     set_threads(threads)
     world = dist.init()
     refuse_existing(output, overwrite)
+    check_writable(output)  # before the encode
     t0 = time.perf_counter()
     corpus, name, source = _load_docs(data, limit_docs)
     model = load_sentence_transformer(doc_model)

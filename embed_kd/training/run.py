@@ -209,7 +209,7 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     from embed_kd.encode import uses_cosine
     from embed_kd.evaluation.retrieval_eval import encode_corpus, model_info, versions
     from embed_kd.index.cache import EmbeddingCache
-    from embed_kd.io import atomic_dir, atomic_write_json, refuse_existing
+    from embed_kd.io import atomic_dir, atomic_write_json, check_writable, refuse_existing
     from embed_kd.models import fingerprint_model, load_sentence_transformer
     from embed_kd.students.build import build_student
     from embed_kd.training.averaging import average_checkpoints, list_checkpoints
@@ -223,6 +223,7 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     work = out.with_name(out.name + ".work")
     with dist.step("checking the output"):
         refuse_existing(out, overwrite)
+        check_writable(out)  # a read-only or missing folder fails now, not after training
         if work.exists() and not resume and not overwrite:
             raise EmbedKDError(f"{work}: an interrupted run of this output exists; pass --resume to continue it "
                                "or --overwrite to start over")
