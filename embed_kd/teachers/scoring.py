@@ -81,8 +81,11 @@ def score_teacher(dataset, candidates: Sequence[str], teachers: Sequence[str], o
     from embed_kd.teachers.scorers import build_teacher, parse_teacher_spec
     from embed_kd.teachers.store import ScoreStoreWriter, new_manifest
 
+    from embed_kd.io import check_writable
+
     opt = options or ScoreOptions()
     t0 = time.perf_counter()
+    check_writable(out)  # an unwritable output fails before mining and scoring
     if opt.limit:
         dataset = dataset.sliced(opt.limit)
     if not dataset.queries:
