@@ -94,7 +94,8 @@ def train_command(config, data, split, scores, teacher, student, student_type, s
         click.echo(f"weights averaged over {', '.join(m['averaging']['checkpoints'])}")
     if m["dev"]:
         d = m["dev"]["metrics_final"]
-        click.echo(f"dev ({len(m['dataset']['dev_queries'])} held-out train queries, asymmetric): "
+        mode = "re-ranking a candidate pool" if m["student"].get("type") == "sparse" else "asymmetric"
+        click.echo(f"dev ({len(m['dataset']['dev_queries'])} held-out train queries, {mode}): "
                    f"nDCG@10 {d.get('dev_ndcg_at_10', float('nan')):.4f}")
         if "dev_query_nnz" in d:
             click.echo(f"dev sparsity: query non-zeros {d['dev_query_nnz']:.1f}, document non-zeros "

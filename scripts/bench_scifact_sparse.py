@@ -1,0 +1,140 @@
+"""SciFact sparse-student benchmark: eval/results/scifact-sparse.{json,table.md}.
+
+Evaluates (SciFact test, 300 queries x 5,183 docs) a trained sparse (SPLADE) student with
+``embed_kd.evaluation.sparse_eval.evaluate_sparse`` (exact search on a SciPy CSR inverted index,
+pytrec_eval metrics) — unpruned and with document (and query) top-k pruning, all from ONE encoding
+of the corpus — next to BM25 (re-measured here, bm25s) and the dense 3-layer students (read from
+eval/results/scifact-l3.json, not re-measured). The encoded CSR matrices are kept in --work
+(scipy .npz, keyed by the student's fingerprint) so a rerun only adds rows. Heavy (encodes the
+corpus): take the shared lock::
+
+    flock /tmp/embed_kd_heavy.lock .venv/bin/python scripts/bench_scifact_sparse.py \
+        --student runs/scifact-sparse [--untrained]
+
+``--untrained`` also evaluates the student's starting point (MiniLM + the freshly built tied MLM
+head, before any training) — a second corpus encoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+PRUNING = [(None, None), (256, None), (128, None), (64, None), (32, None), (256, 64), (128, 32)]
+
+
+def _eval_sparse(ds, model, work: Path, name: str, opts, rows: list, pruning) -> None:
+    import scipy.sparse as sp
+
+    from embed_kd.evaluation.sparse_eval import evaluate_sparse
+    from embed_kd.models import fingerprint_model
+
+    fp = fingerprint_model(model)
+    dq, dd = work / f"{name}-{fp}-queries.npz", work / f"{name}-{fp}-docs.npz"
+    enc = {}
+    if dq.exists() and dd.exists():
+        enc = {"query_matrix": sp.load_npz(dq).tocsr(), "doc_matrix": sp.load_npz(dd).tocsr()}
+        enc_info = json.loads((work / f"{name}-{fp}-encode.json").read_text())
+    for doc_k, q_k in pruning:
+        t0 = time.perf_counter()
+        r = evaluate_sparse(ds, model, options=opts, doc_top_k=doc_k, query_top_k=q_k, **enc)
+        mats = r.pop("_matrices")
+        if not enc:
+            sp.save_npz(dq, mats["queries"])
+            sp.save_npz(dd, mats["docs"])
+            enc_info = {"encode_docs_s": r["timings"]["encode_docs_s"], "encode_queries_s": r["timings"]["encode_queries_s"],
+                        "docs_per_s": r["throughput"]["docs_per_s"], "queries_per_s": r["throughput"]["queries_per_s"]}
+            (work / f"{name}-{fp}-encode.json").write_text(json.dumps(enc_info))
+            enc = {"query_matrix": mats["queries"], "doc_matrix": mats["docs"]}
+        r.pop("run")
+        r.pop("per_query")
+        m, s = r["metrics"], r["sparse"]
+        rows.append({"model": name, "kind": "sparse", "doc_top_k": doc_k, "query_top_k": q_k,
+                     "ndcg_at_10": m["ndcg_at_10"], "recall_at_100": m["recall_at_100"], "mrr_at_10": m["mrr_at_10"],
+                     "avg_query_nnz": s["avg_query_nnz"], "avg_doc_nnz": s["avg_doc_nnz"],
+                     "avg_doc_nnz_unpruned": s["avg_doc_nnz_unpruned"], "flops": s["flops"],
+                     "postings_per_query": s["postings_per_query"], "index_mb": s["index_bytes"] / 2**20,
+                     "search_s": r["timings"]["search_s"], "encode": enc_info, "model_info": r["query_model"],
+                     "source": "measured (this script)"})
+        print(f"{name} doc_top_k={doc_k} query_top_k={q_k}: nDCG@10 {m['ndcg_at_10']:.4f}, q nnz "
+              f"{s['avg_query_nnz']:.1f}, d nnz {s['avg_doc_nnz']:.1f}, FLOPS {s['flops']:.3f} "
+              f"({time.perf_counter() - t0:.0f}s)", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--student", default="runs/scifact-sparse")
+    ap.add_argument("--work", default="runs/bench-sparse")
+    ap.add_argument("--out", default="eval/results/scifact-sparse")
+    ap.add_argument("--dense", default="eval/results/scifact-l3.json", help="dense rows (read, not re-measured)")
+    ap.add_argument("--untrained", action="store_true", help="also evaluate the untrained starting point")
+    ap.add_argument("--batch-size", type=int, default=16)
+    args = ap.parse_args()
+
+    from embed_kd.data import load_beir, resolve_dataset
+    from embed_kd.evaluation.retrieval_eval import EvalOptions, evaluate_bm25, versions
+    from embed_kd.models import load_sparse_encoder
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    ds = load_beir(resolve_dataset("scifact"), "test")
+    opts = EvalOptions(show_progress=False, batch_size=args.batch_size)
+    rows: list[dict] = []
+
+    bm = evaluate_bm25(ds, options=opts)
+    rows.append({"model": "bm25", "kind": "lexical", "ndcg_at_10": bm["metrics"]["ndcg_at_10"],
+                 "recall_at_100": bm["metrics"]["recall_at_100"], "mrr_at_10": bm["metrics"]["mrr_at_10"],
+                 "config": bm["index"], "source": "measured (this script, bm25s)"})
+    print(f"bm25: nDCG@10 {bm['metrics']['ndcg_at_10']:.4f}", flush=True)
+
+    dense = json.loads(Path(args.dense).read_text())
+    for r in dense["rows"]:
+        if (r["model"], r["mode"]) in {("teacher", "symmetric"), ("default", "asymmetric"), ("default", "symmetric"),
+                                       ("margin_only", "asymmetric")}:
+            rows.append({"model": f"dense {r['model']} ({r['mode']})", "kind": "dense",
+                         "ndcg_at_10": r["ndcg_at_10"], "recall_at_100": r["recall_at_100"], "mrr_at_10": None,
+                         "source": f"{args.dense} (created {r['created']})"})
+
+    student = load_sparse_encoder(args.student)
+    manifest = json.loads((Path(args.student) / "embed_kd_train.json").read_text())
+    _eval_sparse(ds, student, work, "sparse-student", opts, rows, PRUNING)
+    if args.untrained:
+        from embed_kd.students.build import StudentSpec
+        from embed_kd.students.sparse import SparseHeadOptions, build_sparse_student
+
+        S = manifest["config"]["sparse"]
+        init, _ = build_sparse_student(StudentSpec(**{k: v for k, v in manifest["config"]["student"].items()}),
+                                       opts=SparseHeadOptions(pooling=S["pooling"], activation=S["activation"],
+                                                              head_bias=S["head_bias"], query_length=S["query_length"],
+                                                              document_length=S["document_length"]))
+        _eval_sparse(ds, init, work, "untrained-init", opts, rows, [(None, None), (256, 64)])
+
+    tr = manifest["training"]
+    out = {"schema": "embed-kd/bench-scifact-sparse@1", "dataset": {"name": ds.name, "split": ds.split,
+                                                                    "n_queries": len(ds.queries),
+                                                                    "n_docs": len(ds.corpus)},
+           "student": {"path": args.student, "init": manifest["student"]["init"],
+                       "head_init": manifest["student"]["head_init"], "config": manifest["config"],
+                       "train_steps": tr["global_step"], "train_time_s": tr["train_time_s"],
+                       "stopped_by_time_budget": tr["stopped_by_time_budget"],
+                       "dev": (manifest.get("dev") or {}).get("metrics_final")},
+           "rows": rows, "versions": versions(),
+           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "note": "measured on a shared 2-core CPU machine (other jobs interleaved); see the .md"}
+    Path(args.out + ".json").write_text(json.dumps(out, indent=1) + "\n")
+    f = lambda v, d=4: "—" if v is None else f"{v:.{d}f}"  # noqa: E731
+    lines = ["| model | doc top-k | query top-k | nDCG@10 | R@100 | MRR@10 | query nnz | doc nnz | FLOPS | postings/query |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r.get('doc_top_k') or '—'} | {r.get('query_top_k') or '—'} | "
+                     f"{f(r['ndcg_at_10'])} | {f(r['recall_at_100'])} | {f(r.get('mrr_at_10'))} | "
+                     f"{f(r.get('avg_query_nnz'), 1)} | {f(r.get('avg_doc_nnz'), 1)} | {f(r.get('flops'), 3)} | "
+                     f"{f(r.get('postings_per_query'), 0)} |")
+    Path(args.out + ".table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
