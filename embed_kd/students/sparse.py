@@ -83,7 +83,7 @@ def init_tied_mlm_head(mlm, head_bias: float) -> None:
     >>> init_tied_mlm_head(m, -2.0)
     >>> m.cls.predictions.decoder.weight is m.bert.embeddings.word_embeddings.weight
     True
-    >>> float(m.cls.predictions.bias[0]), m.cls.predictions.transform.dense.weight.diagonal().tolist()
+    >>> float(m.cls.predictions.bias.detach()[0]), m.cls.predictions.transform.dense.weight.diagonal().tolist()
     (-2.0, [1.0, 1.0, 1.0, 1.0])
     """
     import torch
