@@ -200,6 +200,12 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
                   cache_dir: str | None = None, limit_queries: int | None = None, limit_docs: int | None = None,
                   config_file: str | None = None, overrides: list[str] | None = None) -> dict:
     """Run one training experiment; returns the run manifest (also written beside the model)."""
+    if cfg.student.type == "sparse":  # a SPLADE student: embed_kd.training.sparse_run (same config and layout)
+        from embed_kd.training.sparse_run import train_sparse_student
+
+        return train_sparse_student(cfg, overwrite=overwrite, resume=resume, show_progress=show_progress,
+                                    cache_dir=cache_dir, limit_queries=limit_queries, limit_docs=limit_docs,
+                                    config_file=config_file, overrides=overrides)
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
