@@ -121,6 +121,9 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     from embed_kd.training.sparse_dev_eval import SparseDevEvaluator, dev_pool
 
     cfg.validate()
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise EmbedKDError("a sparse student trains in one process; multi-process (torchrun / DDP) training is "
+                           "supported for dense students only")
     if cfg.student.type != "sparse":
         raise EmbedKDError("train_sparse_student: config student.type is not 'sparse'")
     out = Path(cfg.output)
