@@ -115,11 +115,13 @@ def build_command(data, doc_model, output, kind, limit_docs, overwrite, batch_si
 @run_command
 def add_command(index_dir, docs, doc_model, batch_size, cache_dir, no_cache, threads, no_progress, verbose, quiet):
     """Encode new documents and append them to INDEX_DIR (atomic; ids already indexed are refused)."""
+    from embed_kd import distributed as dist
     from embed_kd.index.store import add_documents, read_manifest
     from embed_kd.models import load_sentence_transformer
 
     setup_logging(verbose, quiet)
     set_threads(threads)
+    world = dist.init()  # under torchrun: data-parallel encoding, rank 0 appends
     t0 = time.perf_counter()
     manifest = read_manifest(index_dir)
     corpus, _, source = _load_docs(docs)
@@ -127,6 +129,8 @@ def add_command(index_dir, docs, doc_model, batch_size, cache_dir, no_cache, thr
     before = manifest["n"]
     manifest = add_documents(index_dir, corpus, model, cache=_cache(cache_dir, no_cache), batch_size=batch_size,
                              source=source, show_progress=not no_progress)
+    if not world.is_main:
+        return
     click.echo(_summary(manifest, index_dir))
     click.echo(f"added {manifest['n'] - before} docs in {time.perf_counter() - t0:.1f}s", err=True)
 

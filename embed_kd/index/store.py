@@ -378,7 +378,11 @@ def add_documents(path: str | Path, corpus: Mapping[str, Mapping[str, str]], doc
     cache = cache if cache is not None else EmbeddingCache()
     emb, _, _ = encode_corpus(doc_model, _as_dataset(corpus, "", source), cache=cache, batch_size=batch_size,
                               normalize=bool(manifest["normalize"]), show_progress=show_progress)
-    return append_to_index(path, emb, corpus, doc_model_fingerprint=fp, source=source)
+    new = None
+    with dist.step("adding to the index"):  # under torchrun: encoded data-parallel above, one process appends
+        if dist.active().is_main:
+            new = append_to_index(path, emb, corpus, doc_model_fingerprint=fp, source=source)
+    return dist.broadcast_object(new)
 
 
 def index_summary(manifest: dict) -> dict:
