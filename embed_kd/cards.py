@@ -198,7 +198,8 @@ def _student_section(m: dict, name: str) -> list[str]:
                   f"| FLOPS (documents) | `FlopsLoss` | {S.get('doc_flops_weight')} |",
                   "", f"Inside sentence-transformers' `SpladeLoss`; regulariser weights warmed up "
                       f"({S.get('flops_schedule')}) over {S.get('flops_warmup_ratio')} of the steps."]
-    extra = {k: L[k] for k in ("score_documents", "score_scale", "kl_temperature") if k in L}
+    extra = {k: L[k] for k in ("score_documents", "score_scale", "kl_temperature") if k in L
+             and not (sparse and k == "kl_temperature")}  # sparse KL: SparseDistillKLDivLoss at temperature 1
     if extra:
         lines += ["", "Score loss settings: " + ", ".join(f"`{k}` = {v}" for k, v in extra.items()) + "."]
     tr = m.get("training") or {}
