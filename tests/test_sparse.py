@@ -260,3 +260,9 @@ def test_train_sparse_refuses_align_loss(tmp_path, tiny_beir, tiny_mlm, tiny_sto
                                     "output": str(tmp_path / "o"), "student": {"type": "sparse", "model": str(tiny_mlm)}}))
     r = CliRunner().invoke(main, ["train", str(path)])
     assert r.exit_code == 2 and "losses.align" in r.output and "Traceback" not in r.output
+
+
+def test_eval_pruning_flags_need_a_sparse_model(tiny_beir, tiny_model):
+    for model in ("bm25", str(tiny_model)):
+        r = CliRunner().invoke(main, ["eval", "--data", str(tiny_beir), "--model", model, "--doc-top-k", "5"])
+        assert r.exit_code == 2 and "sparse" in r.output and "Traceback" not in r.output
