@@ -1,13 +1,14 @@
 """Shared checks of the reliability suite (tests/test_reliability*.py).
 
-Every case records what happened through pytest's ``record_property`` (``category``, ``case``,
-``expected``, ``outcome``, ``exit_code``, ``message``, ``traceback``, ``leftovers``, ``data_lost``),
-so that ``scripts/reliability_report.py`` can build ``eval/results/reliability.md`` from the JUnit XML
-of an actual run.
+Every checked outcome is recorded through pytest's ``record_property`` as one ``row`` property (a
+JSON object: ``category``, ``case``, ``expected``, ``outcome``, ``exit_code``, ``message``,
+``traceback``, ``leftovers``, ``data_lost``), so that ``scripts/reliability_report.py`` can build
+``eval/results/reliability.md`` from the JUnit XML of an actual run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -45,14 +46,13 @@ class Case:
     def __init__(self, record_property, category: str, description: str):
         self._record = record_property
         self.category, self.description = category, description
-        self._record("category", category)
-        self._record("case", description)
 
     def _write(self, expected: str, outcome: str, exit_code, message: str, traceback: bool, left: list[str],
                lost: bool) -> None:
-        for k, v in (("expected", expected), ("outcome", outcome), ("exit_code", exit_code), ("message", message),
-                     ("traceback", traceback), ("leftovers", len(left)), ("data_lost", lost)):
-            self._record(k, v)
+        self._record("row", json.dumps({
+            "category": self.category, "case": self.description, "expected": expected, "outcome": outcome,
+            "exit_code": exit_code, "message": message, "traceback": bool(traceback), "leftovers": len(left),
+            "data_lost": bool(lost)}))
 
     def error(self, exit_code: int | None, stderr: str, needles=(), *, absent=(), unchanged=None, folders=(),
               exception: BaseException | None = None) -> str:
@@ -80,21 +80,20 @@ class Case:
         return errors[0]
 
     def ok(self, outcome: str, exit_code: int | None, stderr: str = "", *, folders=(), note: str = "",
-           exception: BaseException | None = None) -> None:
-        """Expect success (``outcome`` says how: accepted, recovered, refused-by-design...)."""
+           exception: BaseException | None = None, lost: bool = False) -> None:
+        """Expect success (``outcome`` says how: accepted, recovered, resumed...). ``lost``: the
+        caller's verdict on the data (an interrupted run's rerun differing from a clean run)."""
         crashed = exception is not None and not isinstance(exception, SystemExit)
         traceback = "Traceback" in stderr or crashed
         left = leftovers(*folders)
-        self._write(outcome, outcome if exit_code == 0 and not traceback else "crash", exit_code,
-                    note or stderr.strip().splitlines()[-1:][0] if (note or stderr.strip()) else "", traceback, left,
-                    False)
+        if not note:
+            tail = stderr.strip().splitlines()
+            note = tail[-1] if tail else ""
+        self._write(outcome, outcome if exit_code == 0 and not traceback else "crash", exit_code, note, traceback,
+                    left, lost)
         assert not traceback, stderr
         assert exit_code == 0, stderr
         assert not left, f"temporary files left: {left}"
-
-    def lost(self, flag: bool) -> None:
-        """Override the data-lost verdict (interruption cases compare with a clean run)."""
-        self._record("data_lost", flag)
 
 
 def cli(*args: str, env: dict | None = None, timeout: int = 300, wrap: list[str] | None = None

@@ -100,9 +100,8 @@ def test_score_teacher_killed_at_random_chunk_then_rerun(seed, many_queries, tin
     p = cli(*args, "-o", out)
     a, b = open_scores(out), open_scores(clean)
     same = a.table().equals(b.table()) and a.manifest["progress"] == b.manifest["progress"]
-    case.ok("resumed = clean run" if same else "differs", p.returncode, p.stderr, folders=[tmp_path],
+    case.ok("resumed = clean run" if same else "differs", p.returncode, p.stderr, folders=[tmp_path], lost=not same,
             note=f"killed with {at}/{n_chunks} chunks committed; rerun skipped them; rows identical to a clean run")
-    case.lost(not same)
     assert same
     assert a.manifest["chunk_sha256"] == b.manifest["chunk_sha256"]
 
@@ -173,8 +172,7 @@ def test_train_killed_at_random_point_then_resumed(seed, train_setup, tmp_path, 
         np.array_equal(wa[f][k], wb[f][k]) for f in wa for k in wa[f])
     case.ok("resumed = clean run" if same else "differs", p.returncode, p.stderr, folders=[tmp_path],
             note=f"killed with checkpoints {at or 'none'} on disk; resumed to step {m['training']['global_step']}/"
-                 f"{steps}; final weights and kept checkpoints bit-identical to a clean run")
-    case.lost(not same)
+                 f"{steps}; final weights and kept checkpoints bit-identical to a clean run", lost=not same)
     assert same, (m["student"], clean_m["student"])
     assert m["averaging"]["checkpoints"] == clean_m["averaging"]["checkpoints"]
     assert not Path(f"{out}.work").exists()
@@ -265,6 +263,6 @@ def test_index_build_killed_at_random_time_then_rerun(seed, big_corpus, tiny_mod
         assert p.returncode == 0, p.stderr
     same = _index_files(out) == _index_files(clean)
     case.ok("rerun = clean run" if same else "differs", 0, "", folders=[tmp_path],
-            note=f"killed after {frac * wall:.1f}s ({state}); rerun's index files identical; no temporaries left")
-    case.lost(not same)
+            note=f"killed after {frac * wall:.1f}s ({state}); rerun's index files identical; no temporaries left",
+            lost=not same)
     assert same
