@@ -160,10 +160,16 @@ def child_ann(args) -> dict:
     rng = random.Random(0)
     lat_rows = rng.sample(range(len(q)), min(args.latency_queries, len(q)))
     out = {"n": n, "dim": dim, "queries": len(q), "k": k, "entry_key": meta["key"], "kinds": {}}
-    for kind in ("flat", "hnsw", "ivfpq"):
+    built = {}
+    for name in ("flat", "hnsw", "ivfpq", "ivfpq nprobe=64"):
+        kind = name.split()[0]
         t = time.perf_counter()
-        index = build_faiss_index(emb, kind)
-        build_s = time.perf_counter() - t
+        if name == "ivfpq nprobe=64":  # the same trained index, searched with more lists (a tuning knob)
+            index = built.pop("ivfpq")
+            faiss.extract_index_ivf(index).nprobe = 64
+        else:
+            index = build_faiss_index(emb, kind)
+        build_s = time.perf_counter() - t if name != "ivfpq nprobe=64" else out["kinds"]["ivfpq"]["build_s"]
         size_mb = faiss.serialize_index(index).nbytes / 2**20
         t = time.perf_counter()
         _, rows = search_index(index, q, k)
@@ -175,11 +181,13 @@ def child_ann(args) -> dict:
             search_index(index, q[i : i + 1], k)
             single.append((time.perf_counter() - t) * 1000)
         single.sort()
-        out["kinds"][kind] = {
+        out["kinds"][name] = {
             "factory": factory_string(n, dim, kind), "build_s": build_s, "index_mb": size_mb,
             "recall_at_10": recall, "batch_ms_per_query": batch_s * 1000 / len(q),
             "single_p50_ms": single[len(single) // 2], "single_p95_ms": single[int(len(single) * 0.95) - 1],
         }
+        if kind == "ivfpq":
+            built["ivfpq"] = index
         del index
     return out
 
@@ -375,7 +383,7 @@ def main() -> None:
     for n in ann_sizes:
         r = run_child(["ann", "--entry", str(entries[n]), "--encoder", str(encoder), "--scifact", str(scifact),
                        "--threads", str(args.threads)])
-        print(f"ann {n}: " + ", ".join(f"{k} recall {v['recall_at_10']:.3f}" for k, v in r["kinds"].items()),
+        print(f"ann {n}: " + ", ".join(f"{k}: recall {v['recall_at_10']:.3f}" for k, v in r["kinds"].items()),
               flush=True)
         result["ann"].append(r)
     enc = result["encode"]
