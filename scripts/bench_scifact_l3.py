@@ -152,7 +152,7 @@ def main() -> None:
             "stopped_by_time_budget": manifest["training"]["stopped_by_time_budget"] if manifest else None,
             "query_model": r["query_model"], "created": r["created"],
             "session": args.session, "loadavg_before_after": r.get("loadavg_before_after"),
-            "dev_ndcg_at_10": ((manifest.get("dev") or {}).get("metrics_final") or {}).get("ndcg_at_10")
+            "dev_ndcg_at_10": ((manifest.get("dev") or {}).get("metrics_final") or {}).get("dev_ndcg_at_10")
             if manifest else None,
             "overrides": manifest["overrides"] if manifest else None,
         })
