@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -63,8 +64,11 @@ def read_cases(junit: Path) -> list[dict]:
     return rows
 
 
+_TMP = re.compile(r"(/private)?/tmp/pytest-of-[^/]+/pytest-\d+/[^/ ]+/")
+
+
 def _cell(text, limit: int = 160) -> str:
-    text = str(text if text is not None else "").replace("|", "\\|").replace("\n", " ")
+    text = _TMP.sub("TMP/", str(text if text is not None else "")).replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -89,6 +93,8 @@ def render(rows: list[dict], *, rc: int | None, wall_s: float | None) -> str:
              "unclear errors | data lost | skipped |", "|---|---|---|---|---|---|---|",
              f"| {len(tried)} | {len(clear)} | {len(good)} | {len(crashes)} | {len(unclear)} | {len(lost)} | "
              f"{len(skipped)} |", "",
+             "- `TMP/` stands for the test's temporary folder. Each row is one checked outcome; a test may check "
+             "several.",
              "- *clear error*: exit code ≠ 0, exactly one `Error: …` line naming the file/field and the problem, "
              "no traceback, the output path absent (or an existing output byte-identical), no temporary file left.",
              "- *crash*: a traceback, an unexpected exception, or a failing test. *data lost*: a partial output, "
