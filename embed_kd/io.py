@@ -64,10 +64,14 @@ def _check_parent(path: Path) -> None:
         raise ArtifactError(f"{parent}: output folder is not writable")
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_umask = current_umask
 
 
 def _tmp_prefix(path: Path) -> str:
