@@ -76,21 +76,57 @@ def encode_rows_into(out: np.ndarray, text_of_row: Callable[[int], str], start: 
     return written
 
 
-def _tmp_folder(cache: EmbeddingCache, key: str, world: dist.World) -> tuple[Path, Path | None]:
-    """``(folder to write, final entry path or None)``; created by rank 0 only."""
+def _create_npy(folder: Path, n: int, dim: int) -> None:
+    """An ``(n, dim)`` float32 ``.npy`` whose blocks are allocated now: a full disk is an ``OSError``
+    here, not a ``SIGBUS`` when a memory-mapped page is first written."""
+    npy = folder / "embeddings.npy"
+    np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(n, dim)).flush()
+    fd = os.open(npy, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _tmp_folder(cache: EmbeddingCache, key: str, world: dist.World, n: int, dim: int) -> tuple[Path, Path | None]:
+    """``(folder to write, final entry path or None)`` holding an allocated ``embeddings.npy``;
+    created by rank 0 only. A cache that cannot take the entry (read-only, full) is skipped with a
+    warning: the run encodes into a temporary folder instead."""
+    from embed_kd.errors import ArtifactError
+    from embed_kd.io import current_umask, sweep_stale
+
     if cache.enabled:
         final = cache.entry_path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        from embed_kd.io import sweep_stale
-
-        sweep_stale(final)
-        return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.pid{os.getpid()}-",
-                                     suffix=".tmp")), final
+        folder = None
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            sweep_stale(final)
+            folder = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.pid{os.getpid()}-",
+                                           suffix=".tmp"))
+            os.chmod(folder, 0o777 & ~current_umask())
+            _create_npy(folder, n, dim)
+            return folder, final
+        except OSError as exc:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            logger.warning("embedding cache not written (%s: %s); encoding without it", exc.filename or final.parent,
+                           exc.strerror or exc)
+            if world.distributed:
+                raise ArtifactError(f"{final.parent}: cannot write the embedding cache entry that the processes "
+                                    f"share ({exc.strerror or exc})") from None
     if world.distributed:  # peers must see the folder: use the cache root, not a node-local /tmp
         root = cache.root / "tmp"
         root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=root, prefix="encode-")), None
-    return Path(tempfile.mkdtemp(prefix="embed-kd-encode-")), None
+        folder = Path(tempfile.mkdtemp(dir=root, prefix="encode-"))
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="embed-kd-encode-"))
+    try:
+        _create_npy(folder, n, dim)
+    except OSError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ArtifactError(f"{folder}: cannot hold the {n} x {dim} document embeddings "
+                            f"({exc.strerror or exc}); free space there or set TMPDIR") from None
+    return folder, None
 
 
 def encode_corpus_streamed(model, corpus: Mapping[str, Mapping[str, str]], key_fields: dict, *,
@@ -130,8 +166,7 @@ def encode_corpus_streamed(model, corpus: Mapping[str, Mapping[str, str]], key_f
     folder = final = None
     with dist.step("creating the embedding file"):
         if world.is_main:
-            folder, final = _tmp_folder(cache, key_fields["key"], world)
-            np.lib.format.open_memmap(folder / "embeddings.npy", mode="w+", dtype=np.float32, shape=(n, dim)).flush()
+            folder, final = _tmp_folder(cache, key_fields["key"], world, n, dim)
     folder, final = dist.broadcast_object((folder, final))
     npy = folder / "embeddings.npy"
 
