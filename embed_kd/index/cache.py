@@ -15,7 +15,8 @@ On-disk layout (schema ``embed-kd/embeddings@1``)::
 ``key`` = first 16 hex digits of sha256 over (model fingerprint, corpus fingerprint,
 max_seq_length, normalize). Entries are written into a temporary folder and renamed into place;
 on read, the shape and the sha256 of ``embeddings.npy`` are checked, and an entry that fails
-(truncated, edited, partially deleted) is logged, removed and rebuilt — never trusted.
+(truncated, edited, partially deleted) is logged, removed and rebuilt — never trusted. A cache that
+cannot be written (full disk, read-only) is logged and skipped: the run goes on with its embeddings.
 ``CACHE_DIR`` defaults to ``$EMBED_KD_CACHE`` (``~/.cache/embed_kd``); ``--cache-dir`` overrides it.
 """
 
@@ -34,6 +35,7 @@ import numpy as np
 
 from embed_kd.data.fingerprint import fingerprint_json
 from embed_kd.data.resolve import cache_root
+from embed_kd.errors import ArtifactError
 from embed_kd.io import atomic_dir
 
 logger = logging.getLogger(__name__)
@@ -143,5 +145,8 @@ class EmbeddingCache:
                 return CacheResult(emb, list(ids), True, path)
         emb = encode()
         if self.enabled:
-            self.store(key_fields, ids, emb, model)
+            try:
+                self.store(key_fields, ids, emb, model)
+            except ArtifactError as exc:  # a full or read-only cache costs a re-encode later, not this run
+                logger.warning("embedding cache not written (%s); continuing without it", exc)
         return CacheResult(emb, list(ids), False, path)
