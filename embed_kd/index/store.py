@@ -6,7 +6,7 @@
 On-disk layout (schema ``embed-kd/index@1``)::
 
     IDX/
-      index.faiss     faiss.write_index output; FAISS row i is document ids[i]
+      index.faiss     faiss.serialize_index bytes (what faiss.write_index writes); FAISS row i is ids[i]
       ids.json        JSON list of the n document ids, in row order
       docs.jsonl      one {"_id", "title", "text"} a line, in row order (texts for ``return_text``)
       manifest.json   written last; see below
@@ -152,7 +152,10 @@ class PersistedIndex:
 def _write_files(folder: Path, index, ids: list[str], docs) -> dict:
     import faiss
 
-    faiss.write_index(index, str(folder / INDEX_FILE))
+    # serialised in memory and written by Python: a full disk raises OSError here (faiss.write_index
+    # only prints "close error" to stderr and leaves a short file)
+    with (folder / INDEX_FILE).open("wb") as fh:
+        fh.write(faiss.serialize_index(index).tobytes())
     (folder / IDS_FILE).write_text(json.dumps(ids, ensure_ascii=False), encoding="utf-8")
     with (folder / DOCS_FILE).open("w", encoding="utf-8") as fh:
         for doc_id, doc in zip(ids, docs):
