@@ -476,8 +476,8 @@ def test_really_full_disk(command, tiny_beir, tiny_model, tmp_path, record_prope
     out = disk / "out"
     args = {"eval": ("eval", "--data", tiny_beir, "--model", tiny_model, "--no-cache", "--no-progress", "-o",
                      disk / "r.json", "--save-run", disk / "run.json"),
-            "index-build": ("index", "build", "--data", tiny_beir, "--doc-model", tiny_model, "--no-cache",
-                            "--no-progress", "-o", out),
+            "index-build": ("index", "build", "--data", tiny_beir, "--doc-model", tiny_model, "--cache-dir",
+                            disk / "cache", "--no-progress", "-o", out),
             "score-teacher": ("score-teacher", "--data", tiny_beir, "--split", "train", "--candidates", "bm25:30",
                               "--teacher", "bm25", "--chunk-size", "1", "--no-progress", "-o", out)}[command]
     p = cli(*args, wrap=in_tmpfs(disk, size))
@@ -566,3 +566,52 @@ def test_serve_limits_chunked_bodies(index_dir, record_property):
     assert ok, big.text
     assert small.status_code == 200 and len(small.json()["results"][0]["ids"]) == 1  # replayed intact
     assert sized.status_code == 413 and after.status_code == 200
+
+
+def test_unwritable_cache_is_skipped_not_fatal(tiny_beir, tiny_model, tmp_path, record_property):
+    case = Case(record_property, "outputs", "read-only embedding cache: `eval` warns and finishes (cache skipped)")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    out = tmp_path / "r.json"
+    args = ("eval", "--data", tiny_beir, "--model", tiny_model, "--cache-dir", cache, "-o", out, "--no-progress")
+    if os.geteuid() != 0:
+        cache.chmod(0o555)
+        try:
+            code, err, exc, _ = invoke(*args)
+        finally:
+            cache.chmod(0o755)
+    else:
+        _needs_ns()
+        p = cli(*args, wrap=read_only(cache))
+        code, err, exc = p.returncode, p.stderr, None
+    case.ok("accepted (warned, cache skipped)", code, err, folders=[tmp_path], exception=exc,
+            note="WARNING embedding cache not written (… not writable); result written")
+    assert "embedding cache not written" in err and json.loads(out.read_text())["metrics"]["ndcg_at_10"] >= 0
+
+
+def test_full_cache_disk_is_skipped_not_a_bus_error(big_corpus_file, tiny_model, tmp_path, record_property):
+    """The memory-mapped cache entry is allocated up front: a full cache disk is a warning, not SIGBUS."""
+    _needs_ns()
+    case = Case(record_property, "outputs", "embedding cache on a full disk (64 KiB tmpfs), 3000 docs: `index build` "
+                                            "(was: Bus error, exit 135)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out = tmp_path / "idx"
+    p = cli("index", "build", "--data", big_corpus_file, "--doc-model", tiny_model, "--cache-dir", disk, "-o", out,
+            "--no-progress", wrap=in_tmpfs(disk, "64k"))
+    case.ok("accepted (warned, cache skipped)", p.returncode, p.stderr.partition(LISTING)[0], folders=[tmp_path],
+            note="WARNING embedding cache not written (No space left on device); index written")
+    assert "embedding cache not written" in p.stderr and (out / "manifest.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def big_corpus_file(tmp_path_factory) -> Path:
+    import random
+
+    rng = random.Random(3)
+    words = "cat dog sun sea gene rain kitten puppy solar ocean dna cloud".split()
+    path = tmp_path_factory.mktemp("big") / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": " ".join(rng.choice(words)
+                                                                                      for _ in range(10))}) + "\n"
+                            for i in range(3000)))
+    return path
