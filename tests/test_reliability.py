@@ -615,3 +615,51 @@ def big_corpus_file(tmp_path_factory) -> Path:
                                                                                       for _ in range(10))}) + "\n"
                             for i in range(3000)))
     return path
+
+
+def test_outputs_follow_the_umask(tmp_path, record_property):
+    """atomic_dir made 0700 folders and atomic_write 0600 files (tempfile's defaults)."""
+    from embed_kd.io import atomic_dir, atomic_write_text
+
+    case = Case(record_property, "outputs", "permissions of written folders/files follow the umask (were 0700/0600)")
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("x")
+        atomic_write_text(tmp_path / "f.json", "{}")
+    finally:
+        os.umask(old)
+    modes = ((tmp_path / "d").stat().st_mode & 0o777, (tmp_path / "f.json").stat().st_mode & 0o777)
+    case.ok("accepted", 0, note=f"umask 022 → folder {modes[0]:o}, file {modes[1]:o}")
+    assert modes == (0o755, 0o644)
+
+
+def test_leftovers_of_a_killed_writer_are_swept(tmp_path, record_property):
+    """What kill -9 leaves (.NAME.pidDEAD-*.tmp, a parked .NAME.old-DEAD) is cleaned by the next write."""
+    import subprocess
+
+    from embed_kd.io import atomic_dir, atomic_write_text
+
+    case = Case(record_property, "interruption", "temporaries of a killed writer removed by the next write; a folder "
+                                                 "parked mid-overwrite restored")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale_file = tmp_path / f".r.json.pid{dead.pid}-abcd1234.tmp"
+    stale_file.write_text("half")
+    stale_dir = tmp_path / f".idx.pid{dead.pid}-abcd1234.tmp"
+    stale_dir.mkdir()
+    alive = tmp_path / f".r.json.pid{os.getppid()}-zzzz.tmp"  # a running writer's: left alone
+    alive.write_text("busy")
+    atomic_write_text(tmp_path / "r.json", "{}")
+    with atomic_dir(tmp_path / "idx"):
+        pass
+    parked = tmp_path / f".model.old-{dead.pid}"
+    parked.mkdir()
+    (parked / "w").write_text("weights")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "model", overwrite=True):
+            raise RuntimeError("the new build failed")
+    restored = (tmp_path / "model" / "w").read_text() == "weights"
+    case.ok("accepted", 0, note="stale temporaries of a dead pid removed, a live writer's kept, parked folder restored")
+    assert not stale_file.exists() and not stale_dir.exists() and alive.exists() and restored
+    alive.unlink()
