@@ -114,8 +114,10 @@ def run_command_(data, split, candidates, teachers, output, overwrite, ensemble_
         else:
             s = score_teacher(dataset, candidates, teachers, output, opts)
     except KeyboardInterrupt:
-        click.echo(f"Interrupted: the chunks committed so far are kept in {output}; rerun the same command to "
-                   "resume.", err=True)
+        kept = f"{output}.parts" if world.distributed else output
+        if world.is_main:
+            click.echo(f"Interrupted: the chunks committed so far are kept in {kept}; rerun the same command to "
+                       "resume.", err=True)
         raise SystemExit(130) from None
     if not world.is_main:
         return
