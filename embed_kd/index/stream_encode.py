@@ -37,6 +37,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from embed_kd import distributed as dist
+from embed_kd.errors import ArtifactError
 from embed_kd.index.cache import CacheResult, EmbeddingCache, write_entry_meta
 
 logger = logging.getLogger(__name__)
@@ -148,16 +149,19 @@ def encode_corpus_streamed(model, corpus: Mapping[str, Mapping[str, str]], key_f
     n = len(ids)
 
     # 1. a valid cache entry: rank 0 verifies it, the others map it without re-hashing
-    hit = False
+    hit, emb = False, None
     if cache.enabled:
         with dist.step("embedding cache lookup"):
             if world.is_main:
-                hit = cache.load(key_fields, ids, mmap=True) is not None
+                emb = cache.load(key_fields, ids, mmap=True)
+                hit = emb is not None
         hit = dist.broadcast_object(hit)
         if hit:
-            emb = cache.load(key_fields, ids, mmap=True, verify=not world.distributed)
+            if emb is None:  # a peer of rank 0, which verified the entry's checksum
+                emb = cache.load(key_fields, ids, mmap=True, verify=False)
             if emb is None:  # only possible when the entry vanished between the two reads
-                raise RuntimeError(f"embedding cache entry {cache.entry_path(key_fields['key'])} vanished")
+                raise ArtifactError(f"{cache.entry_path(key_fields['key'])}: embedding cache entry removed while "
+                                    "it was being read; rerun")
             logger.info("embedding cache hit: %s", cache.entry_path(key_fields["key"]))
             return CacheResult(emb, list(ids), True, cache.entry_path(key_fields["key"]))
 
