@@ -85,6 +85,8 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
         raise EmbedKDError("--loyalty-teacher compares a dense retriever's embeddings with the teacher's: it needs "
                            "--model M or --query-model/--doc-model (not bm25 or --ensemble)")
     if mteb_tasks:
+        if world.distributed:
+            raise EmbedKDError("--mteb runs MTEB's own evaluation loop in one process; launch it without torchrun")
         if ensemble_config or rerank_model or save_run:
             raise EmbedKDError("--mteb runs MTEB's own search and scoring: --ensemble/--rerank/--save-run do not apply")
         from embed_kd.cli.mteb_eval import run_mteb_eval
