@@ -22,6 +22,16 @@ import json
 import time
 from pathlib import Path
 
+def paired_bootstrap(a, b, n: int = 10000, seed: int = 0) -> dict:
+    """Mean of the per-query differences a - b and its 95% paired-bootstrap interval (queries resampled)."""
+    import numpy as np
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    means = d[np.random.default_rng(seed).integers(0, len(d), (n, len(d)))].mean(1)
+    return {"mean_diff": float(d.mean()), "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+            "resamples": n, "seed": seed}
+
+
 PRUNING = [(None, None), (256, None), (128, None), (64, None), (32, None), (256, 64), (128, 32)]
 
 
@@ -49,6 +59,7 @@ def _eval_sparse(ds, model, work: Path, name: str, opts, rows: list, pruning) ->
             (work / f"{name}-{fp}-encode.json").write_text(json.dumps(enc_info))
             enc = {"query_matrix": mats["queries"], "doc_matrix": mats["docs"]}
         r.pop("run")
+        per_query = [r["per_query"][q].get("ndcg_at_10", 0.0) for q in sorted(ds.qrels)]
         r.pop("per_query")
         m, s = r["metrics"], r["sparse"]
         rows.append({"model": name, "kind": "sparse", "doc_top_k": doc_k, "query_top_k": q_k,
@@ -57,7 +68,7 @@ def _eval_sparse(ds, model, work: Path, name: str, opts, rows: list, pruning) ->
                      "avg_doc_nnz_unpruned": s["avg_doc_nnz_unpruned"], "flops": s["flops"],
                      "postings_per_query": s["postings_per_query"], "index_mb": s["index_bytes"] / 2**20,
                      "search_s": r["timings"]["search_s"], "encode": enc_info, "model_info": r["query_model"],
-                     "source": "measured (this script)"})
+                     "source": "measured (this script)", "_per_query_ndcg": per_query})
         print(f"{name} doc_top_k={doc_k} query_top_k={q_k}: nDCG@10 {m['ndcg_at_10']:.4f}, q nnz "
               f"{s['avg_query_nnz']:.1f}, d nnz {s['avg_doc_nnz']:.1f}, FLOPS {s['flops']:.3f} "
               f"({time.perf_counter() - t0:.0f}s)", flush=True)
@@ -88,6 +99,7 @@ def main() -> None:
     rows: list[dict] = []
 
     bm = evaluate_bm25(ds, options=opts)
+    bm25_per_query = [bm["per_query"][q].get("ndcg_at_10", 0.0) for q in sorted(ds.qrels)]
     rows.append({"model": "bm25", "kind": "lexical", "ndcg_at_10": bm["metrics"]["ndcg_at_10"],
                  "recall_at_100": bm["metrics"]["recall_at_100"], "mrr_at_10": bm["metrics"]["mrr_at_10"],
                  "config": bm["index"], "source": "measured (this script, bm25s)"})
@@ -114,6 +126,15 @@ def main() -> None:
                                                               document_length=S["document_length"]))
         _eval_sparse(ds, init, work, "untrained-init", opts, rows, [(None, None), (256, 64)])
 
+    # paired bootstrap of per-query nDCG@10: each sparse row vs its model's unpruned row, and vs BM25
+    unpruned = {r["model"]: r["_per_query_ndcg"] for r in rows if r.get("kind") == "sparse"
+                and r["doc_top_k"] is None and r["query_top_k"] is None}
+    for r in rows:
+        if "_per_query_ndcg" in r:
+            pq = r.pop("_per_query_ndcg")
+            r["paired_ndcg_at_10_vs_bm25"] = paired_bootstrap(pq, bm25_per_query)
+            if r["doc_top_k"] or r["query_top_k"]:
+                r["paired_ndcg_at_10_vs_unpruned"] = paired_bootstrap(pq, unpruned[r["model"]])
     tr = manifest["training"]
     out = {"schema": "embed-kd/bench-scifact-sparse@1", "dataset": {"name": ds.name, "split": ds.split,
                                                                     "n_queries": len(ds.queries),
@@ -128,13 +149,16 @@ def main() -> None:
            "note": "measured on a shared 2-core CPU machine (other jobs interleaved); see the .md"}
     Path(args.out + ".json").write_text(json.dumps(out, indent=1) + "\n")
     f = lambda v, d=4: "—" if v is None else f"{v:.{d}f}"  # noqa: E731
-    lines = ["| model | doc top-k | query top-k | nDCG@10 | R@100 | MRR@10 | query nnz | doc nnz | FLOPS | postings/query |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | doc top-k | query top-k | nDCG@10 | R@100 | MRR@10 | query nnz | doc nnz | FLOPS | postings/query "
+             "| Δ vs unpruned [95% CI] | Δ vs BM25 [95% CI] |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ci = lambda p: "—" if not p else f"{p['mean_diff']:+.4f} [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}]"  # noqa: E731
     for r in rows:
         lines.append(f"| {r['model']} | {r.get('doc_top_k') or '—'} | {r.get('query_top_k') or '—'} | "
                      f"{f(r['ndcg_at_10'])} | {f(r['recall_at_100'])} | {f(r.get('mrr_at_10'))} | "
                      f"{f(r.get('avg_query_nnz'), 1)} | {f(r.get('avg_doc_nnz'), 1)} | {f(r.get('flops'), 3)} | "
-                     f"{f(r.get('postings_per_query'), 0)} |")
+                     f"{f(r.get('postings_per_query'), 0)} | {ci(r.get('paired_ndcg_at_10_vs_unpruned'))} | "
+                     f"{ci(r.get('paired_ndcg_at_10_vs_bm25'))} |")
     Path(args.out + ".table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
