@@ -5,7 +5,8 @@ Evaluates (SciFact test, 300 queries x 5,183 docs) a trained sparse (SPLADE) stu
 pytrec_eval metrics) — unpruned and with document (and query) top-k pruning, all from ONE encoding
 of the corpus — next to BM25 (re-measured here, bm25s) and the dense 3-layer students (read from
 eval/results/scifact-l3.json, not re-measured). The encoded CSR matrices are kept in --work
-(scipy .npz, keyed by the student's fingerprint) so a rerun only adds rows. Heavy (encodes the
+(scipy .npz, keyed by the student's fingerprint) so a rerun only adds rows. Per-query nDCG@10
+differences (each pruning vs unpruned, each sparse row vs BM25) get a 95% paired-bootstrap interval. Heavy (encodes the
 corpus): take the shared lock::
 
     flock /tmp/embed_kd_heavy.lock .venv/bin/python scripts/bench_scifact_sparse.py \
