@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 FOLDERS = (("default", "scifact-l3"), ("proportional", "scifact-l3-prop"), ("round_robin", "scifact-l3-rr"),
-           ("peer", "scifact-l3-peer"), ("align_only", "scifact-l3-align"), ("margin_only", "scifact-l3-margin"))
+           ("peer", "scifact-l3-peer"), ("peer_run2", "scifact-l3-peer-run2"), ("align_only", "scifact-l3-align"),
+           ("margin_only", "scifact-l3-margin"))
 
 
 def _place_labels(ys: list[float], gap: float) -> list[float]:
