@@ -246,25 +246,34 @@ def clean_index(big_corpus, tiny_model, tmp_path_factory) -> tuple[Path, float]:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_index_build_killed_at_random_time_then_rerun(seed, big_corpus, tiny_model, clean_index, tmp_path,
-                                                      record_property):
-    clean, wall = clean_index
-    frac = random.Random(seed).uniform(0.3, 1.0)
+def test_index_build_killed_mid_write_then_rerun(seed, big_corpus, tiny_model, clean_index, tmp_path,
+                                                 record_property):
+    """Killed while it writes: seed 0 while the embedding-cache entry is being written (encoding),
+    seed 1 while the index folder's temporary sibling is being written; plus a seeded jitter."""
+    clean, _ = clean_index
+    phase = ("encoding into the cache entry", "writing the index folder")[seed % 2]
+    jitter = random.Random(seed).uniform(0.0, 0.005)
     case = Case(record_property, "interruption",
-                f"`index build` SIGKILL at {frac:.0%} of a clean run's wall time (seed {seed}), rerun")
+                f"`index build` SIGKILL {jitter * 1000:.1f} ms after it starts {phase} (seed {seed}), rerun")
     out = tmp_path / "idx"
     cache = tmp_path / "cache"
-    args2 = _index_args(big_corpus, tiny_model, cache)
-    t0 = time.time()
-    killed = _kill_when(_popen(*args2, "-o", out), lambda: time.time() - t0 >= frac * wall)
-    state = ("output complete" if out.exists() else
-             f"temporaries: {len(leftovers(tmp_path, cache))}") if killed else "finished before the kill"
+    args = _index_args(big_corpus, tiny_model, cache)
+    seen: list[float] = []
+
+    def ready():
+        where = (cache / "embeddings") if seed % 2 == 0 else tmp_path
+        if not seen and where.is_dir() and any(p.name.endswith(".tmp") for p in where.iterdir()):
+            seen.append(time.time())
+        return bool(seen) and time.time() - seen[0] >= jitter
+
+    killed = _kill_when(_popen(*args, "-o", out), ready)
+    left_before = leftovers(tmp_path)
     assert not out.exists() or (out / "manifest.json").is_file()  # all or nothing
-    p = cli(*args2, "-o", out) if not out.exists() else None
-    if p is not None:
-        assert p.returncode == 0, p.stderr
+    state = (f"{len(left_before)} temporary folder(s) left by the kill, output absent" if killed and not out.exists()
+             else "the run finished before the kill point")
+    p = cli(*args, "-o", out) if not out.exists() else subprocess.CompletedProcess([], 0, "", "")
+    assert p.returncode == 0, p.stderr
     same = _index_files(out) == _index_files(clean)
-    case.ok("rerun = clean run" if same else "differs", 0, "", folders=[tmp_path],
-            note=f"killed after {frac * wall:.1f}s ({state}); rerun's index files identical; no temporaries left",
-            lost=not same)
+    case.ok("rerun = clean run" if same else "differs", 0, "", folders=[tmp_path], lost=not same,
+            note=f"{state}; the rerun swept them and its index files equal a clean run's")
     assert same
