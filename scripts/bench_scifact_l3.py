@@ -25,26 +25,32 @@ FOLDERS = (("default", "scifact-l3"), ("proportional", "scifact-l3-prop"), ("rou
 
 
 def _place_labels(ys: list[float], gap: float) -> list[float]:
-    """Label heights for points sharing one x: sorted, at least ``gap`` apart, centred on the points.
+    """Label heights for points sharing one x: in the points' order, at least ``gap`` apart, each run of
+    crowded labels centred on its points (clusters merged until none overlap).
 
-    >>> [round(v, 2) for v in _place_labels([0.5, 0.5, 0.9], 0.1)]
+    >>> [round(v, 3) for v in _place_labels([0.5, 0.5, 0.9], 0.1)]
     [0.45, 0.55, 0.9]
+    >>> [round(v, 3) for v in _place_labels([0.60, 0.61, 0.62, 0.50], 0.05)]
+    [0.56, 0.61, 0.66, 0.5]
     """
     order = sorted(range(len(ys)), key=lambda i: ys[i])
+    clusters = [[i] for i in order]  # bottom to top; a cluster sits centred on the mean of its points
+
+    def bottom(c):
+        return sum(ys[i] for i in c) / len(c) - gap * (len(c) - 1) / 2
+
+    merged = True
+    while merged:
+        merged = False
+        for k in range(len(clusters) - 1):
+            if bottom(clusters[k]) + gap * len(clusters[k]) > bottom(clusters[k + 1]) + 1e-12:
+                clusters[k:k + 2] = [clusters[k] + clusters[k + 1]]
+                merged = True
+                break
     out = [0.0] * len(ys)
-    placed: list[float] = []
-    for i in order:
-        y = ys[i] if not placed else max(ys[i], placed[-1] + gap)
-        placed.append(y)
-    # shift each cluster down so it is centred on its points
-    start = 0
-    for j in range(1, len(placed) + 1):
-        if j == len(placed) or placed[j] - placed[j - 1] > gap + 1e-12:
-            idx = order[start:j]
-            shift = (sum(placed[start:j]) - sum(ys[i] for i in idx)) / (j - start)
-            for k, i in enumerate(idx):
-                out[i] = placed[start + k] - shift
-            start = j
+    for c in clusters:
+        for j, i in enumerate(c):
+            out[i] = bottom(c) + j * gap
     return out
 
 
