@@ -155,8 +155,8 @@ def _student_section(m: dict, name: str) -> list[str]:
     teacher, student, ds = m.get("teacher") or {}, m.get("student") or {}, m.get("dataset") or {}
     scores = m.get("scores") or {}
     sparse = student.get("type") == "sparse"
-    intro = (f"A sparse (SPLADE) retriever distilled with embed-kd from the score teacher(s) below: one weight per "
-             f"vocabulary term, searched on an inverted index." if sparse else
+    intro = ("A sparse (SPLADE) retriever distilled with embed-kd from the score teacher(s) below: one weight per "
+             "vocabulary term, searched on an inverted index." if sparse else
              f"A query encoder distilled with embed-kd from the embedding teacher "
              f"`{teacher.get('spec', '?')}`" + (" and the score teacher(s) below" if scores else "") + ".")
     lines = [f"# {name}", "", intro, "",

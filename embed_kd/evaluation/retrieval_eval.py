@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embed_kd.data.beir import BeirDataset, doc_text
+from embed_kd.data.beir import BeirDataset
 from embed_kd.data.fingerprint import fingerprint_corpus
 from embed_kd.encode import embedding_dim, encode_texts, uses_cosine
 from embed_kd.errors import EmbedKDError

@@ -64,7 +64,7 @@ from embed_kd.data.beir import BeirDataset
 from embed_kd.errors import EmbedKDError, describe_parse_error
 from embed_kd.evaluation.metrics import evaluate_run, top_k
 from embed_kd.teachers.dev_split import DEFAULT_DEV_QUERIES, DEFAULT_SEED, carve_dev_slice, check_fit_split
-from embed_kd.teachers.fusion import METHODS, NORMS, fuse_runs, normalize_run
+from embed_kd.teachers.fusion import METHODS, NORMS, fuse_runs
 
 logger = logging.getLogger(__name__)
 SCHEMA = "embed-kd/ensemble@1"

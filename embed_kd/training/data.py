@@ -43,7 +43,7 @@ import numpy as np
 
 from embed_kd.data.beir import BeirDataset, doc_text
 from embed_kd.data.fingerprint import fingerprint_queries
-from embed_kd.errors import EmbedKDError
+from embed_kd.errors import ArtifactError, EmbedKDError
 from embed_kd.teachers.fusion import normalize_scores
 
 logger = logging.getLogger(__name__)
@@ -188,3 +188,28 @@ def build_align_examples(dataset: BeirDataset, doc_emb: np.ndarray, doc_ids: lis
         emb = emb[keep]
     return out_texts, emb, {"texts": len(out_texts), "corpus_docs": n_docs, "train_queries": n_q,
                             "max_texts": max_texts}
+
+
+def load_training_scores(cfg, dataset, full_fps: dict, sliced: bool):
+    """Open ``cfg.scores`` and check it was made on this dataset and split.
+
+    Returns ``(store, by_query)``; with ``sliced`` (a ``--limit-*`` smoke run) the store is checked
+    against the full dataset's fingerprints ``full_fps`` and candidates outside the slice are dropped.
+    """
+    from embed_kd.teachers.store import open_scores
+
+    store = open_scores(cfg.scores)
+    split_in_store = store.manifest["dataset"].get("split")
+    if split_in_store != cfg.split:
+        raise ArtifactError(f"{cfg.scores}: scores were made on split {split_in_store!r}, training uses {cfg.split!r}")
+    if sliced:
+        ds = store.manifest["dataset"]
+        bad = [k for k, v in full_fps.items() if ds.get(k) != v]
+        if bad:
+            raise ArtifactError(f"{cfg.scores}: scores were made on another dataset ({', '.join(bad)} differ)")
+    else:
+        store.check_dataset(dataset)
+    by_query = store.by_query()
+    if sliced:  # smoke run: keep the candidates inside the sliced corpus
+        by_query = {q: [r for r in rows if r[0] in dataset.corpus] for q, rows in by_query.items()}
+    return store, by_query

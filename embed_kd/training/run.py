@@ -213,12 +213,11 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     from embed_kd.data import load_beir, resolve_dataset
     from embed_kd.data.fingerprint import fingerprint_corpus, fingerprint_qrels, fingerprint_queries
     from embed_kd.encode import uses_cosine
-    from embed_kd.evaluation.retrieval_eval import encode_corpus, model_info, versions
+    from embed_kd.evaluation.retrieval_eval import encode_corpus
     from embed_kd.index.cache import EmbeddingCache
-    from embed_kd.io import atomic_dir, atomic_write_json, check_writable, refuse_existing
+    from embed_kd.io import check_writable, refuse_existing
     from embed_kd.models import fingerprint_model, load_sentence_transformer
     from embed_kd.students.build import build_student
-    from embed_kd.training.averaging import average_checkpoints, list_checkpoints
     from embed_kd.training.data import (build_align_examples, build_score_examples, split_dev,
                                         teacher_query_embeddings)
     from embed_kd.training.dev_eval import DevRetrievalEvaluator
@@ -256,23 +255,9 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     store = None
     by_query = None
     if cfg.losses.score != "none":
-        from embed_kd.teachers.store import open_scores
+        from embed_kd.training.data import load_training_scores
 
-        store = open_scores(cfg.scores)
-        split_in_store = store.manifest["dataset"].get("split")
-        if split_in_store != cfg.split:
-            raise ArtifactError(f"{cfg.scores}: scores were made on split {split_in_store!r}, training uses "
-                                f"{cfg.split!r}")
-        if sliced:
-            ds = store.manifest["dataset"]
-            bad = [k for k, v in full_fps.items() if ds.get(k) != v]
-            if bad:
-                raise ArtifactError(f"{cfg.scores}: scores were made on another dataset ({', '.join(bad)} differ)")
-        else:
-            store.check_dataset(dataset)
-        by_query = store.by_query()
-        if sliced:  # smoke run: keep the candidates inside the sliced corpus
-            by_query = {q: [r for r in rows if r[0] in dataset.corpus] for q, rows in by_query.items()}
+        store, by_query = load_training_scores(cfg, dataset, full_fps, sliced)
 
     teacher = load_sentence_transformer(cfg.teacher)
     normalize = uses_cosine(teacher)

@@ -41,30 +41,11 @@ import shutil
 import time
 from pathlib import Path
 
-from embed_kd.errors import ArtifactError, EmbedKDError
+from embed_kd.errors import EmbedKDError
 from embed_kd.training.config import TrainConfig
+from embed_kd.training.data import load_training_scores
 
 logger = logging.getLogger(__name__)
-
-
-def _load_scores(cfg: TrainConfig, dataset, full_fps: dict, sliced: bool):
-    from embed_kd.teachers.store import open_scores
-
-    store = open_scores(cfg.scores)
-    split_in_store = store.manifest["dataset"].get("split")
-    if split_in_store != cfg.split:
-        raise ArtifactError(f"{cfg.scores}: scores were made on split {split_in_store!r}, training uses {cfg.split!r}")
-    if sliced:
-        ds = store.manifest["dataset"]
-        bad = [k for k, v in full_fps.items() if ds.get(k) != v]
-        if bad:
-            raise ArtifactError(f"{cfg.scores}: scores were made on another dataset ({', '.join(bad)} differ)")
-    else:
-        store.check_dataset(dataset)
-    by_query = store.by_query()
-    if sliced:  # smoke run: keep the candidates inside the sliced corpus
-        by_query = {q: [r for r in rows if r[0] in dataset.corpus] for q, rows in by_query.items()}
-    return store, by_query
 
 
 def build_sparse_loss(cfg: TrainConfig, student):
@@ -151,7 +132,7 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     sliced = bool(limit_queries or limit_docs)
     if sliced:
         dataset = dataset.sliced(limit_queries, limit_docs)
-    store, by_query = _load_scores(cfg, dataset, full_fps, sliced)
+    store, by_query = load_training_scores(cfg, dataset, full_fps, sliced)
 
     train_qids, dev_qids = split_dev(list(dataset.queries), cfg.examples.dev_queries, cfg.train.seed)
     score_ex = build_score_examples(
