@@ -27,9 +27,13 @@ SECONDS=0
 
 echo "==> [1/3] score-teacher: BM25 + MiniLM candidates on the train queries, scored by the"
 echo "          BM25 + MiniLM z-score ensemble teacher (offline: no pretrained cross-encoder)"
-embed-kd score-teacher run --data "$DATA" --split train \
-  --candidates bm25:30 --candidates dense:minilm-l6:30 \
-  --teacher bm25 --teacher minilm-l6 --ensemble zscore -o "$OUT/teacher-scores" -q
+if python -c "from embed_kd.teachers.store import open_scores; open_scores('$OUT/teacher-scores')" 2>/dev/null; then
+  echo "    $OUT/teacher-scores is complete: reused (delete it to rescore)"
+else  # a missing or interrupted store: score-teacher (re)starts and resumes committed chunks
+  embed-kd score-teacher run --data "$DATA" --split train \
+    --candidates bm25:30 --candidates dense:minilm-l6:30 \
+    --teacher bm25 --teacher minilm-l6 --ensemble zscore -o "$OUT/teacher-scores" -q
+fi
 
 echo "==> [2/3] train: 3-layer student cut out of MiniLM-L6 (Margin-MSE + embedding alignment, ~4 min)"
 embed-kd train eval/configs/demo.yaml --data "$DATA" --scores "$OUT/teacher-scores" \
