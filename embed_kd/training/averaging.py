@@ -74,3 +74,24 @@ def average_checkpoints(model, checkpoints: Sequence[str | Path]):
     model.load_state_dict(average_state_dicts(states))
     logger.info("averaged the weights of %d checkpoints: %s", len(states), ", ".join(Path(p).name for p in checkpoints))
     return model
+
+
+def finish_checkpoints(student, ckpt_dir: str | Path, step: int, average, evaluator=None):
+    """After training: save the final checkpoint if the trainer did not, average the last
+    ``average.last`` checkpoints into ``student`` when ``average.enabled``, then run ``evaluator``.
+
+    Returns ``(all checkpoint paths, averaged checkpoint paths, dev metrics or None)``. Shared by
+    dense and sparse runs.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    final_ckpt = ckpt_dir / f"checkpoint-{step}"
+    if not final_ckpt.exists():
+        student.save(str(final_ckpt))
+    ckpts = list_checkpoints(ckpt_dir)
+    averaged: list[Path] = []
+    if average.enabled and average.last > 1 and len(ckpts) > 1:
+        averaged = ckpts[-average.last:]
+        average_checkpoints(student, averaged)
+    dev_final = evaluator(student) if evaluator else None
+    student._embed_kd_fingerprint = None  # fingerprint_model caches on the object; the weights changed
+    return ckpts, averaged, dev_final

@@ -373,19 +373,9 @@ def _finish(*, cfg, out, work, overwrite, ckpt_dir, step, student, evaluator, te
     from embed_kd.evaluation.retrieval_eval import model_info, versions
     from embed_kd.io import atomic_dir, atomic_write_json
     from embed_kd.models import fingerprint_model
-    from embed_kd.training.averaging import average_checkpoints, list_checkpoints
+    from embed_kd.training.averaging import finish_checkpoints
 
-    final_ckpt = ckpt_dir / f"checkpoint-{step}"
-    if not final_ckpt.exists():
-        student.save(str(final_ckpt))
-    ckpts = list_checkpoints(ckpt_dir)
-
-    averaged = []
-    if cfg.average.enabled and cfg.average.last > 1 and len(ckpts) > 1:
-        averaged = ckpts[-cfg.average.last:]
-        average_checkpoints(student, averaged)
-    dev_final = evaluator(student) if evaluator else None
-    student._embed_kd_fingerprint = None  # fingerprint_model caches on the object; the weights changed
+    ckpts, averaged, dev_final = finish_checkpoints(student, ckpt_dir, step, cfg.average, evaluator)
 
     teacher_info = model_info(teacher)
     auto = getattr(student[0], "auto_model", None)

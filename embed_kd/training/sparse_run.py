@@ -96,7 +96,7 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     from embed_kd.io import atomic_dir, atomic_write_json, refuse_existing
     from embed_kd.models import fingerprint_model
     from embed_kd.students.sparse import SparseHeadOptions, build_sparse_student
-    from embed_kd.training.averaging import average_checkpoints, list_checkpoints
+    from embed_kd.training.averaging import finish_checkpoints, list_checkpoints
     from embed_kd.training.data import build_score_examples, split_dev
     from embed_kd.training.run import MANIFEST, SCHEMA, _time_budget_callback, git_info, seed_everything
     from embed_kd.training.sparse_dev_eval import SparseDevEvaluator, dev_pool
@@ -187,16 +187,7 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     trainer.train(resume_from_checkpoint=resume_from)
     train_time_s = time.perf_counter() - t_train
     step = trainer.state.global_step
-    final_ckpt = ckpt_dir / f"checkpoint-{step}"
-    if not final_ckpt.exists():
-        student.save(str(final_ckpt))
-    ckpts = list_checkpoints(ckpt_dir)
-    averaged = []
-    if cfg.average.enabled and cfg.average.last > 1 and len(ckpts) > 1:
-        averaged = ckpts[-cfg.average.last:]
-        average_checkpoints(student, averaged)
-    dev_final = evaluator(student) if evaluator else None
-    student._embed_kd_fingerprint = None  # the weights changed since the fingerprint was cached
+    ckpts, averaged, dev_final = finish_checkpoints(student, ckpt_dir, step, cfg.average, evaluator)
 
     auto = student[0].model if hasattr(student[0], "model") else getattr(student[0], "auto_model", None)
     manifest = {
