@@ -345,3 +345,26 @@ def test_bi_encoder_and_bm25_teachers_agree_with_their_retrievers(tiny_beir, tin
             assert all(a >= b - 1e-5 for a, b in zip(scores, scores[1:])), (src, q, scores)
     # mean ensemble = plain average of the raw columns
     np.testing.assert_allclose(t["score"], (np.array(t[f"score__{name}"]) + np.array(t["score__bm25"])) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_bf16_backend(tiny_beir, tiny_ce, tmp_path):
+    """Fast mode torch-bf16: the same forward under bfloat16 autocast; close to exact, recorded in the store."""
+    from embed_kd.candidates.shared import SharedResources
+    from embed_kd.data import load_beir
+    from embed_kd.index.cache import EmbeddingCache
+    from embed_kd.teachers.scorers import CrossEncoderTeacher, parse_teacher_spec
+
+    ds = load_beir(tiny_beir, "train")
+    res = SharedResources(ds, cache=EmbeddingCache(tmp_path / "cache"))
+    pairs = [(ds.queries[q], ds.doc_text(d)) for q in ds.queries for d in list(ds.corpus)[:9]]
+    spec = parse_teacher_spec(f"ce:{tiny_ce}")
+    exact = CrossEncoderTeacher(spec, res, batch_size=8).score_texts(pairs)
+    bf16 = CrossEncoderTeacher(spec, res, batch_size=8, backend="torch-bf16").score_texts(pairs)
+    assert bf16.dtype == np.float32 and bf16.shape == exact.shape
+    # bfloat16 keeps 8 significant bits: drift of the order of 1e-2 of the logits' scale, not more
+    np.testing.assert_allclose(bf16, exact, atol=5e-2 * max(1.0, float(np.abs(exact).max())))
+
+    out = tmp_path / "s"
+    args = _args(tiny_beir, out, tmp_path / "cache", "--teacher", f"ce:{tiny_ce}", "--backend", "torch-bf16")
+    assert _invoke(args).exit_code == 0
+    assert open_scores(out).manifest["teachers"][0]["backend"] == "torch-bf16"

@@ -19,8 +19,11 @@ Cross-encoder scoring (:class:`CrossEncoderTeacher`) tokenises each pair once (f
 truncation to ``max_length``), sorts the pairs of a chunk by token length (longest first) so a
 batch pads little, pads each batch from the ready token ids and runs the model's forward — the
 same computation as ``CrossEncoder.predict`` (exact mode: equal within float rounding). The
-backend may be ``torch`` (exact) or ``onnx`` / ``onnx-int8`` (ONNX Runtime, optionally with int8
-weights: fast mode, scores drift slightly; see :mod:`embed_kd.teachers.onnx_backend` and eval/results/).
+backend may be ``torch`` (exact), ``torch-bf16`` (the same forward under ``torch.autocast`` with
+bfloat16 matmuls: fast mode on CPUs with native bf16 — AVX512-BF16 or AMX — scores drift slightly),
+or ``onnx`` / ``onnx-int8`` (ONNX Runtime, optionally with int8 weights: fast mode, scores drift; see
+:mod:`embed_kd.teachers.onnx_backend` and eval/results/score-teacher-speed.md for measured drift and
+per-query Kendall tau).
 
 >>> parse_teacher_spec("bm25")
 TeacherSpec(kind='bm25', name='bm25', model=None)
@@ -47,7 +50,7 @@ logger = logging.getLogger(__name__)
 _KIND_PREFIX = {"ce": "cross-encoder", "cross-encoder": "cross-encoder", "bi": "bi-encoder",
                 "bi-encoder": "bi-encoder"}
 ACTIVATIONS = (None, "sigmoid")
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 
 
 @dataclass(frozen=True)
@@ -166,8 +169,9 @@ class BiEncoderTeacher(Teacher):
 class CrossEncoderTeacher(Teacher):
     """A sentence-transformers ``CrossEncoder``, scored with length-sorted, pre-tokenised batches.
 
-    ``backend``: ``torch`` (exact: ``CrossEncoder.predict``'s computation), or ``onnx`` / ``onnx-int8``
-    (fast: ONNX Runtime, see :mod:`embed_kd.teachers.onnx_backend`).
+    ``backend``: ``torch`` (exact: ``CrossEncoder.predict``'s computation), ``torch-bf16`` (fast: the
+    same forward with bfloat16 autocast), or ``onnx`` / ``onnx-int8`` (fast: ONNX Runtime, see
+    :mod:`embed_kd.teachers.onnx_backend`).
     """
 
     def __init__(self, spec: TeacherSpec, resources, *, activation: str | None = None, max_length: int | None = None,
@@ -190,7 +194,9 @@ class CrossEncoderTeacher(Teacher):
         self.max_length = int(self.model.max_seq_length)
         self.fingerprint = fingerprint_model(self.model)
         self._ort = None
-        if backend != "torch":
+        if backend == "torch-bf16":
+            _warn_if_no_native_bf16()
+        elif backend != "torch":
             import torch
 
             from embed_kd.teachers.onnx_backend import OrtCrossEncoder, export_cross_encoder
@@ -226,7 +232,9 @@ class CrossEncoderTeacher(Teacher):
                     out[idx] = 1.0 / (1.0 + np.exp(-logits)) if self.activation == "sigmoid" else logits
                 else:
                     feats = {k: v.to(self.model.device) for k, v in tok.pad(batch, return_tensors="pt").items()}
-                    scores = self.model(feats)["scores"]
+                    with torch.autocast(self.model.device.type, dtype=torch.bfloat16,
+                                        enabled=self.backend == "torch-bf16"):
+                        scores = self.model(feats)["scores"]
                     if torch.is_floating_point(scores) and torch.finfo(scores.dtype).bits < 32:
                         scores = scores.float()
                     if self.activation == "sigmoid":
@@ -245,6 +253,19 @@ class CrossEncoderTeacher(Teacher):
             bounds.append((start, len(pairs)))
         flat = self.score_texts(pairs, progress)
         return [flat[a:b] for a, b in bounds]
+
+
+def _warn_if_no_native_bf16() -> None:
+    """bfloat16 autocast is only fast where the CPU multiplies bf16 natively (AVX512-BF16 / AMX)."""
+    import torch
+
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - very old / unusual torch builds
+        native = False
+    if not native and not torch.cuda.is_available():
+        logger.warning("--backend torch-bf16: this CPU has no native bfloat16 (AVX512-BF16/AMX); bf16 is "
+                       "emulated and likely slower than --backend torch")
 
 
 def build_teacher(spec: TeacherSpec, resources, **ce_options) -> Teacher:
