@@ -349,6 +349,8 @@ def test_bi_encoder_and_bm25_teachers_agree_with_their_retrievers(tiny_beir, tin
 
 def test_torch_bf16_backend(tiny_beir, tiny_ce, tmp_path):
     """Fast mode torch-bf16: the same forward under bfloat16 autocast; close to exact, recorded in the store."""
+    from scipy.stats import kendalltau
+
     from embed_kd.candidates.shared import SharedResources
     from embed_kd.data import load_beir
     from embed_kd.index.cache import EmbeddingCache
@@ -361,8 +363,10 @@ def test_torch_bf16_backend(tiny_beir, tiny_ce, tmp_path):
     exact = CrossEncoderTeacher(spec, res, batch_size=8).score_texts(pairs)
     bf16 = CrossEncoderTeacher(spec, res, batch_size=8, backend="torch-bf16").score_texts(pairs)
     assert bf16.dtype == np.float32 and bf16.shape == exact.shape
-    # bfloat16 keeps 8 significant bits: drift of the order of 1e-2 of the logits' scale, not more
-    np.testing.assert_allclose(bf16, exact, atol=5e-2 * max(1.0, float(np.abs(exact).max())))
+    # bfloat16 keeps 8 significant bits: scores move a little (on this random tiny model up to ~5% of
+    # their range), rankings barely
+    assert np.abs(bf16 - exact).max() <= 0.1 * float(exact.max() - exact.min())
+    assert kendalltau(bf16, exact).statistic >= 0.9
 
     out = tmp_path / "s"
     args = _args(tiny_beir, out, tmp_path / "cache", "--teacher", f"ce:{tiny_ce}", "--backend", "torch-bf16")

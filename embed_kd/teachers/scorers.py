@@ -15,10 +15,11 @@ A teacher spec (``--teacher``; ``NAME=`` is optional and names the ``score__NAME
 
 Default names: ``bm25``, the preset name, or the model folder's / hub id's last part.
 
-Cross-encoder scoring (:class:`CrossEncoderTeacher`) tokenises each pair once (fast tokenizer,
-truncation to ``max_length``), sorts the pairs of a chunk by token length (longest first) so a
-batch pads little, pads each batch from the ready token ids and runs the model's forward — the
-same computation as ``CrossEncoder.predict`` (exact mode: equal within float rounding). The
+Cross-encoder scoring (:class:`CrossEncoderTeacher`) orders the pairs of a chunk longest first (so a
+batch pads little) and, with the torch backends, scores them with sentence-transformers' own
+``CrossEncoder.predict`` in slices of a few batches (exact mode: ``predict``'s scores; the slices let
+the progress bar move); the ONNX backends tokenise each pair once, sort by token length and pad each
+batch from the ready token ids. The
 backend may be ``torch`` (exact), ``torch-bf16`` (the same forward under ``torch.autocast`` with
 bfloat16 matmuls: fast mode on CPUs with native bf16 — AVX512-BF16 or AMX — scores drift slightly),
 or ``onnx`` / ``onnx-int8`` (ONNX Runtime, optionally with int8 weights: fast mode, scores drift; see
@@ -167,7 +168,7 @@ class BiEncoderTeacher(Teacher):
 
 
 class CrossEncoderTeacher(Teacher):
-    """A sentence-transformers ``CrossEncoder``, scored with length-sorted, pre-tokenised batches.
+    """A sentence-transformers ``CrossEncoder``, scored in length-ordered batches (``predict`` for torch backends).
 
     ``backend``: ``torch`` (exact: ``CrossEncoder.predict``'s computation), ``torch-bf16`` (fast: the
     same forward with bfloat16 autocast), or ``onnx`` / ``onnx-int8`` (fast: ONNX Runtime, see
@@ -209,37 +210,51 @@ class CrossEncoderTeacher(Teacher):
         return {"name": self.name, "spec": self.spec.model, "kind": "cross-encoder", "fingerprint": self.fingerprint,
                 "activation": self.activation, "max_length": self.max_length, "backend": self.backend}
 
+    #: pairs per ``CrossEncoder.predict`` call (in batches): progress is reported after each slice
+    SLICE_BATCHES = 8
+
     def score_texts(self, pairs: Sequence[tuple[str, str]], progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Scores of ``(query text, doc text)`` pairs in input order (float32)."""
-        import torch
-
         n = len(pairs)
         out = np.empty(n, dtype=np.float32)
         if n == 0:
             return out
+        if self._ort is None:
+            return self._score_torch(pairs, out, progress)
         tok = self.model.tokenizer
         enc = tok([p[0] for p in pairs], [p[1] for p in pairs], truncation=True, max_length=self.max_length)
         keys = list(enc.keys())
         lengths = np.array([len(ids) for ids in enc["input_ids"]])
         order = np.argsort(-lengths, kind="stable")
-        self.model.eval()
-        with torch.inference_mode():
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = {k: [enc[k][i] for i in idx] for k in keys}
-                if self._ort is not None:
-                    logits = self._ort.logits(tok.pad(batch, return_tensors="np"))
-                    out[idx] = 1.0 / (1.0 + np.exp(-logits)) if self.activation == "sigmoid" else logits
-                else:
-                    feats = {k: v.to(self.model.device) for k, v in tok.pad(batch, return_tensors="pt").items()}
-                    with torch.autocast(self.model.device.type, dtype=torch.bfloat16,
-                                        enabled=self.backend == "torch-bf16"):
-                        scores = self.model(feats)["scores"]
-                    if torch.is_floating_point(scores) and torch.finfo(scores.dtype).bits < 32:
-                        scores = scores.float()
-                    if self.activation == "sigmoid":
-                        scores = torch.sigmoid(scores)
-                    out[idx] = scores.reshape(len(idx), -1)[:, 0].detach().cpu().numpy()
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch = {k: [enc[k][i] for i in idx] for k in keys}
+            logits = self._ort.logits(tok.pad(batch, return_tensors="np"))
+            out[idx] = 1.0 / (1.0 + np.exp(-logits)) if self.activation == "sigmoid" else logits
+            if progress:
+                progress(len(idx))
+        return out
+
+    def _score_torch(self, pairs, out: np.ndarray, progress) -> np.ndarray:
+        """torch backends: sentence-transformers' own ``CrossEncoder.predict`` over slices of the pairs.
+
+        The pairs are ordered longest first (by characters, as ``predict`` orders a call's inputs) and cut
+        into slices of ``SLICE_BATCHES × batch_size``; each slice is one ``predict`` call (it tokenises
+        each batch once, pads to the batch's longest pair and runs the model), so the scores are
+        ``predict``'s own, batches pad little, and the progress bar moves after every slice.
+        ``torch-bf16`` runs the same calls under ``torch.autocast(bfloat16)``.
+        """
+        import torch
+
+        act = torch.nn.Sigmoid() if self.activation == "sigmoid" else torch.nn.Identity()
+        order = np.argsort([-(len(q) + len(d)) for q, d in pairs], kind="stable")
+        step = self.batch_size * self.SLICE_BATCHES
+        with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.backend == "torch-bf16"):
+            for start in range(0, len(pairs), step):
+                idx = order[start : start + step]
+                scores = self.model.predict([pairs[i] for i in idx], batch_size=self.batch_size, activation_fn=act,
+                                            convert_to_numpy=True, show_progress_bar=False)
+                out[idx] = np.asarray(scores, dtype=np.float32).reshape(len(idx), -1)[:, 0]
                 if progress:
                     progress(len(idx))
         return out
