@@ -262,6 +262,41 @@ def test_train_sparse_refuses_align_loss(tmp_path, tiny_beir, tiny_mlm, tiny_sto
     assert r.exit_code == 2 and "losses.align" in r.output and "Traceback" not in r.output
 
 
+def test_train_sparse_refuses_read_only_output_before_training(tmp_path, tiny_beir, tiny_mlm, tiny_store_sparse):
+    """A read-only output folder is refused up front (the writability check of the shared training
+    prologue, :func:`embed_kd.training.prologue.prepare_training_run`), not after the steps are spent."""
+    import os
+
+    import yaml
+    from reliability_helpers import cli, namespaces_available, read_only
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({
+        "data": str(tiny_beir), "scores": str(tiny_store_sparse), "output": str(ro / "student"),
+        "student": {"model": str(tiny_mlm)}, "losses": {"score": "margin_mse"},
+        "examples": {"negatives": 2, "dev_queries": 0, "min_candidates": 4},
+        "sparse": {"query_length": 16, "document_length": 32}, "train": {"max_steps": 2, "batch_size": 4}}))
+    args = ["train", str(path), "--student-type", "sparse", "--no-progress", "-q"]
+    if os.geteuid() != 0:  # an ordinary user: permissions are enough (in-process)
+        ro.chmod(0o555)
+        try:
+            r = CliRunner().invoke(main, args)
+        finally:
+            ro.chmod(0o755)
+        code, err = r.exit_code, r.output
+    else:  # root ignores permissions: a read-only bind mount (EROFS), in a subprocess
+        if not namespaces_available():
+            pytest.skip("no private mount namespace here (unshare -r -m): a read-only folder is not testable as root")
+        p = cli(*args, wrap=read_only(ro))
+        code, err = p.returncode, p.stderr
+    # check_writable's message ("... (for OUTPUT)"), not the trainer failing to write a checkpoint
+    assert code == 2 and f"{ro}: output folder is not writable (for {ro / 'student'})" in err, err
+    assert "Traceback" not in err and err.count("Error:") == 1, err
+    assert not list(ro.iterdir())  # no OUTPUT, no OUTPUT.work
+
+
 def test_eval_pruning_flags_need_a_sparse_model(tiny_beir, tiny_model):
     for model in ("bm25", str(tiny_model)):
         r = CliRunner().invoke(main, ["eval", "--data", str(tiny_beir), "--model", model, "--doc-top-k", "5"])

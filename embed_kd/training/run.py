@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
 import subprocess
 import time
@@ -143,14 +142,6 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 def _time_budget_callback(max_time_s: float | None):
     from transformers import TrainerCallback
 
@@ -206,51 +197,24 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
         return train_sparse_student(cfg, overwrite=overwrite, resume=resume, show_progress=show_progress,
                                     cache_dir=cache_dir, limit_queries=limit_queries, limit_docs=limit_docs,
                                     config_file=config_file, overrides=overrides)
-    import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
-    from embed_kd.data import load_beir, resolve_dataset
-    from embed_kd.data.fingerprint import fingerprint_corpus, fingerprint_qrels, fingerprint_queries
     from embed_kd.encode import uses_cosine
     from embed_kd.evaluation.retrieval_eval import encode_corpus
     from embed_kd.index.cache import EmbeddingCache
-    from embed_kd.io import check_writable, refuse_existing
     from embed_kd.models import fingerprint_model, load_sentence_transformer
     from embed_kd.students.build import build_student
     from embed_kd.training.data import (build_align_examples, build_score_examples, split_dev,
                                         teacher_query_embeddings)
     from embed_kd.training.dev_eval import DevRetrievalEvaluator
+    from embed_kd.training.prologue import prepare_training_run
 
     cfg.validate()
-    world = dist.init()  # WORLD_SIZE > 1 under torchrun / accelerate launch
-    out = Path(cfg.output)
-    work = out.with_name(out.name + ".work")
-    with dist.step("checking the output"):
-        refuse_existing(out, overwrite)
-        check_writable(out)  # a read-only or missing folder fails now, not after training
-        if work.exists() and not resume and not overwrite:
-            raise EmbedKDError(f"{work}: an interrupted run of this output exists; pass --resume to continue it "
-                               "or --overwrite to start over")
-    with dist.step("clearing the previous run"):
-        if work.exists() and not resume and world.is_main:
-            shutil.rmtree(work)
-    if cfg.split == "test":
-        raise EmbedKDError("config: split 'test' — students are trained on train queries only (test queries "
-                           "would leak into the benchmark)")
-    if cfg.train.threads:
-        torch.set_num_threads(int(cfg.train.threads))
-    seed_everything(cfg.train.seed)
-    t_start = time.perf_counter()
-
-    folder = resolve_dataset(cfg.data)
-    dataset = load_beir(folder, cfg.split, name=Path(folder).name)
-    full_fps = {"corpus_fingerprint": fingerprint_corpus(dataset.corpus),
-                "queries_fingerprint": fingerprint_queries(dataset.queries),
-                "qrels_fingerprint": fingerprint_qrels(dataset.qrels)}
-    sliced = bool(limit_queries or limit_docs)
-    if sliced:
-        dataset = dataset.sliced(limit_queries, limit_docs)
+    run = prepare_training_run(cfg, overwrite=overwrite, resume=resume, limit_queries=limit_queries,
+                               limit_docs=limit_docs)
+    out, work, world, dataset, full_fps, sliced, t_start = (run.out, run.work, run.world, run.dataset, run.full_fps,
+                                                            run.sliced, run.t_start)
 
     store = None
     by_query = None

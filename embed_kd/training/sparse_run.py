@@ -39,7 +39,6 @@ import logging
 import os
 import shutil
 import time
-from pathlib import Path
 
 from embed_kd.errors import EmbedKDError
 from embed_kd.training.config import TrainConfig
@@ -83,22 +82,20 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
                          limit_docs: int | None = None, config_file: str | None = None,
                          overrides: list[str] | None = None) -> dict:
     """Run one sparse-student experiment; returns the run manifest (also written beside the model)."""
-    import torch
     from datasets import Dataset
     from sentence_transformers.sparse_encoder import SparseEncoderTrainer, SparseEncoderTrainingArguments
     from sentence_transformers.sparse_encoder.callbacks import SpladeRegularizerWeightSchedulerCallback
     from sentence_transformers.sparse_encoder.data_collator import SparseEncoderDataCollator
 
-    from embed_kd.data import load_beir, resolve_dataset
     from embed_kd.data.beir import doc_text
-    from embed_kd.data.fingerprint import fingerprint_corpus, fingerprint_qrels, fingerprint_queries
     from embed_kd.evaluation.retrieval_eval import versions
-    from embed_kd.io import atomic_dir, atomic_write_json, refuse_existing
+    from embed_kd.io import atomic_dir, atomic_write_json
     from embed_kd.models import fingerprint_model
     from embed_kd.students.sparse import SparseHeadOptions, build_sparse_student
     from embed_kd.training.averaging import finish_checkpoints, list_checkpoints
     from embed_kd.training.data import build_score_examples, split_dev
-    from embed_kd.training.run import MANIFEST, SCHEMA, _time_budget_callback, git_info, seed_everything
+    from embed_kd.training.prologue import prepare_training_run
+    from embed_kd.training.run import MANIFEST, SCHEMA, _time_budget_callback, git_info
     from embed_kd.training.sparse_dev_eval import SparseDevEvaluator, dev_pool
 
     cfg.validate()
@@ -107,31 +104,11 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
                            "supported for dense students only")
     if cfg.student.type != "sparse":
         raise EmbedKDError("train_sparse_student: config student.type is not 'sparse'")
-    out = Path(cfg.output)
-    work = out.with_name(out.name + ".work")
-    refuse_existing(out, overwrite)
-    if work.exists() and not resume:
-        if not overwrite:
-            raise EmbedKDError(f"{work}: an interrupted run of this output exists; pass --resume to continue it "
-                               "or --overwrite to start over")
-        shutil.rmtree(work)
-    if cfg.split == "test":
-        raise EmbedKDError("config: split 'test' — students are trained on train queries only (test queries "
-                           "would leak into the benchmark)")
-    if cfg.train.threads:
-        torch.set_num_threads(int(cfg.train.threads))
-    seed_everything(cfg.train.seed)
-    t_start = time.perf_counter()
+    run = prepare_training_run(cfg, overwrite=overwrite, resume=resume, limit_queries=limit_queries,
+                               limit_docs=limit_docs)  # refuses an unwritable OUTPUT before training
+    out, work, dataset, full_fps, sliced, t_start = (run.out, run.work, run.dataset, run.full_fps, run.sliced,
+                                                     run.t_start)
     S = cfg.sparse
-
-    folder = resolve_dataset(cfg.data)
-    dataset = load_beir(folder, cfg.split, name=Path(folder).name)
-    full_fps = {"corpus_fingerprint": fingerprint_corpus(dataset.corpus),
-                "queries_fingerprint": fingerprint_queries(dataset.queries),
-                "qrels_fingerprint": fingerprint_qrels(dataset.qrels)}
-    sliced = bool(limit_queries or limit_docs)
-    if sliced:
-        dataset = dataset.sliced(limit_queries, limit_docs)
     store, by_query = load_training_scores(cfg, dataset, full_fps, sliced)
 
     train_qids, dev_qids = split_dev(list(dataset.queries), cfg.examples.dev_queries, cfg.train.seed)

@@ -1,0 +1,115 @@
+"""The start of a training run, shared by dense and sparse students (:func:`embed_kd.training.run.train_student`,
+:func:`embed_kd.training.sparse_run.train_sparse_student`): everything between a validated config and
+the first model load.
+
+:func:`prepare_training_run`, in order:
+
+1. joins the launcher's process group (``WORLD_SIZE > 1``; one process otherwise);
+2. refuses an existing ``OUTPUT`` (unless ``--overwrite``), an ``OUTPUT`` that could not be written
+   (read-only or not a folder — now, not after training), and an interrupted run's ``OUTPUT.work``
+   unless ``--resume`` (continue it) or ``--overwrite`` (rank 0 removes it);
+3. refuses ``split: test`` (test queries would leak into the benchmark);
+4. sets torch's threads (``train.threads``) and seeds ``random`` / numpy / torch (``train.seed``);
+5. loads the dataset, fingerprints its full corpus, queries and qrels (what the score store and the
+   manifest are checked against), then slices it for ``--limit-queries`` / ``--limit-docs``.
+
+Writes nothing (it may remove a previous ``OUTPUT.work`` under ``--overwrite``).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from embed_kd import distributed as dist
+from embed_kd.errors import EmbedKDError
+from embed_kd.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from embed_kd.data.beir import BeirDataset
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What :func:`prepare_training_run` hands the trainer.
+
+    ======== ==============================================================================
+    out      the output folder (``cfg.output``)
+    work     ``OUTPUT.work``: checkpoints and ``run.json`` while training
+    world    this process's place in the launch (:class:`embed_kd.distributed.World`)
+    dataset  the BEIR dataset of ``cfg.split``, sliced when ``sliced``
+    full_fps ``{"corpus_fingerprint", "queries_fingerprint", "qrels_fingerprint"}`` of the full dataset
+    sliced   whether ``--limit-queries`` / ``--limit-docs`` cut the dataset (a smoke run)
+    t_start  ``time.perf_counter()`` when the run started (for ``training.total_time_s``)
+    ======== ==============================================================================
+    """
+
+    out: Path
+    work: Path
+    world: dist.World
+    dataset: BeirDataset
+    full_fps: dict
+    sliced: bool
+    t_start: float
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy and torch with ``seed`` (numpy's wants it below 2**32)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def prepare_training_run(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
+                         limit_queries: int | None = None, limit_docs: int | None = None) -> TrainingRun:
+    """Check the output, seed, load and fingerprint the data (see the module docstring); ``cfg`` is validated.
+
+    Raises :class:`embed_kd.errors.EmbedKDError` (an existing output, an interrupted run without
+    ``--resume`` / ``--overwrite``, the test split), :class:`embed_kd.errors.ArtifactError` (an
+    unwritable output) or the data loader's errors, before any model is loaded. Under ``torchrun`` every process
+    agrees on the outcome of the checks (:func:`embed_kd.distributed.step`).
+    """
+    import torch
+
+    from embed_kd.data import load_beir, resolve_dataset
+    from embed_kd.data.fingerprint import fingerprint_corpus, fingerprint_qrels, fingerprint_queries
+    from embed_kd.io import check_writable, refuse_existing
+
+    world = dist.init()  # WORLD_SIZE > 1 under torchrun / accelerate launch
+    out = Path(cfg.output)
+    work = out.with_name(out.name + ".work")
+    with dist.step("checking the output"):
+        refuse_existing(out, overwrite)
+        check_writable(out)  # a read-only or missing folder fails now, not after training
+        if work.exists() and not resume and not overwrite:
+            raise EmbedKDError(f"{work}: an interrupted run of this output exists; pass --resume to continue it "
+                               "or --overwrite to start over")
+    with dist.step("clearing the previous run"):
+        if work.exists() and not resume and world.is_main:
+            shutil.rmtree(work)
+    if cfg.split == "test":
+        raise EmbedKDError("config: split 'test' — students are trained on train queries only (test queries "
+                           "would leak into the benchmark)")
+    if cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
+    seed_everything(cfg.train.seed)
+    t_start = time.perf_counter()
+
+    folder = resolve_dataset(cfg.data)
+    dataset = load_beir(folder, cfg.split, name=Path(folder).name)
+    full_fps = {"corpus_fingerprint": fingerprint_corpus(dataset.corpus),
+                "queries_fingerprint": fingerprint_queries(dataset.queries),
+                "qrels_fingerprint": fingerprint_qrels(dataset.qrels)}
+    sliced = bool(limit_queries or limit_docs)
+    if sliced:
+        dataset = dataset.sliced(limit_queries, limit_docs)
+    return TrainingRun(out=out, work=work, world=world, dataset=dataset, full_fps=full_fps, sliced=sliced,
+                       t_start=t_start)
