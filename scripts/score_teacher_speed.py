@@ -5,7 +5,7 @@ Same teacher, same pairs, same machine, one process, measured one after the othe
 
 1. ``loop``      — the baseline: ``for each query: CrossEncoder.predict(its pairs, batch_size=32)``;
 2. ``exact``     — ``score_teacher(..., backend="torch")`` (length-sorted, pre-tokenised batches);
-3. ``torch-bf16`` — ``backend="torch-bf16"`` (the torch forward under bfloat16 autocast);
+3. ``torch-bf16`` — ``backend="torch-bf16"`` (the same predict calls, model weights in bfloat16);
 4. ``onnx``      — ``backend="onnx"`` (ONNX Runtime, fused fp32 graph);
 5. ``onnx-int8`` — ``backend="onnx-int8"`` (dynamic int8 quantisation of the fused graph);
 6. ``predict-all`` — one ``CrossEncoder.predict`` over all pairs (it length-sorts them itself).
@@ -78,7 +78,7 @@ def render_markdown(r: dict) -> str:
     runs, p = r["runs"], r["pairs"]
     label = {"loop": "plain loop: `CrossEncoder.predict(batch_size=32)` per query",
              "exact": "score-teacher exact (`--backend torch`)",
-             "torch-bf16": "score-teacher fast (`--backend torch-bf16`, bf16 autocast)",
+             "torch-bf16": "score-teacher fast (`--backend torch-bf16`, model in bf16)",
              "onnx": "score-teacher fast (`--backend onnx`, ORT fp32 fused)",
              "onnx-int8": "score-teacher fast (`--backend onnx-int8`, ORT int8 weights)",
              "predict-all": "one `CrossEncoder.predict(batch_size=32)` over all pairs"}

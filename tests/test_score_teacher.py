@@ -348,7 +348,7 @@ def test_bi_encoder_and_bm25_teachers_agree_with_their_retrievers(tiny_beir, tin
 
 
 def test_torch_bf16_backend(tiny_beir, tiny_ce, tmp_path):
-    """Fast mode torch-bf16: the same forward under bfloat16 autocast; close to exact, recorded in the store."""
+    """Fast mode torch-bf16: the same predict with the model in bfloat16; close to exact, recorded in the store."""
     from scipy.stats import kendalltau
 
     from embed_kd.candidates.shared import SharedResources

@@ -64,7 +64,7 @@ def _parse_shard(ctx, param, value):
               help="Cross-encoder output: raw logits (none) or sigmoid.")
 @click.option("--max-length", type=click.IntRange(8), help="Cross-encoder max tokens (default: the model's).")
 @click.option("--backend", type=click.Choice(["torch", "torch-bf16", "onnx", "onnx-int8"]), default="torch", show_default=True,
-              help="Cross-encoder runtime: torch (exact), torch-bf16 (bfloat16 autocast, fast on CPUs with "
+              help="Cross-encoder runtime: torch (exact), torch-bf16 (weights in bfloat16, fast on CPUs with "
                    "AVX512-BF16/AMX), or ONNX Runtime with fp32 or int8 weights (fast).")
 @click.option("--chunk-size", default=32, show_default=True, type=click.IntRange(1),
               help="Queries per committed chunk (the unit of resume).")

@@ -20,8 +20,8 @@ batch pads little) and, with the torch backends, scores them with sentence-trans
 ``CrossEncoder.predict`` in slices of a few batches (exact mode: ``predict``'s scores; the slices let
 the progress bar move); the ONNX backends tokenise each pair once, sort by token length and pad each
 batch from the ready token ids. The
-backend may be ``torch`` (exact), ``torch-bf16`` (the same forward under ``torch.autocast`` with
-bfloat16 matmuls: fast mode on CPUs with native bf16 — AVX512-BF16 or AMX — scores drift slightly),
+backend may be ``torch`` (exact), ``torch-bf16`` (the same ``predict`` with the model's weights in
+bfloat16: fast mode on CPUs with native bf16 — AVX512-BF16 or AMX — scores drift slightly),
 or ``onnx`` / ``onnx-int8`` (ONNX Runtime, optionally with int8 weights: fast mode, scores drift; see
 :mod:`embed_kd.teachers.onnx_backend` and eval/results/score-teacher-speed.md for measured drift and
 per-query Kendall tau).
@@ -171,7 +171,7 @@ class CrossEncoderTeacher(Teacher):
     """A sentence-transformers ``CrossEncoder``, scored in length-ordered batches (``predict`` for torch backends).
 
     ``backend``: ``torch`` (exact: ``CrossEncoder.predict``'s computation), ``torch-bf16`` (fast: the
-    same forward with bfloat16 autocast), or ``onnx`` / ``onnx-int8`` (fast: ONNX Runtime, see
+    same with the weights in bfloat16), or ``onnx`` / ``onnx-int8`` (fast: ONNX Runtime, see
     :mod:`embed_kd.teachers.onnx_backend`).
     """
 
@@ -196,7 +196,10 @@ class CrossEncoderTeacher(Teacher):
         self.fingerprint = fingerprint_model(self.model)
         self._ort = None
         if backend == "torch-bf16":
+            import torch
+
             _warn_if_no_native_bf16()
+            self.model.to(torch.bfloat16)  # after fingerprinting: the store names the fp32 model it scored
         elif backend != "torch":
             import torch
 
@@ -242,21 +245,21 @@ class CrossEncoderTeacher(Teacher):
         into slices of ``SLICE_BATCHES × batch_size``; each slice is one ``predict`` call (it tokenises
         each batch once, pads to the batch's longest pair and runs the model), so the scores are
         ``predict``'s own, batches pad little, and the progress bar moves after every slice.
-        ``torch-bf16`` runs the same calls under ``torch.autocast(bfloat16)``.
+        ``torch-bf16`` runs the same calls with the model's weights in bfloat16 (``predict`` returns
+        float32 scores).
         """
         import torch
 
         act = torch.nn.Sigmoid() if self.activation == "sigmoid" else torch.nn.Identity()
         order = np.argsort([-(len(q) + len(d)) for q, d in pairs], kind="stable")
         step = self.batch_size * self.SLICE_BATCHES
-        with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.backend == "torch-bf16"):
-            for start in range(0, len(pairs), step):
-                idx = order[start : start + step]
-                scores = self.model.predict([pairs[i] for i in idx], batch_size=self.batch_size, activation_fn=act,
-                                            convert_to_numpy=True, show_progress_bar=False)
-                out[idx] = np.asarray(scores, dtype=np.float32).reshape(len(idx), -1)[:, 0]
-                if progress:
-                    progress(len(idx))
+        for start in range(0, len(pairs), step):
+            idx = order[start : start + step]
+            scores = self.model.predict([pairs[i] for i in idx], batch_size=self.batch_size, activation_fn=act,
+                                        convert_to_numpy=True, show_progress_bar=False)
+            out[idx] = np.asarray(scores, dtype=np.float32).reshape(len(idx), -1)[:, 0]
+            if progress:
+                progress(len(idx))
         return out
 
     def score(self, queries, docs, progress=None):
@@ -271,7 +274,7 @@ class CrossEncoderTeacher(Teacher):
 
 
 def _warn_if_no_native_bf16() -> None:
-    """bfloat16 autocast is only fast where the CPU multiplies bf16 natively (AVX512-BF16 / AMX)."""
+    """bfloat16 inference is only fast where the CPU multiplies bf16 natively (AVX512-BF16 / AMX)."""
     import torch
 
     try:
