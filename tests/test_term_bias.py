@@ -130,3 +130,54 @@ def test_idf_bias_and_shape_errors():
     with pytest.raises(EmbedKDError, match="two or more"):
         fit_term_bias(np.zeros((1, 2), np.float32), np.zeros((2, 2), np.float32), [(0, [0], [1.0])],
                       np.zeros(2, np.float32))
+
+
+# --- the term-bias stage of `embed-kd train --student-type sparse` --------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_store_tb(tiny_beir, tiny_model, tmp_path_factory) -> Path:
+    from test_train_e2e import write_tiny_store
+
+    return write_tiny_store(tiny_beir, tiny_model, tmp_path_factory.mktemp("scores") / "tiny-train-tb")
+
+
+def test_train_term_bias_stage_only(tmp_path, tiny_beir, tiny_store_tb):
+    """train.max_steps 0 + sparse.term_bias_steps: the encoder is untouched, the head's bias is fitted,
+    the result is a SparseEncoder folder whose manifest records the stage."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+    from sentence_transformers.sparse_encoder import SparseEncoder
+
+    from embed_kd.cli import main
+
+    mlm = build_tiny_mlm(tmp_path / "mlm", seed=1)
+    cfg = {
+        "data": str(tiny_beir), "scores": str(tiny_store_tb), "output": str(tmp_path / "tb"),
+        "student": {"type": "sparse", "model": str(mlm)},
+        "examples": {"negatives": 2, "dev_queries": 2, "min_candidates": 4},
+        "losses": {"score": "margin_mse", "score_documents": "student", "align": "none"},
+        "sparse": {"query_length": 16, "document_length": 32, "dev_pool": 5, "term_bias_steps": 12,
+                   "term_bias_eval_every": 4, "term_bias_lr": 0.1},
+        "train": {"max_steps": 0, "batch_size": 4},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(main, ["train", str(path), "--no-progress", "-q"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "tb"
+    m = json.loads((out / "embed_kd_train.json").read_text())
+    tb = m["term_bias"]
+    assert m["training"]["global_step"] == 0 and tb["steps"] == 12 and tb["documents"] > 0
+    assert [h["step"] for h in tb["history"]] == [0, 4, 8, 12]
+    assert tb["best_dev"] == max(h["dev"] for h in tb["history"]) and tb["dev_before"] == tb["history"][0]["dev"]
+    model = SparseEncoder(str(out), device="cpu")
+    bias = get_term_bias(model)
+    # the tiny MLM's bias starts as one constant (0); the saved one is the best dev step's
+    assert np.allclose(bias, 0.0) if tb["best_step"] == 0 else not np.allclose(bias, bias[0])
+    # the trained-from-nothing config is refused with one clear line
+    cfg["sparse"]["term_bias_steps"] = 0
+    path.write_text(yaml.safe_dump({**cfg, "output": str(tmp_path / "none")}))
+    r = CliRunner().invoke(main, ["train", str(path), "--no-progress", "-q"])
+    assert r.exit_code == 2 and "nothing to train" in r.output

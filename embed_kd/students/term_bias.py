@@ -21,12 +21,13 @@ score of every training query in minutes on a CPU (:func:`fit_term_bias`):
         \,\big\|\,\mathrm{softmax}(s_{q})\bigr)
         + \lambda_q\,\mathrm{FLOPS}(w(Q)) + \lambda_d\,\mathrm{FLOPS}(w(D))
         + \mu\,\overline{(b - b^{0})^2},
-    \qquad s_{q,d} = \langle w(q), w(d)\rangle
+    \qquad s_{q,d} = \sigma\,\langle w(q), w(d)\rangle
 
 where :math:`\tilde s^T_q` are the teacher's scores of q's candidates z-scored per query (or the
 Margin-MSE variant over sampled (positive-ish, negative) pairs), FLOPS is SPLADE's regulariser
 :math:`\sum_t (\mathrm{mean}_x w_t(x))^2` (sentence-transformers' ``FlopsLoss``) and the last term
-keeps terms with little evidence near their start :math:`b^0`.
+keeps terms with little evidence near their start :math:`b^0`; :math:`\sigma > 0` is a learned
+score scale (it does not change any ranking, so the saved model does without it).
 
 The fitted bias is written into the model's MLM head (:func:`set_term_bias`), so the result is an
 ordinary ``SparseEncoder`` — saved, loaded and evaluated like any other sparse student, and a valid
@@ -186,8 +187,12 @@ def _zscore(x):
     return (x - x.mean()) / (sd if float(sd) > 0 else 1.0)
 
 
-def term_bias_loss(q_w, d_w, teacher, mask, *, loss: str, temperature: float):
+def term_bias_loss(q_w, d_w, teacher, mask, *, loss: str, temperature: float, student_scale=None):
     """Distillation loss of one step. ``q_w [B, V]``, ``d_w [B, K, V]``, ``teacher``/``mask`` ``[B, K]``.
+
+    ``student_scale`` (a scalar tensor, optional) multiplies the student's dot products: a learned
+    scale lets the loss match the teacher's spread without moving the biases (rankings do not change
+    with it, so the saved model does not need it).
 
     ``kl``: KL(softmax(temperature·z(teacher)) ‖ softmax(student)) over each query's valid candidates;
     ``margin_mse``: MSE between student and temperature·teacher margins over all valid pairs (i, j).
@@ -198,6 +203,8 @@ def term_bias_loss(q_w, d_w, teacher, mask, *, loss: str, temperature: float):
         raise EmbedKDError(f"term bias loss: expected q_w [B,V], d_w [B,K,V], teacher/mask [B,K]; got "
                            f"{tuple(q_w.shape)}, {tuple(d_w.shape)}, {tuple(teacher.shape)}, {tuple(mask.shape)}")
     student = torch.einsum("bv,bkv->bk", q_w, d_w)
+    if student_scale is not None:
+        student = student * student_scale
     neg = torch.finfo(student.dtype).min
     if loss == "kl":
         target = torch.where(mask, teacher * temperature, torch.full_like(teacher, neg))
@@ -236,7 +243,8 @@ def fit_term_bias(query_max: np.ndarray, doc_max: np.ndarray, groups: list[tuple
     qm, dm = torch.from_numpy(np.asarray(query_max)), torch.from_numpy(np.asarray(doc_max))
     b0 = torch.from_numpy(np.asarray(init, dtype=np.float32))
     bias = torch.nn.Parameter(b0.clone())
-    optim = torch.optim.Adam([bias], lr=opts.lr)
+    log_scale = torch.nn.Parameter(torch.zeros(()))  # learned student score scale (ranking-invariant)
+    optim = torch.optim.Adam([bias, log_scale], lr=opts.lr)
     rng = np.random.default_rng(opts.seed)
     K = opts.candidates_per_query
     best = (-math.inf, 0, b0.numpy().copy())
@@ -268,7 +276,8 @@ def fit_term_bias(query_max: np.ndarray, doc_max: np.ndarray, groups: list[tuple
         q_w = splade_weights(qm[rows_q].float(), bias)
         d_w = splade_weights(dm[torch.tensor(rows_d)].float(), bias)
         teacher, valid = torch.stack(teach), torch.stack(mask)
-        distill = term_bias_loss(q_w, d_w, teacher, valid, loss=opts.loss, temperature=opts.temperature)
+        distill = term_bias_loss(q_w, d_w, teacher, valid, loss=opts.loss, temperature=opts.temperature,
+                                 student_scale=log_scale.exp())
         reg = (opts.query_flops_weight * flops(q_w) + opts.doc_flops_weight * flops(d_w.reshape(-1, d_w.shape[-1]))
                + opts.l2_to_init * ((bias - b0) ** 2).mean())
         total = distill + reg
@@ -276,11 +285,12 @@ def fit_term_bias(query_max: np.ndarray, doc_max: np.ndarray, groups: list[tuple
         total.backward()
         optim.step()
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{float(distill):.4f}", reg=f"{float(reg):.4f}")
+            bar.set_postfix(loss=f"{float(distill.detach()):.4f}", reg=f"{float(reg.detach()):.4f}")
         if step % eval_every == 0 or step == opts.steps:
             _eval(step)
     final = bias.detach().numpy().copy()
     if evaluate is None:
+        info["student_scale"] = float(log_scale.exp())
         return final, info
-    info.update({"best_step": best[1], "best_dev": best[0]})
+    info.update({"best_step": best[1], "best_dev": best[0], "student_scale": float(log_scale.exp())})
     return best[2], info

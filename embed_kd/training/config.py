@@ -113,6 +113,15 @@ class SparseConfig:
     flops_warmup_ratio: float = 0.33        # regulariser weights grow from 0 over this share of the steps
     flops_schedule: str = "quadratic"       # quadratic | linear
     dev_pool: int = 20                      # dev slice: re-rank each dev query's top-N teacher candidates
+    # term-bias stage (embed_kd.training.term_bias_stage): fit the head's per-term bias on max-logits
+    term_bias_steps: int = 0                # 0: off; runs after SpladeLoss training (train.max_steps: 0 skips that)
+    term_bias_loss: str = "kl"              # kl (listwise over all candidates) | margin_mse
+    term_bias_lr: float = 0.05
+    term_bias_temperature: float = 3.0      # teacher z-scores x temperature = target logits / margins
+    term_bias_flops_weight: float = 1.0e-3  # FLOPS weight on query and document vectors
+    term_bias_l2: float = 1.0e-3            # pull towards the starting bias
+    term_bias_idf: float = 0.0              # > 0: start from an IDF-shaped bias (students.term_bias.idf_bias)
+    term_bias_eval_every: int = 50          # dev retrieval every N steps; the best step is kept
 
 
 @dataclass
@@ -211,7 +220,20 @@ class TrainConfig:
                 raise EmbedKDError(f"config: sparse.{key} must be >= 0")
         if not 0 < S.flops_warmup_ratio <= 1:
             raise EmbedKDError("config: sparse.flops_warmup_ratio must be in (0, 1]")
-        for key in ("query_length", "document_length", "train_document_length", "dev_pool"):
+        if S.term_bias_loss not in ("kl", "margin_mse"):
+            raise EmbedKDError(f"config: sparse.term_bias_loss = {S.term_bias_loss!r}; expected one of kl, margin_mse")
+        for key in ("term_bias_lr", "term_bias_temperature"):
+            if not getattr(S, key) > 0:
+                raise EmbedKDError(f"config: sparse.{key} must be > 0")
+        for key in ("term_bias_flops_weight", "term_bias_l2", "term_bias_idf"):
+            if getattr(S, key) < 0:
+                raise EmbedKDError(f"config: sparse.{key} must be >= 0")
+        if isinstance(S.term_bias_steps, bool) or not isinstance(S.term_bias_steps, int) or S.term_bias_steps < 0:
+            raise EmbedKDError(f"config: sparse.term_bias_steps must be an integer >= 0, got {S.term_bias_steps!r}")
+        if self.train.max_steps == 0 and S.term_bias_steps == 0:
+            raise EmbedKDError("config: train.max_steps = 0 skips SpladeLoss training; set sparse.term_bias_steps > 0 "
+                               "or there is nothing to train")
+        for key in ("query_length", "document_length", "train_document_length", "dev_pool", "term_bias_eval_every"):
             v = getattr(S, key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise EmbedKDError(f"config: sparse.{key} must be a positive integer, got {v!r}")

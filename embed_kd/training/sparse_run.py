@@ -161,10 +161,23 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
         resume_from = str(ck[-1])
         logger.info("resuming from %s", resume_from)
     t_train = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume_from)
+    ckpts, averaged, dev_final = [], [], None
+    if T.max_steps != 0:
+        trainer.train(resume_from_checkpoint=resume_from)
+        ckpts, averaged, dev_final = finish_checkpoints(student, ckpt_dir, trainer.state.global_step, cfg.average,
+                                                        evaluator)
+    else:
+        logger.info("train.max_steps = 0: no SpladeLoss training, term-bias stage only")
     train_time_s = time.perf_counter() - t_train
     step = trainer.state.global_step
-    ckpts, averaged, dev_final = finish_checkpoints(student, ckpt_dir, step, cfg.average, evaluator)
+    term_bias = None
+    if S.term_bias_steps > 0:
+        from embed_kd.training.term_bias_stage import run_term_bias_stage
+
+        term_bias = run_term_bias_stage(student, cfg, dataset, by_query, train_qids, dev_qids,
+                                        show_progress=show_progress)
+        if evaluator is not None:
+            dev_final = evaluator(student)
 
     auto = student[0].model if hasattr(student[0], "model") else getattr(student[0], "auto_model", None)
     manifest = {
@@ -194,6 +207,7 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
         "averaging": {"enabled": cfg.average.enabled, "checkpoints": [p.name for p in averaged],
                       "applied": bool(averaged)},
         "dev": {"metrics_final": dev_final, "pool_docs": len(evaluator.docs)} if dev_final else None,
+        "term_bias": term_bias,
         "versions": versions(),
         "git": git_info(),
     }
