@@ -114,7 +114,12 @@ def main() -> None:
                          "source": f"{args.dense} (created {r['created']})"})
 
     student = load_sparse_encoder(args.student)
-    manifest = json.loads((Path(args.student) / "embed_kd_train.json").read_text())
+    tb_file = Path(args.student) / "embed_kd_term_bias.json"
+    term_bias = json.loads(tb_file.read_text()) if tb_file.is_file() else None
+    # a term-bias fit (scripts/bench_sparse_term_bias.py --save) keeps its base student's training manifest
+    base = Path(term_bias["base"]) if term_bias and not (Path(args.student) / "embed_kd_train.json").is_file() \
+        else Path(args.student)
+    manifest = json.loads((base / "embed_kd_train.json").read_text())
     _eval_sparse(ds, student, work, "sparse-student", opts, rows, PRUNING)
     if args.untrained:
         from embed_kd.students.build import StudentSpec
@@ -144,7 +149,9 @@ def main() -> None:
                        "head_init": manifest["student"]["head_init"], "config": manifest["config"],
                        "train_steps": tr["global_step"], "train_time_s": tr["train_time_s"],
                        "stopped_by_time_budget": tr["stopped_by_time_budget"],
-                       "dev": (manifest.get("dev") or {}).get("metrics_final")},
+                       "dev": (manifest.get("dev") or {}).get("metrics_final"),
+                       "term_bias": term_bias and {"base": term_bias["base"], "selected": term_bias["selected"],
+                                                   "scores": term_bias["scores"]}},
            "rows": rows, "versions": versions(),
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "note": "measured on a shared 2-core CPU machine (other jobs interleaved); see the .md"}
