@@ -290,7 +290,7 @@ def fit_term_bias(query_max: np.ndarray, doc_max: np.ndarray, groups: list[tuple
             _eval(step)
     final = bias.detach().numpy().copy()
     if evaluate is None:
-        info["student_scale"] = float(log_scale.exp())
+        info["student_scale"] = float(log_scale.detach().exp())
         return final, info
-    info.update({"best_step": best[1], "best_dev": best[0], "student_scale": float(log_scale.exp())})
+    info.update({"best_step": best[1], "best_dev": best[0], "student_scale": float(log_scale.detach().exp())})
     return best[2], info
