@@ -83,23 +83,11 @@ def cache(args) -> None:
     print(f"cached in {out} ({time.perf_counter() - t0:.0f} s)")
 
 
-def _retrieval_ndcg(qmax, dmax, bias, qids, doc_ids, qrels, k: int = 100) -> tuple[float, dict]:
-    import scipy.sparse as sp
-    import torch
+def _retrieval_ndcg(qmax, dmax, bias, qids, doc_ids, qrels) -> tuple[float, dict]:
+    from embed_kd.training.term_bias_stage import retrieval_metrics
 
-    from embed_kd.evaluation.metrics import evaluate_run
-    from embed_kd.evaluation.sparse_eval import run_from_search, sparse_search
-    from embed_kd.students.term_bias import splade_weights
-
-    b = torch.from_numpy(bias)
-    D = sp.csr_matrix(splade_weights(torch.from_numpy(dmax).float(), b).numpy())
-    Q = sp.csr_matrix(splade_weights(torch.from_numpy(qmax).float(), b).numpy())
-    scores, rows = sparse_search(Q, D, k=k)
-    res = evaluate_run(qrels, run_from_search(scores, rows, qids, doc_ids))
-    return res["metrics"]["ndcg_at_10"], {"ndcg_at_10": res["metrics"]["ndcg_at_10"],
-                                          "recall_at_100": res["metrics"]["recall_at_100"],
-                                          "query_nnz": float(Q.getnnz(axis=1).mean()),
-                                          "doc_nnz": float(D.getnnz(axis=1).mean())}
+    m = retrieval_metrics(qmax, dmax, bias, qids, doc_ids, qrels)
+    return m["ndcg_at_10"], m
 
 
 def fit(args) -> None:

@@ -25,9 +25,13 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
-def retrieval_ndcg_at_10(query_max: np.ndarray, doc_max: np.ndarray, bias: np.ndarray, qids: list[str],
-                         doc_ids: list[str], qrels: dict, *, k: int = 100) -> float:
-    """nDCG@10 of ``qids`` retrieving among ``doc_ids`` with the SPLADE vectors of ``bias`` (exact search)."""
+def retrieval_metrics(query_max: np.ndarray, doc_max: np.ndarray, bias: np.ndarray, qids: list[str],
+                      doc_ids: list[str], qrels: dict, *, k: int = 100) -> dict:
+    """``qids`` retrieve among ``doc_ids`` with the SPLADE vectors of ``bias`` (exact sparse search).
+
+    Returns ``{"ndcg_at_10", "recall_at_100", "query_nnz", "doc_nnz"}`` (pytrec_eval means; average
+    non-zeros per query / document vector).
+    """
     import scipy.sparse as sp
     import torch
 
@@ -39,7 +43,9 @@ def retrieval_ndcg_at_10(query_max: np.ndarray, doc_max: np.ndarray, bias: np.nd
     D = sp.csr_matrix(splade_weights(torch.from_numpy(doc_max).float(), b).numpy())
     Q = sp.csr_matrix(splade_weights(torch.from_numpy(query_max).float(), b).numpy())
     scores, rows = sparse_search(Q, D, k=min(k, D.shape[0]))
-    return float(evaluate_run(qrels, run_from_search(scores, rows, qids, doc_ids))["metrics"]["ndcg_at_10"])
+    metrics = evaluate_run(qrels, run_from_search(scores, rows, qids, doc_ids))["metrics"]
+    return {"ndcg_at_10": float(metrics["ndcg_at_10"]), "recall_at_100": float(metrics["recall_at_100"]),
+            "query_nnz": float(Q.getnnz(axis=1).mean()), "doc_nnz": float(D.getnnz(axis=1).mean())}
 
 
 def run_term_bias_stage(student, cfg, dataset, by_query: dict, train_qids: list[str], dev_qids: list[str],
@@ -71,7 +77,7 @@ def run_term_bias_stage(student, cfg, dataset, by_query: dict, train_qids: list[
     evaluate = None
     if dev_rows and dev_qrels:
         def evaluate(b):
-            return retrieval_ndcg_at_10(qmax[dev_rows], dmax, b, list(dev_qids), docs, dev_qrels)
+            return retrieval_metrics(qmax[dev_rows], dmax, b, list(dev_qids), docs, dev_qrels)["ndcg_at_10"]
     opts = TermBiasFitOptions(loss=S.term_bias_loss, steps=S.term_bias_steps, lr=S.term_bias_lr,
                               temperature=S.term_bias_temperature, query_flops_weight=S.term_bias_flops_weight,
                               doc_flops_weight=S.term_bias_flops_weight, l2_to_init=S.term_bias_l2,
