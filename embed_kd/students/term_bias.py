@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -179,7 +179,6 @@ class TermBiasFitOptions:
     doc_flops_weight: float = 1e-3
     l2_to_init: float = 1e-3
     seed: int = 0
-    history: list = field(default_factory=list)
 
 
 def _zscore(x):
@@ -288,9 +287,8 @@ def fit_term_bias(query_max: np.ndarray, doc_max: np.ndarray, groups: list[tuple
             bar.set_postfix(loss=f"{float(distill.detach()):.4f}", reg=f"{float(reg.detach()):.4f}")
         if step % eval_every == 0 or step == opts.steps:
             _eval(step)
-    final = bias.detach().numpy().copy()
+    info["student_scale"] = float(log_scale.detach().exp())
     if evaluate is None:
-        info["student_scale"] = float(log_scale.detach().exp())
-        return final, info
-    info.update({"best_step": best[1], "best_dev": best[0], "student_scale": float(log_scale.detach().exp())})
+        return bias.detach().numpy().copy(), info
+    info.update({"best_step": best[1], "best_dev": best[0]})
     return best[2], info
