@@ -128,3 +128,8 @@ def fingerprint_model(model) -> str:
     except AttributeError:  # pragma: no cover
         pass
     return fp
+
+
+def forget_fingerprint(model) -> None:
+    """Drop the fingerprint :func:`fingerprint_model` cached on ``model``: call after changing its weights."""
+    model.__dict__.pop("_embed_kd_fingerprint", None)

@@ -54,11 +54,15 @@ def test_max_logits_reproduce_the_models_vectors(tiny_sparse_tb, role):
 def test_set_term_bias_changes_the_encoding_and_round_trips(tiny_sparse_tb, tmp_path):
     from sentence_transformers.sparse_encoder import SparseEncoder
 
+    from embed_kd.models import fingerprint_model
+
     old = get_term_bias(tiny_sparse_tb)
     m = max_logits(tiny_sparse_tb, TEXTS, role="document", show_progress=False)
     new = old - 0.5 + 0.01 * np.arange(len(old), dtype=np.float32)
+    fp_before = fingerprint_model(tiny_sparse_tb)
     set_term_bias(tiny_sparse_tb, new)
     try:
+        assert fingerprint_model(tiny_sparse_tb) != fp_before  # the cached fingerprint was dropped
         enc = tiny_sparse_tb.encode_document(TEXTS, convert_to_tensor=True, convert_to_sparse_tensor=False)
         enc = enc.to_dense() if enc.is_sparse else enc
         np.testing.assert_allclose(splade_weights(torch.from_numpy(m), torch.from_numpy(new)).numpy(), enc.numpy(),
@@ -176,6 +180,8 @@ def test_train_term_bias_stage_only(tmp_path, tiny_beir, tiny_store_tb):
     bias = get_term_bias(model)
     # the tiny MLM's bias starts as one constant (0); the saved one is the best dev step's
     assert np.allclose(bias, 0.0) if tb["best_step"] == 0 else not np.allclose(bias, bias[0])
+    # the manifest names the model that was saved, not the one the stage started from
+    assert (m["student"]["fingerprint"] != m["student"]["init_fingerprint"]) == (tb["best_step"] != 0)
     # the trained-from-nothing config is refused with one clear line
     cfg["sparse"]["term_bias_steps"] = 0
     path.write_text(yaml.safe_dump({**cfg, "output": str(tmp_path / "none")}))

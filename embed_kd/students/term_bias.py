@@ -103,12 +103,15 @@ def set_term_bias(model, bias) -> None:
     """Write ``bias`` (``[vocab]``) into the MLM head in place (every tensor that shares it follows)."""
     import torch
 
+    from embed_kd.models import forget_fingerprint
+
     param = _bias_parameter(model)
     values = torch.as_tensor(np.asarray(bias, dtype=np.float32))
     if values.shape != param.shape:
         raise EmbedKDError(f"term bias: expected shape {tuple(param.shape)}, got {tuple(values.shape)}")
     with torch.no_grad():
         param.copy_(values.to(param.dtype))
+    forget_fingerprint(model)  # the weights changed
     # some heads keep a second reference (BERT: cls.predictions.bias and decoder.bias): keep them equal
     first = model[0]
     mlm = getattr(first, "auto_model", None) or getattr(first, "model", None)

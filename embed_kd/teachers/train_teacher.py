@@ -244,7 +244,7 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
     from embed_kd.evaluation.metrics import top_k
     from embed_kd.evaluation.retrieval_eval import versions
     from embed_kd.io import atomic_dir, atomic_write_json, refuse_existing
-    from embed_kd.models import fingerprint_model, load_cross_encoder
+    from embed_kd.models import fingerprint_model, forget_fingerprint, load_cross_encoder
     from embed_kd.teachers.dev_split import carve_dev_slice
 
     config.validate()
@@ -320,7 +320,7 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
         out = trainer.train()
         train_s = time.perf_counter() - t
         after = evaluator(model)
-        model.__dict__.pop("_embed_kd_fingerprint", None)  # the cached fingerprint is the base model's
+        forget_fingerprint(model)  # the cached fingerprint is the base model's
         logger.info("dev after training (best checkpoint): %s", after)
         manifest = {
             "schema": SCHEMA,

@@ -83,6 +83,8 @@ def finish_checkpoints(student, ckpt_dir: str | Path, step: int, average, evalua
     Returns ``(all checkpoint paths, averaged checkpoint paths, dev metrics or None)``. Shared by
     dense and sparse runs.
     """
+    from embed_kd.models import forget_fingerprint
+
     ckpt_dir = Path(ckpt_dir)
     final_ckpt = ckpt_dir / f"checkpoint-{step}"
     if not final_ckpt.exists():
@@ -93,5 +95,5 @@ def finish_checkpoints(student, ckpt_dir: str | Path, step: int, average, evalua
         averaged = ckpts[-average.last:]
         average_checkpoints(student, averaged)
     dev_final = evaluator(student) if evaluator else None
-    student._embed_kd_fingerprint = None  # fingerprint_model caches on the object; the weights changed
+    forget_fingerprint(student)  # the weights changed
     return ckpts, averaged, dev_final
