@@ -164,8 +164,9 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     ckpts, averaged, dev_final = [], [], None
     if T.max_steps != 0:
         trainer.train(resume_from_checkpoint=resume_from)
+        # the final dev evaluation runs once, after the last change to the model (the term-bias stage, if on)
         ckpts, averaged, dev_final = finish_checkpoints(student, ckpt_dir, trainer.state.global_step, cfg.average,
-                                                        evaluator)
+                                                        None if S.term_bias_steps > 0 else evaluator)
     else:
         logger.info("train.max_steps = 0: no SpladeLoss training, term-bias stage only")
     train_time_s = time.perf_counter() - t_train
