@@ -372,3 +372,46 @@ def test_torch_bf16_backend(tiny_beir, tiny_ce, tmp_path):
     args = _args(tiny_beir, out, tmp_path / "cache", "--teacher", f"ce:{tiny_ce}", "--backend", "torch-bf16")
     assert _invoke(args).exit_code == 0
     assert open_scores(out).manifest["teachers"][0]["backend"] == "torch-bf16"
+
+
+def test_openvino_backends(tiny_beir, tiny_ce, tmp_path):
+    """OpenVINO: float32 equals torch (exact within 1e-4); bf16 is close and ranks alike; both cached,
+    recorded in the store with the precision that ran, and a resumed run with another backend is refused."""
+    pytest.importorskip("openvino")
+    from scipy.stats import kendalltau
+
+    from embed_kd.candidates.shared import SharedResources
+    from embed_kd.data import load_beir
+    from embed_kd.index.cache import EmbeddingCache
+    from embed_kd.teachers.openvino_backend import SCHEMA, native_bf16
+    from embed_kd.teachers.scorers import CrossEncoderTeacher, parse_teacher_spec
+
+    ds = load_beir(tiny_beir, "train")
+    res = SharedResources(ds, cache=EmbeddingCache(tmp_path / "cache"))
+    pairs = [(ds.queries[q], ds.doc_text(d)) for q in ds.queries for d in list(ds.corpus)[:9]]
+    spec = parse_teacher_spec(f"ce:{tiny_ce}")
+    exact = CrossEncoderTeacher(spec, res, batch_size=8).score_texts(pairs)
+    f32 = CrossEncoderTeacher(spec, res, batch_size=8, backend="openvino")
+    assert f32.manifest_entry()["precision"] == "f32"
+    np.testing.assert_allclose(f32.score_texts(pairs), exact, atol=1e-4)
+    # batch composition must not change a pair's score (padding is masked): score one pair alone
+    np.testing.assert_allclose(f32.score_texts(pairs[3:4]), exact[3:4], atol=1e-4)
+    bf16 = CrossEncoderTeacher(spec, res, batch_size=8, backend="openvino-bf16")
+    assert bf16.manifest_entry()["precision"] == ("bf16" if native_bf16() else "f32")
+    fast = bf16.score_texts(pairs)
+    assert fast.dtype == np.float32 and fast.shape == exact.shape
+    assert np.abs(fast - exact).max() <= 0.1 * float(exact.max() - exact.min())
+    assert kendalltau(fast, exact).statistic >= 0.9
+    exports = list((tmp_path / "cache" / "openvino").iterdir())  # one conversion serves both precisions
+    assert len(exports) == 1
+    meta = json.loads((exports[0] / "meta.json").read_text())
+    assert meta["schema"] == SCHEMA and meta["model_fingerprint"] == f32.fingerprint
+
+    out = tmp_path / "s"
+    args = _args(tiny_beir, out, tmp_path / "cache", "--teacher", f"ce:{tiny_ce}", "--backend", "openvino",
+                 "--chunk-size", "2")
+    assert _invoke(args).exit_code == 0, "openvino run failed"
+    entry = open_scores(out).manifest["teachers"][0]
+    assert (entry["backend"], entry["precision"]) == ("openvino", "f32")
+    r = _invoke(_args(tiny_beir, out, tmp_path / "cache", "--teacher", f"ce:{tiny_ce}", "--backend", "openvino-bf16"))
+    _assert_clean_error(r, None, "another config", "teachers")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosity_options
+from embed_kd.teachers.scorers import BACKENDS
 
 
 class _DefaultRunGroup(click.Group):
@@ -63,9 +64,10 @@ def _parse_shard(ctx, param, value):
 @click.option("--activation", type=click.Choice(["none", "sigmoid"]), default="none", show_default=True,
               help="Cross-encoder output: raw logits (none) or sigmoid.")
 @click.option("--max-length", type=click.IntRange(8), help="Cross-encoder max tokens (default: the model's).")
-@click.option("--backend", type=click.Choice(["torch", "torch-bf16", "onnx", "onnx-int8"]), default="torch", show_default=True,
-              help="Cross-encoder runtime: torch (exact), torch-bf16 (weights in bfloat16, fast on CPUs with "
-                   "AVX512-BF16/AMX), or ONNX Runtime with fp32 or int8 weights (fast).")
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True,
+              help="Cross-encoder runtime: torch (exact), torch-bf16 (weights in bfloat16), openvino (float32, "
+                   "scores within ~1e-5 of torch, faster), openvino-bf16 (fast mode for CPUs with "
+                   "AVX512-BF16/AMX), or ONNX Runtime with fp32 or int8 weights.")
 @click.option("--chunk-size", default=32, show_default=True, type=click.IntRange(1),
               help="Queries per committed chunk (the unit of resume).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Pairs per model batch.")

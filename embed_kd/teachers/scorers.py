@@ -18,13 +18,19 @@ Default names: ``bm25``, the preset name, or the model folder's / hub id's last 
 Cross-encoder scoring (:class:`CrossEncoderTeacher`) orders the pairs of a chunk longest first (so a
 batch pads little) and, with the torch backends, scores them with sentence-transformers' own
 ``CrossEncoder.predict`` in slices of a few batches (exact mode: ``predict``'s scores; the slices let
-the progress bar move); the ONNX backends tokenise each pair once, sort by token length and pad each
-batch from the ready token ids. The
-backend may be ``torch`` (exact), ``torch-bf16`` (the same ``predict`` with the model's weights in
-bfloat16: fast mode on CPUs with native bf16 — AVX512-BF16 or AMX — scores drift slightly),
-or ``onnx`` / ``onnx-int8`` (ONNX Runtime, optionally with int8 weights: fast mode, scores drift; see
-:mod:`embed_kd.teachers.onnx_backend` and eval/results/score-teacher-speed.md for measured drift and
-per-query Kendall tau).
+the progress bar move); the OpenVINO and ONNX backends tokenise each pair once, sort by token length
+and pad each batch from the ready token ids. The backend may be
+
+- ``torch`` (exact: ``predict``'s own scores);
+- ``torch-bf16`` (the same ``predict`` with the model's weights in bfloat16: fast mode on CPUs with
+  native bf16 — AVX512-BF16 or AMX — scores drift slightly);
+- ``openvino`` (float32 OpenVINO: the torch scores within ~1e-5, faster than torch on CPU) or
+  ``openvino-bf16`` (the recommended fast mode on CPUs with native bf16), see
+  :mod:`embed_kd.teachers.openvino_backend`;
+- ``onnx`` / ``onnx-int8`` (ONNX Runtime, optionally with int8 weights; ``onnx-int8`` drifts most),
+  see :mod:`embed_kd.teachers.onnx_backend`.
+
+eval/results/score-teacher-speed.md has the measured speed, drift and per-query Kendall tau of each.
 
 >>> parse_teacher_spec("bm25")
 TeacherSpec(kind='bm25', name='bm25', model=None)
@@ -51,7 +57,7 @@ logger = logging.getLogger(__name__)
 _KIND_PREFIX = {"ce": "cross-encoder", "cross-encoder": "cross-encoder", "bi": "bi-encoder",
                 "bi-encoder": "bi-encoder"}
 ACTIVATIONS = (None, "sigmoid")
-BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
+BACKENDS = ("torch", "torch-bf16", "openvino", "openvino-bf16", "onnx", "onnx-int8")
 
 
 @dataclass(frozen=True)
@@ -171,7 +177,8 @@ class CrossEncoderTeacher(Teacher):
     """A sentence-transformers ``CrossEncoder``, scored in length-ordered batches (``predict`` for torch backends).
 
     ``backend``: ``torch`` (exact: ``CrossEncoder.predict``'s computation), ``torch-bf16`` (fast: the
-    same with the weights in bfloat16), or ``onnx`` / ``onnx-int8`` (fast: ONNX Runtime, see
+    same with the weights in bfloat16), ``openvino`` / ``openvino-bf16`` (OpenVINO in float32 / bf16,
+    see :mod:`embed_kd.teachers.openvino_backend`) or ``onnx`` / ``onnx-int8`` (ONNX Runtime, see
     :mod:`embed_kd.teachers.onnx_backend`).
     """
 
@@ -194,12 +201,20 @@ class CrossEncoderTeacher(Teacher):
                                f"(num_labels=1), this one has {self.model.num_labels}")
         self.max_length = int(self.model.max_seq_length)
         self.fingerprint = fingerprint_model(self.model)
-        self._ort = None
+        self._runtime = None
         if backend == "torch-bf16":
             import torch
 
             _warn_if_no_native_bf16()
             self.model.to(torch.bfloat16)  # after fingerprinting: the store names the fp32 model it scored
+        elif backend.startswith("openvino"):
+            import torch
+
+            from embed_kd.teachers import openvino_backend as ovb
+
+            cache = getattr(resources, "cache", None)
+            path = ovb.export_cross_encoder(self.model, cache.root if cache is not None else None)
+            self._runtime = ovb.OvCrossEncoder(path, precision=ovb.VARIANTS[backend], threads=torch.get_num_threads())
         elif backend != "torch":
             import torch
 
@@ -207,11 +222,14 @@ class CrossEncoderTeacher(Teacher):
 
             cache = getattr(resources, "cache", None)
             path = export_cross_encoder(self.model, backend, cache.root if cache is not None else None)
-            self._ort = OrtCrossEncoder(path, threads=torch.get_num_threads())
+            self._runtime = OrtCrossEncoder(path, threads=torch.get_num_threads())
 
     def manifest_entry(self) -> dict:
-        return {"name": self.name, "spec": self.spec.model, "kind": "cross-encoder", "fingerprint": self.fingerprint,
-                "activation": self.activation, "max_length": self.max_length, "backend": self.backend}
+        entry = {"name": self.name, "spec": self.spec.model, "kind": "cross-encoder", "fingerprint": self.fingerprint,
+                 "activation": self.activation, "max_length": self.max_length, "backend": self.backend}
+        if self.backend.startswith("openvino"):  # what ran: openvino-bf16 runs f32 on CPUs without native bf16
+            entry["precision"] = self._runtime.precision
+        return entry
 
     #: pairs per ``CrossEncoder.predict`` call (in batches): progress is reported after each slice
     SLICE_BATCHES = 8
@@ -222,7 +240,7 @@ class CrossEncoderTeacher(Teacher):
         out = np.empty(n, dtype=np.float32)
         if n == 0:
             return out
-        if self._ort is None:
+        if self._runtime is None:
             return self._score_torch(pairs, out, progress)
         tok = self.model.tokenizer
         enc = tok([p[0] for p in pairs], [p[1] for p in pairs], truncation=True, max_length=self.max_length)
@@ -232,7 +250,7 @@ class CrossEncoderTeacher(Teacher):
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
             batch = {k: [enc[k][i] for i in idx] for k in keys}
-            logits = self._ort.logits(tok.pad(batch, return_tensors="np"))
+            logits = self._runtime.logits(tok.pad(batch, return_tensors="np"))
             out[idx] = 1.0 / (1.0 + np.exp(-logits)) if self.activation == "sigmoid" else logits
             if progress:
                 progress(len(idx))
