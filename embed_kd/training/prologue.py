@@ -113,3 +113,26 @@ def prepare_training_run(cfg: TrainConfig, *, overwrite: bool = False, resume: b
         dataset = dataset.sliced(limit_queries, limit_docs)
     return TrainingRun(out=out, work=work, world=world, dataset=dataset, full_fps=full_fps, sliced=sliced,
                        t_start=t_start)
+
+
+def trainer_arguments(cfg: TrainConfig, ckpt_dir: Path, *, evaluate: bool, show_progress: bool) -> dict:
+    """Keyword arguments shared by the dense and sparse ``*TrainingArguments`` (from ``cfg.train``).
+
+    Checkpoints every ``save_steps`` into ``ckpt_dir``, keeping enough for weight averaging plus one;
+    evaluates every ``eval_steps`` when there is a dev evaluator. The caller adds what is its own
+    (device, sampler, router mapping).
+
+    >>> kw = trainer_arguments(TrainConfig(), Path("ckpt"), evaluate=False, show_progress=False)
+    >>> kw["eval_strategy"], kw["report_to"], kw["disable_tqdm"]
+    ('no', 'none', True)
+    """
+    T = cfg.train
+    return dict(
+        output_dir=str(ckpt_dir), num_train_epochs=T.epochs, max_steps=T.max_steps,
+        per_device_train_batch_size=T.batch_size, learning_rate=T.lr, warmup_ratio=T.warmup_ratio,
+        weight_decay=T.weight_decay, seed=T.seed, data_seed=T.seed, save_strategy="steps", save_steps=T.save_steps,
+        save_total_limit=max(cfg.average.last if cfg.average.enabled else 1, 1) + 1,
+        eval_strategy="steps" if evaluate else "no", eval_steps=T.eval_steps if evaluate else None,
+        logging_steps=T.logging_steps, report_to="none", disable_tqdm=not show_progress,
+        dataloader_drop_last=False,
+    )

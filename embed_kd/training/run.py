@@ -208,7 +208,7 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     from embed_kd.training.data import (build_align_examples, build_score_examples, split_dev,
                                         teacher_query_embeddings)
     from embed_kd.training.dev_eval import DevRetrievalEvaluator
-    from embed_kd.training.prologue import prepare_training_run
+    from embed_kd.training.prologue import prepare_training_run, trainer_arguments
 
     cfg.validate()
     run = prepare_training_run(cfg, overwrite=overwrite, resume=resume, limit_queries=limit_queries,
@@ -281,14 +281,8 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     T = cfg.train
     ckpt_dir = work / "checkpoints"
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(ckpt_dir), num_train_epochs=T.epochs, max_steps=T.max_steps,
-        per_device_train_batch_size=T.batch_size, learning_rate=T.lr, warmup_ratio=T.warmup_ratio,
-        weight_decay=T.weight_decay, seed=T.seed, data_seed=T.seed, save_strategy="steps", save_steps=T.save_steps,
-        save_total_limit=max(cfg.average.last if cfg.average.enabled else 1, 1) + 1,
-        eval_strategy="steps" if evaluator else "no", eval_steps=T.eval_steps if evaluator else None,
-        logging_steps=T.logging_steps, report_to="none", disable_tqdm=not (show_progress and world.is_main),
-        use_cpu=dist.device() == "cpu",
-        multi_dataset_batch_sampler=T.sampler, dataloader_drop_last=False,
+        **trainer_arguments(cfg, ckpt_dir, evaluate=evaluator is not None, show_progress=show_progress and world.is_main),
+        use_cpu=dist.device() == "cpu", multi_dataset_batch_sampler=T.sampler,
     )
     budget = _time_budget_callback(T.max_time_s)
     trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=train_dataset, loss=loss,

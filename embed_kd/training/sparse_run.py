@@ -94,7 +94,7 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     from embed_kd.students.sparse import SparseHeadOptions, build_sparse_student
     from embed_kd.training.averaging import finish_checkpoints, list_checkpoints
     from embed_kd.training.data import build_score_examples, split_dev
-    from embed_kd.training.prologue import prepare_training_run
+    from embed_kd.training.prologue import prepare_training_run, trainer_arguments
     from embed_kd.training.run import MANIFEST, SCHEMA, _time_budget_callback, git_info
     from embed_kd.training.sparse_dev_eval import SparseDevEvaluator, dev_pool
 
@@ -140,13 +140,8 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     T = cfg.train
     ckpt_dir = work / "checkpoints"
     args = SparseEncoderTrainingArguments(
-        output_dir=str(ckpt_dir), num_train_epochs=T.epochs, max_steps=T.max_steps,
-        per_device_train_batch_size=T.batch_size, learning_rate=T.lr, warmup_ratio=T.warmup_ratio,
-        weight_decay=T.weight_decay, seed=T.seed, data_seed=T.seed, save_strategy="steps", save_steps=T.save_steps,
-        save_total_limit=max(cfg.average.last if cfg.average.enabled else 1, 1) + 1,
-        eval_strategy="steps" if evaluator else "no", eval_steps=T.eval_steps if evaluator else None,
-        logging_steps=T.logging_steps, report_to="none", disable_tqdm=not show_progress, use_cpu=True,
-        dataloader_drop_last=False, router_mapping=router,
+        **trainer_arguments(cfg, ckpt_dir, evaluate=evaluator is not None, show_progress=show_progress),
+        use_cpu=True, router_mapping=router,
     )
     budget = _time_budget_callback(T.max_time_s)
     trace = _regularizer_trace(loss)
