@@ -62,24 +62,14 @@ def export_cross_encoder(model, variant: str, cache_root: Path | None = None) ->
     if (folder / "model.onnx").is_file() and (folder / "meta.json").is_file():
         return folder / "model.onnx"
     hf = model.model
-    tok = model.tokenizer
-    sample = tok(["a query"], ["a document text"], return_tensors="pt")
-    names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in sample]
-
-    class _Logits(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, *args):
-            return self.m(**dict(zip(names, args))).logits
+    logits_module, names, sample = traceable_logits(model)
 
     t0 = time.perf_counter()
     logger.info("exporting %s to ONNX (%s) in %s", getattr(model, "embed_kd_spec", "cross-encoder"), variant, folder)
     with atomic_dir(folder, overwrite=True) as tmp:
         raw = tmp / "raw.onnx"
         with torch.no_grad():
-            torch.onnx.export(_Logits(hf.eval()), tuple(sample[k] for k in names), str(raw), input_names=names,
+            torch.onnx.export(logits_module, sample, str(raw), input_names=names,
                               output_names=["logits"], opset_version=OPSET, dynamo=False,
                               dynamic_axes={**{k: {0: "batch", 1: "seq"} for k in names}, "logits": {0: "batch"}})
         graph, optimized = raw, False
@@ -113,6 +103,29 @@ def export_cross_encoder(model, variant: str, cache_root: Path | None = None) ->
             "opset": OPSET, "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "export_s": round(time.perf_counter() - t0, 2)}, indent=2))
     return folder / "model.onnx"
+
+
+def traceable_logits(model):
+    """``(module, input names, sample inputs)`` for tracing a CrossEncoder's transformer to a graph.
+
+    The module takes the tokenizer's tensors positionally in ``names`` order (``input_ids``,
+    ``attention_mask``, ``token_type_ids`` when the tokenizer makes them) and returns ``.logits``;
+    ``sample`` is a one-pair batch in that order. Shared by the ONNX and OpenVINO exports.
+    """
+    import torch
+
+    enc = model.tokenizer(["a query"], ["a document text"], return_tensors="pt")
+    names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+
+    class _Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *args):
+            return self.m(**dict(zip(names, args))).logits
+
+    return _Logits(model.model.eval()), names, tuple(enc[k] for k in names)
 
 
 class OrtCrossEncoder:

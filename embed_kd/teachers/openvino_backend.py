@@ -74,20 +74,9 @@ def export_cross_encoder(model, cache_root: Path | None = None) -> Path:
     folder = Path(cache_root or default_root()) / "openvino" / f"{fp}-v1"
     if all((folder / f).is_file() for f in ("model.xml", "model.bin", "meta.json")):
         return folder / "model.xml"
-    hf = model.model.eval()
-    sample = model.tokenizer(["a query"], ["a document text"], return_tensors="pt")
-    names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in sample]
+    from embed_kd.teachers.onnx_backend import traceable_logits
 
-    class _Logits(torch.nn.Module):
-        """Positional inputs in ``names`` order, ``.logits`` out (the graph OpenVINO traces)."""
-
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, *args):
-            return self.m(**dict(zip(names, args))).logits
-
+    logits_module, names, sample = traceable_logits(model)
     t0 = time.perf_counter()
     logger.info("converting %s to OpenVINO in %s", getattr(model, "embed_kd_spec", "cross-encoder"), folder)
     with torch.no_grad(), warnings.catch_warnings():
@@ -95,7 +84,7 @@ def export_cross_encoder(model, cache_root: Path | None = None) -> Path:
         # shapes that is constant for this architecture) are about the tracing, not the user's model
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        graph = ov.convert_model(_Logits(hf), example_input=tuple(sample[k] for k in names))
+        graph = ov.convert_model(logits_module, example_input=sample)
     for port, name in zip(graph.inputs, names):
         port.get_tensor().set_names({name})
     with atomic_dir(folder, overwrite=True) as tmp:
