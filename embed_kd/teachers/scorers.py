@@ -207,22 +207,20 @@ class CrossEncoderTeacher(Teacher):
 
             _warn_if_no_native_bf16()
             self.model.to(torch.bfloat16)  # after fingerprinting: the store names the fp32 model it scored
-        elif backend.startswith("openvino"):
+        elif backend != "torch":  # a converted graph, cached by fingerprint, run by OpenVINO or ONNX Runtime
             import torch
 
-            from embed_kd.teachers import openvino_backend as ovb
-
             cache = getattr(resources, "cache", None)
-            path = ovb.export_cross_encoder(self.model, cache.root if cache is not None else None)
-            self._runtime = ovb.OvCrossEncoder(path, precision=ovb.VARIANTS[backend], threads=torch.get_num_threads())
-        elif backend != "torch":
-            import torch
+            root, threads = (cache.root if cache is not None else None), torch.get_num_threads()
+            if backend.startswith("openvino"):
+                from embed_kd.teachers import openvino_backend as ovb
 
-            from embed_kd.teachers.onnx_backend import OrtCrossEncoder, export_cross_encoder
+                path = ovb.export_cross_encoder(self.model, root)
+                self._runtime = ovb.OvCrossEncoder(path, precision=ovb.VARIANTS[backend], threads=threads)
+            else:
+                from embed_kd.teachers.onnx_backend import OrtCrossEncoder, export_cross_encoder
 
-            cache = getattr(resources, "cache", None)
-            path = export_cross_encoder(self.model, backend, cache.root if cache is not None else None)
-            self._runtime = OrtCrossEncoder(path, threads=torch.get_num_threads())
+                self._runtime = OrtCrossEncoder(export_cross_encoder(self.model, backend, root), threads=threads)
 
     def manifest_entry(self) -> dict:
         entry = {"name": self.name, "spec": self.spec.model, "kind": "cross-encoder", "fingerprint": self.fingerprint,
