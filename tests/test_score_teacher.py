@@ -270,9 +270,8 @@ def test_store_from_another_config_refused(tiny_beir, tiny_ce, tmp_path):
     assert open_scores(out).manifest["teachers"][0]["kind"] == "cross-encoder"
 
 
-def test_onnx_backends(tiny_beir, tiny_ce, tmp_path):
-    """Fast mode: ONNX Runtime fp32 equals torch; int8 runs and is recorded in the store's teacher entry."""
-    pytest.importorskip("onnxruntime")
+def _backend_case(tiny_beir, tiny_ce, tmp_path):
+    """(resources, teacher spec, pairs, exact torch scores) shared by the backend tests."""
     from embed_kd.candidates.shared import SharedResources
     from embed_kd.data import load_beir
     from embed_kd.index.cache import EmbeddingCache
@@ -282,7 +281,15 @@ def test_onnx_backends(tiny_beir, tiny_ce, tmp_path):
     res = SharedResources(ds, cache=EmbeddingCache(tmp_path / "cache"))
     pairs = [(ds.queries[q], ds.doc_text(d)) for q in ds.queries for d in list(ds.corpus)[:9]]
     spec = parse_teacher_spec(f"ce:{tiny_ce}")
-    exact = CrossEncoderTeacher(spec, res, batch_size=8).score_texts(pairs)
+    return res, spec, pairs, CrossEncoderTeacher(spec, res, batch_size=8).score_texts(pairs)
+
+
+def test_onnx_backends(tiny_beir, tiny_ce, tmp_path):
+    """Fast mode: ONNX Runtime fp32 equals torch; int8 runs and is recorded in the store's teacher entry."""
+    pytest.importorskip("onnxruntime")
+    from embed_kd.teachers.scorers import CrossEncoderTeacher
+
+    res, spec, pairs, exact = _backend_case(tiny_beir, tiny_ce, tmp_path)
     fp32 = CrossEncoderTeacher(spec, res, batch_size=8, backend="onnx")
     np.testing.assert_allclose(fp32.score_texts(pairs), exact, atol=1e-4)
     int8 = CrossEncoderTeacher(spec, res, batch_size=8, backend="onnx-int8").score_texts(pairs)
@@ -351,16 +358,9 @@ def test_torch_bf16_backend(tiny_beir, tiny_ce, tmp_path):
     """Fast mode torch-bf16: the same predict with the model in bfloat16; close to exact, recorded in the store."""
     from scipy.stats import kendalltau
 
-    from embed_kd.candidates.shared import SharedResources
-    from embed_kd.data import load_beir
-    from embed_kd.index.cache import EmbeddingCache
-    from embed_kd.teachers.scorers import CrossEncoderTeacher, parse_teacher_spec
+    from embed_kd.teachers.scorers import CrossEncoderTeacher
 
-    ds = load_beir(tiny_beir, "train")
-    res = SharedResources(ds, cache=EmbeddingCache(tmp_path / "cache"))
-    pairs = [(ds.queries[q], ds.doc_text(d)) for q in ds.queries for d in list(ds.corpus)[:9]]
-    spec = parse_teacher_spec(f"ce:{tiny_ce}")
-    exact = CrossEncoderTeacher(spec, res, batch_size=8).score_texts(pairs)
+    res, spec, pairs, exact = _backend_case(tiny_beir, tiny_ce, tmp_path)
     bf16 = CrossEncoderTeacher(spec, res, batch_size=8, backend="torch-bf16").score_texts(pairs)
     assert bf16.dtype == np.float32 and bf16.shape == exact.shape
     # bfloat16 keeps 8 significant bits: scores move a little (on this random tiny model up to ~5% of
@@ -380,17 +380,10 @@ def test_openvino_backends(tiny_beir, tiny_ce, tmp_path):
     pytest.importorskip("openvino")
     from scipy.stats import kendalltau
 
-    from embed_kd.candidates.shared import SharedResources
-    from embed_kd.data import load_beir
-    from embed_kd.index.cache import EmbeddingCache
     from embed_kd.teachers.openvino_backend import SCHEMA, native_bf16
-    from embed_kd.teachers.scorers import CrossEncoderTeacher, parse_teacher_spec
+    from embed_kd.teachers.scorers import CrossEncoderTeacher
 
-    ds = load_beir(tiny_beir, "train")
-    res = SharedResources(ds, cache=EmbeddingCache(tmp_path / "cache"))
-    pairs = [(ds.queries[q], ds.doc_text(d)) for q in ds.queries for d in list(ds.corpus)[:9]]
-    spec = parse_teacher_spec(f"ce:{tiny_ce}")
-    exact = CrossEncoderTeacher(spec, res, batch_size=8).score_texts(pairs)
+    res, spec, pairs, exact = _backend_case(tiny_beir, tiny_ce, tmp_path)
     f32 = CrossEncoderTeacher(spec, res, batch_size=8, backend="openvino")
     assert f32.manifest_entry()["precision"] == "f32"
     np.testing.assert_allclose(f32.score_texts(pairs), exact, atol=1e-4)
