@@ -7,6 +7,10 @@ Layout (Thakur et al., 2021)::
       queries.jsonl       one JSON object a line: {"_id": str, "text": str, ...}
       qrels/<split>.tsv   header line, then  query-id <TAB> corpus-id <TAB> score (integer)
 
+``corpus.jsonl.gz`` / ``queries.jsonl.gz`` (as BEIR's own downloads ship some datasets) are read
+the same way (:mod:`embed_kd.data.lines`; a truncated archive is an error naming file and line).
+Data without judgments (a query log, a plain corpus) loads through :mod:`embed_kd.data.inputs`.
+
 Rules enforced here (each violation is a :class:`~embed_kd.errors.DataError` naming file and line):
 
 - every line is a JSON object with a string ``_id`` and the text fields above (``title`` may be
@@ -40,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from embed_kd.data.lines import iter_lines
 from embed_kd.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -58,6 +63,13 @@ class BeirDataset:
     qrels: dict[str, dict[str, int]]
     dropped_qrels: int = 0
     notes: list[str] = field(default_factory=list)
+    #: where the parts came from when not one BEIR folder: {"data", "corpus", "queries"} (embed_kd.data.inputs)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def judged(self) -> bool:
+        """Whether the queries come with relevance judgments (a BEIR split); false for a query log."""
+        return bool(self.qrels)
 
     def doc_text(self, doc_id: str) -> str:
         """The text a model encodes for a document: ``title + " " + text`` (BEIR's convention)."""
@@ -68,8 +80,9 @@ class BeirDataset:
         """A smaller copy for smoke runs: the first ``max_queries`` judged queries (in qrels order)
         and a corpus holding every document they judge plus the first documents of the corpus up
         to ``max_docs`` in all. Deterministic: the same arguments give the same slice."""
-        qids = list(self.qrels)[: max_queries] if max_queries else list(self.qrels)
-        qrels = {q: self.qrels[q] for q in qids}
+        order = list(self.qrels) if self.qrels else list(self.queries)  # unjudged: file order
+        qids = order[: max_queries] if max_queries else order
+        qrels = {q: self.qrels[q] for q in qids if q in self.qrels}
         if max_docs is None:
             corpus = self.corpus
         else:
@@ -85,7 +98,7 @@ class BeirDataset:
         notes = self.notes + [f"sliced: max_queries={max_queries}, max_docs={max_docs}"]
         return BeirDataset(
             self.name, self.path, self.split, corpus, {q: self.queries[q] for q in qids}, qrels,
-            self.dropped_qrels, notes,
+            self.dropped_qrels, notes, dict(self.sources),
         )
 
 
@@ -94,38 +107,30 @@ def doc_text(doc: dict[str, str]) -> str:
     return f"{title} {text}".strip() if title else text
 
 
-_UTF16_32_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16",
-                  b"\xfe\xff": "UTF-16"}
-
-
-def _decode_line(path: Path, lineno: int, raw: bytes) -> str:
-    """One line as text: UTF-8 (a UTF-8 BOM on line 1 skipped); a clear error otherwise."""
-    if lineno == 1:
-        for bom, name in _UTF16_32_BOMS.items():
-            if raw.startswith(bom):
-                raise DataError(f"{path}: the file is {name}-encoded (byte-order mark); save it as UTF-8")
-        raw = raw.removeprefix(b"\xef\xbb\xbf")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-
-
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            line = _decode_line(path, lineno, raw)
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    for lineno, line in iter_lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
+
+
+def corpus_path(folder: str | Path) -> Path:
+    """``corpus.jsonl`` of a BEIR folder, or ``corpus.jsonl.gz`` when only that exists."""
+    return _plain_or_gz(Path(folder) / "corpus.jsonl")
+
+
+def queries_path(folder: str | Path) -> Path:
+    """``queries.jsonl`` of a BEIR folder, or ``queries.jsonl.gz`` when only that exists."""
+    return _plain_or_gz(Path(folder) / "queries.jsonl")
+
+
+def _plain_or_gz(p: Path) -> Path:
+    gz = p.with_name(p.name + ".gz")
+    return gz if not p.is_file() and gz.is_file() else p
 
 
 def _string_field(path: Path, lineno: int, obj: dict, name: str, *, required: bool) -> str:
@@ -186,31 +191,27 @@ def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     qrels: dict[str, dict[str, int]] = {}
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            line = _decode_line(path, lineno, raw).rstrip("\r\n")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if lineno == 1 and parts[0].strip().lower() in {"query-id", "query_id", "qid"}:
-                continue
-            if len(parts) != 3:
-                raise DataError(
-                    f"{path}:{lineno}: expected 3 tab-separated fields (query-id, corpus-id, score), "
-                    f"got {len(parts)}"
-                )
-            qid, doc_id, score = (p.strip() for p in parts)
-            if not qid or not doc_id:
-                raise DataError(f"{path}:{lineno}: empty query-id or corpus-id")
-            try:
-                rel = int(score)
-            except ValueError:
-                raise DataError(f"{path}:{lineno}: score must be an integer, got {score!r}") from None
-            docs = qrels.setdefault(qid, {})
-            if doc_id in docs and docs[doc_id] != rel:
-                raise DataError(f"{path}:{lineno}: ({qid}, {doc_id}) is judged twice with different scores "
-                                f"({docs[doc_id]} and {rel})")
-            docs[doc_id] = rel
+    for lineno, line in iter_lines(path):
+        parts = line.split("\t")
+        if lineno == 1 and parts[0].strip().lower() in {"query-id", "query_id", "qid"}:
+            continue
+        if len(parts) != 3:
+            raise DataError(
+                f"{path}:{lineno}: expected 3 tab-separated fields (query-id, corpus-id, score), "
+                f"got {len(parts)}"
+            )
+        qid, doc_id, score = (p.strip() for p in parts)
+        if not qid or not doc_id:
+            raise DataError(f"{path}:{lineno}: empty query-id or corpus-id")
+        try:
+            rel = int(score)
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: score must be an integer, got {score!r}") from None
+        docs = qrels.setdefault(qid, {})
+        if doc_id in docs and docs[doc_id] != rel:
+            raise DataError(f"{path}:{lineno}: ({qid}, {doc_id}) is judged twice with different scores "
+                            f"({docs[doc_id]} and {rel})")
+        docs[doc_id] = rel
     if not qrels:
         raise DataError(f"{path}: no judgments")
     return qrels
@@ -227,8 +228,13 @@ def load_beir(
     *,
     name: str | None = None,
     allow_missing_ids: bool = False,
+    corpus: dict[str, dict[str, str]] | None = None,
 ) -> BeirDataset:
-    """Load one split of a BEIR folder and check that its qrels point at known ids."""
+    """Load one split of a BEIR folder and check that its qrels point at known ids.
+
+    ``corpus`` replaces the folder's own corpus (``--data D --corpus FILE``); the qrels are then
+    checked against it.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
@@ -238,8 +244,8 @@ def load_beir(
         raise DataError(
             f"{qrels_path}: split '{split}' not found (available: {', '.join(splits) or 'none'})"
         )
-    corpus = load_corpus(folder / "corpus.jsonl")
-    queries = load_queries(folder / "queries.jsonl")
+    corpus = load_corpus(corpus_path(folder)) if corpus is None else corpus
+    queries = load_queries(queries_path(folder))
     qrels = load_qrels(qrels_path)
 
     dropped = 0

@@ -40,7 +40,8 @@ def data_roots() -> list[Path]:
 
 
 def _is_beir_folder(p: Path) -> bool:
-    return (p / "corpus.jsonl").is_file() and (p / "queries.jsonl").is_file()
+    return any((p / f).is_file() for f in ("corpus.jsonl", "corpus.jsonl.gz")) and any(
+        (p / f).is_file() for f in ("queries.jsonl", "queries.jsonl.gz"))
 
 
 def resolve_dataset(spec: str | os.PathLike, *, download: bool = True) -> Path:
