@@ -121,3 +121,25 @@ def scifact_dir() -> Path:
     if not (SHARED_SCIFACT / "corpus.jsonl").is_file():
         pytest.skip(f"SciFact not found at {SHARED_SCIFACT} (set EMBED_KD_DATA)")
     return SHARED_SCIFACT
+
+
+@pytest.fixture(params=[False, True], ids=["bf16-absent", "bf16-present"])
+def cpu_bf16(request, monkeypatch) -> bool:
+    """The CPU's native-bfloat16 capability, faked both ways (``EMBED_KD_FAKE_CPU_BF16``): a test that
+    depends on the CPU takes this fixture, so both paths run on any machine (x86-64 with or without
+    AVX512-BF16/AMX, arm64). Such tests are marked ``cpu_feature`` (see pytest_collection_modifyitems)."""
+    from embed_kd.cpu import FAKE_BF16_ENV
+
+    monkeypatch.setenv(FAKE_BF16_ENV, "1" if request.param else "0")
+    return request.param
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cpu_feature: depends on a CPU capability; faked both ways by the "
+                                       "cpu_bf16 fixture (.ci/run runs these again with the opposite fake)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "cpu_bf16" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cpu_feature)

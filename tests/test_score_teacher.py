@@ -210,10 +210,15 @@ def test_exports(tiny_beir, tiny_ce, tmp_path):
 
 # ----------------------------------------------------------------------------------------- bad input
 
-def _assert_clean_error(r, out, *needles):
+def _assert_clean_error(r, out, *needles, warnings=()):
+    """Exit 2 with one ``Error:`` line, after exactly the ``warnings`` lines (substrings, in order)."""
     assert r.exit_code == 2, r.output
-    err = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(err) == 1 and err[0].startswith("Error: "), r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == len(warnings) + 1, r.output
+    for ln, w in zip(lines, warnings):
+        assert ln.startswith("WARNING ") and w in ln, r.output
+    err = lines[len(warnings):]
+    assert err[0].startswith("Error: "), r.output
     assert "Traceback" not in r.output
     for n in needles:
         assert n in err[0], err[0]
@@ -354,14 +359,19 @@ def test_bi_encoder_and_bm25_teachers_agree_with_their_retrievers(tiny_beir, tin
     np.testing.assert_allclose(t["score"], (np.array(t[f"score__{name}"]) + np.array(t["score__bm25"])) / 2, rtol=1e-5, atol=1e-6)
 
 
-def test_torch_bf16_backend(tiny_beir, tiny_ce, tmp_path):
-    """Fast mode torch-bf16: the same predict with the model in bfloat16; close to exact, recorded in the store."""
+def test_torch_bf16_backend(tiny_beir, tiny_ce, tmp_path, cpu_bf16, caplog):
+    """Fast mode torch-bf16: the same predict with the model in bfloat16; close to exact, recorded in the
+    store; on a CPU without native bf16 (faked) it warns that bf16 is emulated, on one with it it does not."""
     from scipy.stats import kendalltau
 
     from embed_kd.teachers.scorers import CrossEncoderTeacher
 
     res, spec, pairs, exact = _backend_case(tiny_beir, tiny_ce, tmp_path)
-    bf16 = CrossEncoderTeacher(spec, res, batch_size=8, backend="torch-bf16").score_texts(pairs)
+    with caplog.at_level("WARNING", logger="embed_kd"):
+        teacher = CrossEncoderTeacher(spec, res, batch_size=8, backend="torch-bf16")
+    emulated = [r for r in caplog.records if "no native bfloat16" in r.getMessage()]
+    assert len(emulated) == (0 if cpu_bf16 else 1), caplog.text
+    bf16 = teacher.score_texts(pairs)
     assert bf16.dtype == np.float32 and bf16.shape == exact.shape
     # bfloat16 keeps 8 significant bits: scores move a little (on this random tiny model up to ~5% of
     # their range), rankings barely
@@ -374,13 +384,16 @@ def test_torch_bf16_backend(tiny_beir, tiny_ce, tmp_path):
     assert open_scores(out).manifest["teachers"][0]["backend"] == "torch-bf16"
 
 
-def test_openvino_backends(tiny_beir, tiny_ce, tmp_path):
+def test_openvino_backends(tiny_beir, tiny_ce, tmp_path, cpu_bf16, caplog):
     """OpenVINO: float32 equals torch (exact within 1e-4); bf16 is close and ranks alike; both cached,
-    recorded in the store with the precision that ran, and a resumed run with another backend is refused."""
+    recorded in the store with the precision that ran, and a resumed run with another backend is refused.
+    Without native bf16 (faked) openvino-bf16 warns and asks OpenVINO for float32; with it, it asks for
+    bf16 (and OpenVINO compiles bf16 where the real CPU has it)."""
     pytest.importorskip("openvino")
+    import openvino as ov
     from scipy.stats import kendalltau
 
-    from embed_kd.teachers.openvino_backend import SCHEMA, native_bf16
+    from embed_kd.teachers.openvino_backend import SCHEMA
     from embed_kd.teachers.scorers import CrossEncoderTeacher
 
     res, spec, pairs, exact = _backend_case(tiny_beir, tiny_ce, tmp_path)
@@ -389,8 +402,13 @@ def test_openvino_backends(tiny_beir, tiny_ce, tmp_path):
     np.testing.assert_allclose(f32.score_texts(pairs), exact, atol=1e-4)
     # batch composition must not change a pair's score (padding is masked): score one pair alone
     np.testing.assert_allclose(f32.score_texts(pairs[3:4]), exact[3:4], atol=1e-4)
-    bf16 = CrossEncoderTeacher(spec, res, batch_size=8, backend="openvino-bf16")
-    assert bf16.manifest_entry()["precision"] == ("bf16" if native_bf16() else "f32")
+    with caplog.at_level("WARNING", logger="embed_kd"):
+        bf16 = CrossEncoderTeacher(spec, res, batch_size=8, backend="openvino-bf16")
+    fallback = [r for r in caplog.records if "running float32 instead" in r.getMessage()]
+    assert len(fallback) == (0 if cpu_bf16 else 1), caplog.text
+    assert bf16._runtime.requested == ("bf16" if cpu_bf16 else "f32")
+    real_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")  # the real CPU, unfaked
+    assert bf16.manifest_entry()["precision"] == ("bf16" if cpu_bf16 and real_bf16 else "f32")
     fast = bf16.score_texts(pairs)
     assert fast.dtype == np.float32 and fast.shape == exact.shape
     assert np.abs(fast - exact).max() <= 0.1 * float(exact.max() - exact.min())
@@ -407,4 +425,5 @@ def test_openvino_backends(tiny_beir, tiny_ce, tmp_path):
     entry = open_scores(out).manifest["teachers"][0]
     assert (entry["backend"], entry["precision"]) == ("openvino", "f32")
     r = _invoke(_args(tiny_beir, out, tmp_path / "cache", "--teacher", f"ce:{tiny_ce}", "--backend", "openvino-bf16"))
-    _assert_clean_error(r, None, "another config", "teachers")
+    _assert_clean_error(r, None, "another config", "teachers",
+                        warnings=() if cpu_bf16 else ("openvino-bf16: this CPU has no native bfloat16",))

@@ -52,11 +52,12 @@ def _require_openvino():
 
 
 def native_bf16() -> bool:
-    """Whether OpenVINO's CPU plugin can run bfloat16 on this CPU (AVX512-BF16 / AMX)."""
-    _require_openvino()
-    import openvino as ov
+    """Whether OpenVINO's CPU plugin can run bfloat16 on this CPU (AVX512-BF16 / AMX); faked by
+    ``EMBED_KD_FAKE_CPU_BF16`` (:func:`embed_kd.cpu.native_bf16`)."""
+    from embed_kd.cpu import native_bf16 as probe
 
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    _require_openvino()
+    return probe("openvino")
 
 
 def export_cross_encoder(model, cache_root: Path | None = None) -> Path:
@@ -64,7 +65,7 @@ def export_cross_encoder(model, cache_root: Path | None = None) -> Path:
     import torch
 
     from embed_kd.data.resolve import cache_root as default_root
-    from embed_kd.io import atomic_dir
+    from embed_kd.io import Artifact, atomic_dir
     from embed_kd.models import fingerprint_model
 
     _require_openvino()
@@ -87,7 +88,7 @@ def export_cross_encoder(model, cache_root: Path | None = None) -> Path:
         graph = ov.convert_model(logits_module, example_input=sample)
     for port, name in zip(graph.inputs, names):
         port.get_tensor().set_names({name})
-    with atomic_dir(folder, overwrite=True) as tmp:
+    with atomic_dir(folder, overwrite=True, artifact=Artifact(SCHEMA, "meta.json", "OpenVINO export")) as tmp:
         ov.save_model(graph, str(tmp / "model.xml"), compress_to_fp16=False)
         from embed_kd.evaluation.retrieval_eval import versions
 
@@ -102,7 +103,8 @@ class OvCrossEncoder:
     """A compiled OpenVINO cross-encoder: ``logits(features) -> float32 [batch]``.
 
     ``precision`` is ``f32`` or ``bf16`` (the latter falls back to f32, with a warning, where the CPU
-    has no native bf16); ``self.precision`` is what was compiled.
+    has no native bf16); ``self.requested`` is the precision asked of OpenVINO, ``self.precision``
+    what it compiled (OpenVINO itself keeps float32 where it cannot run the bf16 asked of it).
     """
 
     def __init__(self, path: Path, precision: str = "f32", threads: int | None = None):
@@ -115,6 +117,7 @@ class OvCrossEncoder:
             logger.warning("--backend openvino-bf16: this CPU has no native bfloat16 (AVX512-BF16/AMX); "
                            "running float32 instead (recorded in the store)")
             precision = "f32"
+        self.requested = precision
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)

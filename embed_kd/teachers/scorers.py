@@ -293,11 +293,9 @@ def _warn_if_no_native_bf16() -> None:
     """bfloat16 inference is only fast where the CPU multiplies bf16 natively (AVX512-BF16 / AMX)."""
     import torch
 
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - very old / unusual torch builds
-        native = False
-    if not native and not torch.cuda.is_available():
+    from embed_kd.cpu import native_bf16
+
+    if not native_bf16("torch") and not torch.cuda.is_available():
         logger.warning("--backend torch-bf16: this CPU has no native bfloat16 (AVX512-BF16/AMX); bf16 is "
                        "emulated and likely slower than --backend torch")
 
