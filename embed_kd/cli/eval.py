@@ -48,12 +48,19 @@ from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosi
 @click.option("--allow-teacher-mismatch", is_flag=True,
               help="Asymmetric mode: evaluate even when --query-model declares another embedding teacher than "
                    "--doc-model (a warning instead of a refusal).")
+@click.option("--sts", "sts", metavar="FILE|stsb",
+              help="Also (or, without --data, only) measure cosine Spearman/Pearson on an STS file of scored "
+                   "sentence pairs; 'stsb' = the STS Benchmark under $EMBED_KD_DATA/stsb.")
+@click.option("--sts-split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True,
+              help="Split of --sts stsb.")
+@click.option("--sts-teacher", help="Reference model for --sts (reported beside, with the ratio; default: an "
+              "asymmetric pair's --doc-model).")
 @verbosity_options
 @run_command
 def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output, overwrite, save_run, index_kind, top_k,
                  batch_size, cache_dir, no_cache, limit_queries, limit_docs, allow_missing_ids,
                  ignore_identical_ids, threads, no_progress, ensemble_config, save_weights, rerank_model,
-                 rerank_depth, doc_top_k, query_top_k, loyalty_teacher, allow_teacher_mismatch, verbose, quiet):
+                 rerank_depth, doc_top_k, query_top_k, loyalty_teacher, allow_teacher_mismatch, sts, sts_split, sts_teacher, verbose, quiet):
     """Encode, index with FAISS and score with pytrec_eval (nDCG@10, Recall@100, MRR@10).
 
     A SparseEncoder (SPLADE) model is searched exactly on a SciPy sparse inverted index instead
@@ -64,6 +71,7 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
     Sparse:      embed-kd eval --data scifact --model runs/sparse-student --doc-top-k 128
     Asymmetric:  embed-kd eval --data scifact --query-model runs/student --doc-model minilm-l6
     BM25:        embed-kd eval --data scifact --model bm25
+    STS only:    embed-kd eval --sts stsb --model runs/student --sts-teacher minilm-l6
     """
     from embed_kd import distributed as dist
     from embed_kd.errors import EmbedKDError
@@ -94,13 +102,28 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
                              doc_model=doc_model, output=output, overwrite=overwrite, batch_size=batch_size,
                              limit_queries=limit_queries, limit_docs=limit_docs, allow_missing_ids=allow_missing_ids,
                              show_progress=not no_progress, cache_dir=cache_dir, use_cache=not no_cache)
+    if sts_teacher and not sts:
+        raise EmbedKDError("--sts-teacher needs --sts")
+    if sts and (ensemble_config or model == "bm25"):
+        raise EmbedKDError("--sts measures a bi-encoder's embeddings: pass --model M or --query-model/--doc-model "
+                           "(not bm25 or --ensemble)")
+    if sts and not data:
+        return _sts_only(sts, sts_split, model=model, query_model=query_model, doc_model=doc_model,
+                         sts_teacher=sts_teacher, output=output, overwrite=overwrite, save_run=save_run,
+                         rerank_model=rerank_model, loyalty_teacher=loyalty_teacher, batch_size=batch_size,
+                         show_progress=not no_progress, world=world)
     if not data:
-        raise EmbedKDError("--data is required (it is optional only with --mteb)")
+        raise EmbedKDError("--data is required (it is optional only with --mteb or --sts)")
     if (doc_top_k or query_top_k) and not _any_sparse(model, query_model, doc_model):
         raise EmbedKDError("--doc-top-k / --query-top-k prune sparse vectors; pass a sparse model (--model SPARSE_MODEL)")
-    for path in (output, save_run, save_weights):
+    from embed_kd.evaluation import outputs
+
+    # before any work: two flags naming one file, and outputs that are not embed-kd's of that kind
+    outputs.check_distinct({"-o": output, "--save-run": save_run, "--save-weights": save_weights})
+    for path, artifact in ((output, outputs.EVAL_RESULT), (save_run, outputs.RUN),
+                           (save_weights, outputs.ENSEMBLE_WEIGHTS)):
         if path:
-            refuse_existing(path, overwrite)
+            refuse_existing(path, overwrite, artifact=artifact)
             check_writable(path)  # a read-only or missing folder fails now, not after the encode
 
     from embed_kd.data import load_beir, resolve_dataset
@@ -118,6 +141,7 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
     opts = EvalOptions(top_k=top_k, index=index_kind, batch_size=batch_size, cache_dir=cache_dir,
                        use_cache=not no_cache, ignore_identical_ids=ignore_identical_ids,
                        show_progress=not no_progress, timings={"load_data_s": load_data_s})
+    in_memory = {}  # spec -> model already loaded (reused by --sts)
     if ensemble_config:
         from embed_kd.teachers.ensemble import evaluate_ensemble_from_config
 
@@ -135,17 +159,20 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
         from embed_kd.models import load_sparse_encoder
 
         t = time.perf_counter()
-        sm = load_sparse_encoder(model)
+        sm = in_memory[model] = load_sparse_encoder(model)
         opts.timings["load_models_s"] = time.perf_counter() - t
         result = evaluate_sparse(dataset, sm, options=opts, doc_top_k=doc_top_k, query_top_k=query_top_k)
         result.pop("_matrices")
     else:
         t = time.perf_counter()
-        if model:
-            qm = dm = load_sentence_transformer(model)
+        from embed_kd.students.asym import document_route, query_route, split_routes
+
+        if model:  # an asym (Router) model splits into its query and document towers
+            qm, dm = split_routes(load_sentence_transformer(model))
         else:
-            qm, dm = load_sentence_transformer(query_model), load_sentence_transformer(doc_model)
+            qm, dm = query_route(load_sentence_transformer(query_model)), document_route(load_sentence_transformer(doc_model))
         opts.timings["load_models_s"] = time.perf_counter() - t
+        in_memory.update({model or query_model: qm, doc_model or model: dm})
         alignment = None
         if not model:
             from embed_kd.evaluation.retrieval_eval import model_info
@@ -168,9 +195,15 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
         from embed_kd.evaluation.rerank import evaluate_rerank
         from embed_kd.models import load_cross_encoder
 
-        result = evaluate_rerank(dataset, load_cross_encoder(rerank_model), result, depth=rerank_depth,
+        result = evaluate_rerank(dataset, load_cross_encoder(rerank_model, role="--rerank"), result, depth=rerank_depth,
                                  batch_size=batch_size, show_progress=not no_progress,
                                  ignore_identical_ids=ignore_identical_ids)
+    if sts:
+        from embed_kd.evaluation.sts import evaluate_sts_specs
+
+        result["sts"] = evaluate_sts_specs(sts, sts_split, model=model, query_model=query_model, doc_model=doc_model,
+                                           teacher=sts_teacher, loaded=in_memory,
+                                           batch_size=batch_size, show_progress=not no_progress)
     run = result.pop("run")
     if not world.is_main:
         return
@@ -197,6 +230,8 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
         click.echo(f"\nloyalty to {ly['teacher']['spec']}: top-10 overlap {fmt(ly['top10_overlap'])}, "
                    f"Spearman {fmt(ly['spearman'])}, query cosine {fmt(ly['query_cosine'])}, "
                    f"doc cosine {fmt(ly['doc_cosine'])}")
+    if sts:
+        _echo_sts(result["sts"])
     if verbose:
         click.echo()
         click.echo(timings_table(result))
@@ -209,3 +244,40 @@ def _any_sparse(*specs) -> bool:
     from embed_kd.models import is_sparse_model
 
     return any(s and is_sparse_model(s) for s in specs)
+
+
+def _sts_only(sts, split, *, model, query_model, doc_model, sts_teacher, output, overwrite, save_run, rerank_model,
+              loyalty_teacher, batch_size, show_progress, world):
+    """``eval --sts`` without ``--data``: STS correlations only (an ``embed-kd/sts@1`` result)."""
+    from embed_kd.errors import EmbedKDError
+    from embed_kd.evaluation.sts import evaluate_sts_specs, sts_document
+    from embed_kd.io import atomic_write_json
+
+    from embed_kd.io import check_writable, refuse_existing
+
+    if save_run or rerank_model or loyalty_teacher:
+        raise EmbedKDError("--save-run/--rerank/--loyalty-teacher are retrieval options; --sts without --data "
+                           "measures STS only")
+    if output:
+        refuse_existing(output, overwrite)
+        check_writable(output)
+    result = sts_document(evaluate_sts_specs(sts, split, model=model, query_model=query_model, doc_model=doc_model,
+                                             teacher=sts_teacher, batch_size=batch_size,
+                                             show_progress=show_progress))
+    if not world.is_main:
+        return
+    if output:
+        atomic_write_json(output, result, overwrite=overwrite)
+    _echo_sts(result)
+    if output:
+        click.echo(f"written to {output}", err=True)
+
+
+def _echo_sts(result: dict) -> None:
+    from embed_kd.evaluation.sts import sts_table
+
+    rows = [result] if not result.get("teacher") else [
+        {**result, "model": result["teacher"]["model"], "metrics": result["teacher"]["metrics"], "teacher": None},
+        result]
+    click.echo("\n" + sts_table(rows))
+    click.echo(result["encoding"], err=True)

@@ -6,7 +6,8 @@ import click
 
 from embed_kd.cli.common import run_command, setup_logging, verbosity_options
 
-SCHEMAS = ("embed-kd/eval@1", "embed-kd/mteb@1")
+SCHEMAS = ("embed-kd/eval@1", "embed-kd/mteb@1", "embed-kd/sts@1")
+STS_FIELDS = ("model.spec", "dataset.name", "metrics.spearman_cosine", "metrics.pearson_cosine")
 
 
 @click.command("report")
@@ -22,6 +23,10 @@ SCHEMAS = ("embed-kd/eval@1", "embed-kd/mteb@1")
 def report_command(results, plot_path, labels, title, overwrite, verbose, quiet) -> None:
     """Print a markdown table of eval RESULTS (JSON files written by `embed-kd eval -o` / `eval --mteb -o`).
 
+    STS results (`eval --sts … -o`, or an eval result made with --sts) get a second table: cosine
+    Spearman/Pearson with the ratio to the teacher (the result's own --sts-teacher, else the first
+    STS row).
+
     \b
     embed-kd report runs/*.json
     embed-kd report runs/teacher.json runs/cut.json runs/student.json --plot runs/speed.png
@@ -35,7 +40,9 @@ def report_command(results, plot_path, labels, title, overwrite, verbose, quiet)
 
     setup_logging(verbose, quiet)
     if plot_path:
-        refuse_existing(plot_path, overwrite)
+        from embed_kd.evaluation.outputs import PLOT
+
+        refuse_existing(plot_path, overwrite, artifact=PLOT)
     by_file = {}
     for item in labels:
         path, sep, text = item.partition("=")
@@ -47,7 +54,10 @@ def report_command(results, plot_path, labels, title, overwrite, verbose, quiet)
         r = read_json(path, "eval result")
         if not isinstance(r, dict) or r.get("schema") not in SCHEMAS:
             raise ArtifactError(f"{path}: not an embed-kd eval result (schema {' or '.join(SCHEMAS)})")
-        missing = missing_fields(r) if r["schema"] == "embed-kd/eval@1" else []
+        missing = (missing_fields(r) if r["schema"] == "embed-kd/eval@1" else
+                   missing_fields(r, STS_FIELDS) if r["schema"] == "embed-kd/sts@1" else [])
+        if not missing and isinstance(r.get("sts"), dict):
+            missing = [f"sts.{f}" for f in missing_fields(r["sts"], STS_FIELDS)]
         if missing:
             raise ArtifactError(f"{path}: eval result is missing field(s) {', '.join(missing)}")
         loaded.append(r)
@@ -58,10 +68,21 @@ def report_command(results, plot_path, labels, title, overwrite, verbose, quiet)
         if r["schema"] == "embed-kd/mteb@1":
             click.echo(f"\nMTEB ({r['mode']}, queries by {r['query_model']['spec']}, docs by {r['doc_model']['spec']}):")
             click.echo(mteb_table(r))
+    sts_rows = [r if r["schema"] == "embed-kd/sts@1" else r["sts"] for r in loaded
+                if r["schema"] == "embed-kd/sts@1" or isinstance(r.get("sts"), dict)]
+    if sts_rows:
+        from embed_kd.evaluation.sts import sts_table
+
+        click.echo("\nSTS:\n" + sts_table(sts_rows))
     if plot_path:
         from embed_kd.evaluation.plot import plot_quality_speed, points, speed_table
 
-        pts = points(loaded, [by_file.get(Path(p).resolve()) for p in results])
+        # an STS-only result joins the retrieval point of the same query model (its STS Spearman in the table)
+        sts_by_model = {key: r["metrics"]["spearman_cosine"] for r in loaded if r["schema"] == "embed-kd/sts@1"
+                        for key in (r["model"]["spec"], r["model"].get("fingerprint")) if key}
+        keep = [i for i, r in enumerate(loaded) if r["schema"] != "embed-kd/sts@1"]
+        results, loaded = [results[i] for i in keep], [loaded[i] for i in keep]
+        pts = points(loaded, [by_file.get(Path(p).resolve()) for p in results], sts=sts_by_model)
         click.echo("\n" + speed_table(pts))
         plot_quality_speed(pts, plot_path, title=title, overwrite=overwrite)
         click.echo(f"\nplot written to {plot_path}", err=True)

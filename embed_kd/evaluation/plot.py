@@ -19,6 +19,11 @@ Each point gets a role, which decides its colour and marker:
 Retention is nDCG@10 relative to the teacher point (the first one when several), speed-up is
 its queries/s relative to the teacher's.
 
+A point also carries the STS Spearman of its query model when known — from the result's own
+``sts`` block (``eval --data … --sts …``) or from an ``embed-kd/sts@1`` result of the same model
+(fingerprint, else spec) passed beside it — and the table then gains STS and STS-retention columns; the PNG labels
+such points with it.
+
 >>> pts = points([
 ...     {"mode": "symmetric", "query_model": {"spec": "minilm-l6"}, "doc_model": {"spec": "minilm-l6"},
 ...      "metrics": {"ndcg_at_10": 0.6451}, "throughput": {"queries_per_s": 100.0}},
@@ -52,6 +57,7 @@ class Point:
     ndcg_at_10: float
     queries_per_s: float | None
     doc_model: str | None = None
+    sts_spearman: float | None = None
 
 
 def _queries_per_s(r: dict) -> float | None:
@@ -88,8 +94,9 @@ def _role(r: dict) -> str:
     return "student"
 
 
-def points(results: list[dict], labels: list[str | None] | None = None) -> list[Point]:
-    """One :class:`Point` per result (``labels[i]`` overrides the default label, the query model's name)."""
+def points(results: list[dict], labels: list[str | None] | None = None, sts: dict | None = None) -> list[Point]:
+    """One :class:`Point` per result (``labels[i]`` overrides the default label, the query model's name);
+    ``sts`` maps a model fingerprint or spec to its STS Spearman (used when the result has no ``sts`` block)."""
     out = []
     for i, r in enumerate(results):
         role = _role(r)
@@ -98,8 +105,11 @@ def points(results: list[dict], labels: list[str | None] | None = None) -> list[
         m = r.get("metrics") or {}
         if "ndcg_at_10" not in m:
             raise EmbedKDError(f"result {i + 1} ({label}) has no nDCG@10 (an MTEB run without a retrieval task?)")
+        block = r.get("sts") if isinstance(r.get("sts"), dict) else None
+        fp = (r.get("query_model") or {}).get("fingerprint")
+        sts_sp = block["metrics"]["spearman_cosine"] if block else (sts or {}).get(fp, (sts or {}).get(q))
         out.append(Point(label, role, float(m["ndcg_at_10"]), _queries_per_s(r) if role != "bm25" else None,
-                         (r.get("doc_model") or {}).get("spec")))
+                         (r.get("doc_model") or {}).get("spec"), None if sts_sp is None else float(sts_sp)))
     return out
 
 
@@ -110,12 +120,21 @@ def _teacher(pts: list[Point]) -> Point | None:
 def speed_table(pts: list[Point]) -> str:
     """Markdown: nDCG@10, retention vs the teacher, queries/s and speed-up per point."""
     t = _teacher(pts)
-    rows = ["| point | role | nDCG@10 | retention | queries/s | speed-up |", "|---|---|---|---|---|---|"]
+    with_sts = any(p.sts_spearman is not None for p in pts)
+    rows = ["| point | role | nDCG@10 | retention | queries/s | speed-up |" + (" STS Spearman | STS retention |"
+                                                                              if with_sts else ""),
+            "|---|---|---|---|---|---|" + ("---|---|" if with_sts else "")]
     for p in pts:
         ret = f"{100 * p.ndcg_at_10 / t.ndcg_at_10:.1f}%" if t and t.ndcg_at_10 else "—"
         qps = f"{p.queries_per_s:.1f}" if p.queries_per_s else "—"
         up = f"{p.queries_per_s / t.queries_per_s:.2f}×" if t and t.queries_per_s and p.queries_per_s else "—"
-        rows.append(f"| {p.label} | {p.role} | {p.ndcg_at_10:.4f} | {ret} | {qps} | {up} |")
+        row = f"| {p.label} | {p.role} | {p.ndcg_at_10:.4f} | {ret} | {qps} | {up} |"
+        if with_sts:
+            sp = f"{p.sts_spearman:.4f}" if p.sts_spearman is not None else "—"
+            sret = (f"{100 * p.sts_spearman / t.sts_spearman:.1f}%" if t and t.sts_spearman
+                    and p.sts_spearman is not None else "—")
+            row += f" {sp} | {sret} |"
+        rows.append(row)
     return "\n".join(rows)
 
 
@@ -129,7 +148,9 @@ def plot_quality_speed(pts: list[Point], path: str | os.PathLike, *, title: str 
 
     from embed_kd.io import atomic_write_bytes, refuse_existing
 
-    refuse_existing(path, overwrite)
+    from embed_kd.evaluation.outputs import PLOT, PLOT_SOFTWARE
+
+    refuse_existing(path, overwrite, artifact=PLOT)
     dense = [p for p in pts if p.role != "bm25" and p.queries_per_s]
     skipped = [p.label for p in pts if p.role != "bm25" and not p.queries_per_s]
     if skipped:
@@ -144,7 +165,8 @@ def plot_quality_speed(pts: list[Point], path: str | os.PathLike, *, title: str 
                 ax.scatter([p.queries_per_s for p in group], [p.ndcg_at_10 for p in group], s=60,
                            c=COLORS[role], marker=MARKERS[role], label=role, zorder=3)
         for i, p in enumerate(dense):  # alternate offsets so that labels of close points do not overlap
-            ax.annotate(f"{p.label}\n{p.ndcg_at_10:.4f}", (p.queries_per_s, p.ndcg_at_10), textcoords="offset points",
+            text = f"{p.label}\n{p.ndcg_at_10:.4f}" + (f" · STS {p.sts_spearman:.3f}" if p.sts_spearman is not None else "")
+            ax.annotate(text, (p.queries_per_s, p.ndcg_at_10), textcoords="offset points",
                         xytext=(6, 4 if i % 2 == 0 else -22), fontsize=8)
         for p in pts:
             if p.role == "bm25":
@@ -168,7 +190,7 @@ def plot_quality_speed(pts: list[Point], path: str | os.PathLike, *, title: str 
         import io
 
         buf = io.BytesIO()
-        fig.savefig(buf, format="png")
+        fig.savefig(buf, format="png", metadata={"Software": PLOT_SOFTWARE})  # how a rerun recognises it
     finally:
         plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue(), overwrite=True)
