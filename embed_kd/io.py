@@ -161,6 +161,39 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, overwrite: bool = Tr
 
 
 @contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, *, overwrite: bool = True, encoding: str = "utf-8") -> Iterator[Any]:
+    """A text file written piece by piece (bounded memory) that appears whole at ``path`` or not at all.
+
+    The block writes to a temporary sibling; it is fsynced and renamed into place when the block
+    succeeds, removed when it raises.
+    """
+    path = Path(path)
+    if not overwrite:
+        refuse_existing(path, overwrite)
+    _check_parent(path)
+    sweep_stale(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot create a file in {path.parent} ({exc.strerror or exc})") from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "w", encoding=encoding, newline="") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise ArtifactError(f"{path}: write failed ({exc.strerror or exc})") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Build a folder in a temporary sibling and rename it into place when the block succeeds.
 

@@ -52,18 +52,21 @@ def margin_triples(qid: str, rows: Sequence[tuple[str, float, int]], negatives_p
 
 def export_margin_mse_tsv(store, path, *, column: str = "score", negatives_per_positive: int | None = None,
                           overwrite: bool = False) -> int:
-    """Write the triples TSV atomically; returns the number of lines."""
-    from embed_kd.io import atomic_write_text, refuse_existing
+    """Write the triples TSV atomically, streaming the store (one query at a time in memory); returns
+    the number of lines."""
+    from embed_kd.io import atomic_open, refuse_existing
 
-    refuse_existing(path, overwrite)
-    lines = []
-    for qid, rows in store.iter_queries(column):
-        for ps, ns, q, pid, nid in margin_triples(qid, rows, negatives_per_positive):
-            lines.append(f"{ps:.7g}\t{ns:.7g}\t{q}\t{pid}\t{nid}\n")
-    if not lines:
-        raise EmbedKDError(f"{store.path}: no (positive, negative) pair in the store; nothing to export")
-    atomic_write_text(path, "".join(lines), overwrite=overwrite)
-    return len(lines)
+    refuse_existing(path, overwrite, artifact=TSV_ARTIFACT)
+    n = 0
+    with atomic_open(path, overwrite=overwrite) as fh:
+        for qid, rows in store.iter_queries(column):
+            lines = [f"{ps:.7g}\t{ns:.7g}\t{q}\t{pid}\t{nid}\n"
+                     for ps, ns, q, pid, nid in margin_triples(qid, rows, negatives_per_positive)]
+            fh.write("".join(lines))
+            n += len(lines)
+        if not n:  # raising inside the block removes the temporary file
+            raise EmbedKDError(f"{store.path}: no (positive, negative) pair in the store; nothing to export")
+    return n
 
 
 def _texts(store, data: str | None):

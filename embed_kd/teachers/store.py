@@ -522,23 +522,63 @@ class ScoreStore:
             tables.append(t)
         return pa.concat_tables(tables)
 
+    #: rows decoded at a time when streaming (:meth:`iter_batches`): bounds the reader's memory
+    BATCH_ROWS = 65536
+
+    def iter_batches(self, columns: Sequence[str], batch_rows: int | None = None):
+        """``pyarrow.RecordBatch`` es of ``columns`` in store order, one Parquet batch at a time (never
+        the whole store in memory)."""
+        import pyarrow.parquet as pq
+
+        for p in self.chunks:
+            try:
+                pf = pq.ParquetFile(p)
+                batches = pf.iter_batches(batch_size=batch_rows or self.BATCH_ROWS, columns=list(columns))
+                yield from batches
+            except ArtifactError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+                raise ArtifactError(f"{p}: unreadable chunk ({exc})") from None
+
     def iter_queries(self, column: str = "score") -> Iterator[tuple[str, list[tuple[str, float, int]]]]:
-        """``(qid, [(doc_id, score, label), ...])`` per query in split order, candidates in store order."""
+        """``(qid, [(doc_id, score, label), ...])`` per query in split order, candidates in store order.
+
+        Streams: one Parquet batch and one query's candidates are held at a time.
+        """
         self._check_column(column)
-        t = self.table(["query_id", "doc_id", column, "label"])
-        qids, dids = t.column("query_id").to_pylist(), t.column("doc_id").to_pylist()
-        scores, labels = t.column(column).to_pylist(), t.column("label").to_pylist()
-        i, n = 0, len(qids)
-        while i < n:
-            j = i
-            while j < n and qids[j] == qids[i]:
-                j += 1
-            yield qids[i], [(dids[k], float(scores[k]), int(labels[k])) for k in range(i, j)]
-            i = j
+        cur_q, cur = None, []
+        for batch in self.iter_batches(["query_id", "doc_id", column, "label"]):
+            qids, dids = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+            scores, labels = batch.column(2).to_pylist(), batch.column(3).to_pylist()
+            for q, d, s, lab in zip(qids, dids, scores, labels):
+                if q != cur_q:
+                    if cur:
+                        yield cur_q, cur
+                    cur_q, cur = q, []
+                cur.append((d, float(s), int(lab)))
+        if cur:
+            yield cur_q, cur
+
+    def iter_ranked(self, column: str = "score") -> Iterator[tuple[str, list[tuple[str, float, int]]]]:
+        """:meth:`iter_queries` with each query's candidates sorted by score descending (ties: doc id)."""
+        for q, rows in self.iter_queries(column):
+            yield q, sorted(rows, key=lambda r: (-r[1], r[0]))
+
+    def query_ids(self) -> list[str]:
+        """The store's query ids in store order (reads only the ``query_id`` column)."""
+        out: list[str] = []
+        for batch in self.iter_batches(["query_id"]):
+            for q in batch.column(0).to_pylist():
+                if not out or out[-1] != q:
+                    out.append(q)
+        return out
 
     def by_query(self, column: str = "score") -> dict[str, list[tuple[str, float, int]]]:
-        """``{qid: [(doc_id, score, label), ...]}`` sorted by score descending (ties: doc id)."""
-        return {q: sorted(rows, key=lambda r: (-r[1], r[0])) for q, rows in self.iter_queries(column)}
+        """``{qid: [(doc_id, score, label), ...]}`` sorted by score descending (ties: doc id).
+
+        Holds every candidate in memory: corpus-scale readers use :meth:`iter_ranked` instead.
+        """
+        return dict(self.iter_ranked(column))
 
     def to_run(self, column: str = "score") -> dict[str, dict[str, float]]:
         """A TREC-style run ``{qid: {doc_id: score}}`` of one score column."""

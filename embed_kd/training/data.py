@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Container, Iterator, Mapping
 
 import numpy as np
 
@@ -45,6 +46,11 @@ from embed_kd.data.beir import BeirDataset, doc_text
 from embed_kd.data.fingerprint import fingerprint_queries
 from embed_kd.errors import ArtifactError, EmbedKDError
 from embed_kd.teachers.fusion import normalize_scores
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow
+
+    from embed_kd.teachers.store import ScoreStore
 
 logger = logging.getLogger(__name__)
 
@@ -88,20 +94,91 @@ def sample_negatives(ranked: list[str], n: int, strategy: str, rng: random.Rando
 
 @dataclass
 class ScoreExamples:
-    rows: list[dict]
+    """The score examples as one Arrow table (columns as in the module docstring) and their stats."""
+
+    table: "pyarrow.Table"
     stats: dict = field(default_factory=dict)
 
+    @property
+    def rows(self) -> list[dict]:
+        """The examples as a list of dicts (small sets, tests; training reads :meth:`dataset`)."""
+        return self.table.to_pylist()
 
-def build_score_examples(by_query: dict[str, list[tuple[str, float, int]]], dataset: BeirDataset,
-                         train_qids: list[str], *, negatives: int, sampling: str, rounds: int,
-                         score_norm: str, documents: str, doc_row: dict[str, int] | None, seed: int,
+    def dataset(self):
+        """A ``datasets.Dataset`` over the table (the trainer's input; no copy into Python objects)."""
+        from datasets import Dataset
+        from datasets.table import InMemoryTable
+
+        return Dataset(InMemoryTable(self.table))
+
+
+@dataclass
+class CandidateStream:
+    """Each query's teacher-ranked candidates, streamed from a score store in store order.
+
+    What :func:`build_score_examples` reads at corpus scale instead of a ``{qid: candidates}``
+    dict: one Parquet batch and one query's candidates are in memory at a time.
+    ``keep_docs`` (a ``--limit-docs`` smoke run) drops candidates outside the sliced corpus.
+    """
+
+    store: "ScoreStore"
+    keep_docs: Container[str] | None = None
+    column: str = "score"
+
+    def query_ids(self) -> list[str]:
+        return self.store.query_ids()
+
+    def __iter__(self) -> Iterator[tuple[str, list[tuple[str, float, int]]]]:
+        for qid, rows in self.store.iter_ranked(self.column):
+            if self.keep_docs is not None:
+                rows = [r for r in rows if r[0] in self.keep_docs]
+            yield qid, rows
+
+
+def _in_order(candidates, qids: list[str]) -> Iterator[tuple[str, list | None]]:
+    """``(qid, ranked candidates or None)`` for each of ``qids`` in that order.
+
+    A mapping is looked up; a :class:`CandidateStream` is read once, in store order — a query that
+    comes before its turn is held until then (none is, when the store follows the split order, as
+    ``score-teacher`` writes it), and queries the store lacks are known up front (its query ids).
+    """
+    if isinstance(candidates, Mapping):
+        for q in qids:
+            yield q, candidates.get(q)
+        return
+    want = set(qids)
+    present = want & set(candidates.query_ids())
+    stream = iter(candidates)
+    held: dict[str, list] = {}
+    for q in qids:
+        if q not in present:
+            yield q, None
+            continue
+        while q not in held:
+            sq, rows = next(stream)  # q is in the store: it comes
+            if sq in want:
+                held[sq] = rows
+        yield q, held.pop(q)
+
+
+#: example rows converted to Arrow at a time (bounds the Python objects alive while building)
+_FLUSH_ROWS = 4096
+
+
+def build_score_examples(candidates: Mapping[str, list[tuple[str, float, int]]] | CandidateStream,
+                         dataset: BeirDataset, train_qids: list[str], *, negatives: int, sampling: str,
+                         rounds: int, score_norm: str, documents: str, doc_row: dict[str, int] | None, seed: int,
                          min_candidates: int = 2) -> ScoreExamples:
-    """Score examples (see the module docstring) for ``train_qids`` from ``store.by_query()``."""
+    """Score examples (see the module docstring) for ``train_qids`` from ``store.by_query()`` or a
+    :class:`CandidateStream` over the store (same examples, bounded memory)."""
+    import pyarrow as pa
+
     rng = random.Random(seed)
     rows: list[dict] = []
+    tables: list = []
+    n_rows = 0
     skipped_short, skipped_missing, no_positive = 0, 0, 0
-    for qid in train_qids:
-        cands = by_query.get(qid)
+    for qid, cands in _in_order(candidates, train_qids):
         if cands is None:
             skipped_missing += 1
             continue
@@ -137,16 +214,23 @@ def build_score_examples(by_query: dict[str, list[tuple[str, float, int]]], data
                 row.update({f"doc_{i}": doc_text(dataset.corpus[d]) for i, d in enumerate(docs)})
                 row["label"] = [float(score[d]) for d in docs]
                 rows.append(row)
-    if not rows:
+        if len(rows) >= _FLUSH_ROWS:
+            tables.append(pa.Table.from_pylist(rows))
+            n_rows += len(rows)
+            rows = []
+    if rows:
+        tables.append(pa.Table.from_pylist(rows))
+        n_rows += len(rows)
+    if not n_rows:
         raise EmbedKDError("score store: no training examples could be built (no train query has enough "
                            "scored candidates; check that the store was made on the train split)")
-    stats = {"queries": len(train_qids) - skipped_short - skipped_missing, "examples": len(rows),
+    stats = {"queries": len(train_qids) - skipped_short - skipped_missing, "examples": n_rows,
              "skipped_short": skipped_short, "skipped_not_in_store": skipped_missing,
              "queries_without_judged_positive": no_positive, "negatives": negatives, "sampling": sampling,
              "rounds": rounds, "score_norm": score_norm, "documents": documents}
-    logger.info("score examples: %d rows from %d queries (%s negatives x %d, %s)", len(rows), stats["queries"],
+    logger.info("score examples: %d rows from %d queries (%s negatives x %d, %s)", n_rows, stats["queries"],
                 negatives, rounds, sampling)
-    return ScoreExamples(rows, stats)
+    return ScoreExamples(pa.concat_tables(tables), stats)
 
 
 def teacher_query_embeddings(teacher, queries: dict[str, str], qids: list[str], *, cache, batch_size: int = 64,
@@ -190,11 +274,13 @@ def build_align_examples(dataset: BeirDataset, doc_emb: np.ndarray, doc_ids: lis
                             "max_texts": max_texts}
 
 
-def load_training_scores(cfg, dataset, full_fps: dict, sliced: bool):
+def load_training_scores(cfg, dataset, full_fps: dict, sliced: bool, *, stream: bool = False):
     """Open ``cfg.scores`` and check it was made on this dataset and split.
 
-    Returns ``(store, by_query)``; with ``sliced`` (a ``--limit-*`` smoke run) the store is checked
-    against the full dataset's fingerprints ``full_fps`` and candidates outside the slice are dropped.
+    Returns ``(store, candidates)``: ``{qid: ranked candidates}`` in memory, or with ``stream`` a
+    :class:`CandidateStream` that reads them from the store when consumed (corpus scale). With
+    ``sliced`` (a ``--limit-*`` smoke run) the store is checked against the full dataset's
+    fingerprints ``full_fps`` and candidates outside the slice are dropped.
     """
     from embed_kd.teachers.store import open_scores
 
@@ -209,6 +295,8 @@ def load_training_scores(cfg, dataset, full_fps: dict, sliced: bool):
             raise ArtifactError(f"{cfg.scores}: scores were made on another dataset ({', '.join(bad)} differ)")
     else:
         store.check_dataset(dataset)
+    if stream:
+        return store, CandidateStream(store, keep_docs=dataset.corpus if sliced else None)
     by_query = store.by_query()
     if sliced:  # smoke run: keep the candidates inside the sliced corpus
         by_query = {q: [r for r in rows if r[0] in dataset.corpus] for q, rows in by_query.items()}

@@ -221,7 +221,7 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     if cfg.losses.score != "none":
         from embed_kd.training.data import load_training_scores
 
-        store, by_query = load_training_scores(cfg, dataset, full_fps, sliced)
+        store, by_query = load_training_scores(cfg, dataset, full_fps, sliced, stream=True)  # corpus scale
 
     teacher = load_sentence_transformer(cfg.teacher)
     normalize = uses_cosine(teacher)
@@ -264,7 +264,7 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
 
     datasets, losses = {}, _build_losses(cfg, student, doc_emb)
     if "score" in losses:
-        datasets["score"] = Dataset.from_list(score_ex.rows)
+        datasets["score"] = score_ex.dataset()
     if "align" in losses:
         datasets["align"] = Dataset.from_dict({"text": align_texts, "label": align_emb.tolist()})
     if len(datasets) == 1:

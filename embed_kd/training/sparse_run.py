@@ -82,7 +82,6 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
                          limit_docs: int | None = None, config_file: str | None = None,
                          overrides: list[str] | None = None) -> dict:
     """Run one sparse-student experiment; returns the run manifest (also written beside the model)."""
-    from datasets import Dataset
     from sentence_transformers.sparse_encoder import SparseEncoderTrainer, SparseEncoderTrainingArguments
     from sentence_transformers.sparse_encoder.callbacks import SpladeRegularizerWeightSchedulerCallback
     from sentence_transformers.sparse_encoder.data_collator import SparseEncoderDataCollator
@@ -145,7 +144,7 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     )
     budget = _time_budget_callback(T.max_time_s)
     trace = _regularizer_trace(loss)
-    trainer = SparseEncoderTrainer(model=student, args=args, train_dataset=Dataset.from_list(score_ex.rows),
+    trainer = SparseEncoderTrainer(model=student, args=args, train_dataset=score_ex.dataset(),
                                    loss=loss, evaluator=evaluator, data_collator=collator,
                                    callbacks=[scheduler, budget, trace])
     resume_from = None
