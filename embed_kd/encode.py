@@ -9,7 +9,7 @@ bar with a description.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -23,20 +23,37 @@ def uses_cosine(model) -> bool:
 
 
 def encode_texts(model, texts: Sequence[str], *, batch_size: int = 32, normalize: bool | None = None,
-                 role: str = "document", show_progress: bool = True) -> np.ndarray:
+                 role: str = "document", show_progress: bool = True,
+                 progress: Callable[[int], object] | None = None) -> np.ndarray:
     """Encode ``texts`` to a float32 matrix in input order.
 
     ``role`` is ``"query"`` or ``"document"``: models that declare query/document prompts (e5, bge)
     get them through ``encode_query`` / ``encode_document``; others encode the text as it is.
+
+    ``progress`` (e.g. a tqdm bar's ``update``) is called with the number of texts after every
+    batch: the texts are length-sorted as ``SentenceTransformer.encode`` sorts one call's inputs and
+    encoded one batch per call, so the batches are the ones a single call would form.
     """
     if normalize is None:
         normalize = uses_cosine(model)
     fn = getattr(model, f"encode_{role}", None) or model.encode
-    emb = fn(
-        list(texts), batch_size=batch_size, show_progress_bar=show_progress, convert_to_numpy=True,
-        normalize_embeddings=normalize,
-    )
-    return np.ascontiguousarray(emb, dtype=np.float32)
+    texts = list(texts)
+    if progress is None:
+        emb = fn(texts, batch_size=batch_size, show_progress_bar=show_progress, convert_to_numpy=True,
+                 normalize_embeddings=normalize)
+        return np.ascontiguousarray(emb, dtype=np.float32)
+    order = np.argsort([-len(t) for t in texts])  # SentenceTransformer.encode's own length sort
+    out = None
+    for a in range(0, len(texts), batch_size):
+        idx = order[a : a + batch_size]
+        emb = np.asarray(fn([texts[i] for i in idx], batch_size=batch_size, show_progress_bar=False,
+                            convert_to_numpy=True, normalize_embeddings=normalize), dtype=np.float32)
+        if out is None:
+            out = np.empty((len(texts), emb.shape[-1]), dtype=np.float32)
+        out[idx] = emb
+        progress(len(idx))
+    return out if out is not None else encode_texts(model, texts, batch_size=batch_size, normalize=normalize,
+                                                    role=role, show_progress=False)
 
 
 def embedding_dim(model) -> int:

@@ -76,3 +76,40 @@ def test_index_factory_defaults_by_size():
         _, rows = idx.search(emb[:20], 1)
         hits = int((rows[:, 0] == np.arange(20)).sum())
         assert hits >= (20 if kind == "hnsw" else 15), (kind, hits)
+
+
+def test_progress_moves_per_batch(tmp_path, model, dataset, monkeypatch):
+    """The corpus bar advances after every batch (not once per block), with the embeddings unchanged."""
+    import math
+
+    import tqdm.auto
+
+    from embed_kd.encode import encode_texts
+
+    texts = [dataset.doc_text(d) for d in dataset.corpus]
+    steps: list[int] = []
+    batched = encode_texts(model, texts, batch_size=4, normalize=True, progress=steps.append)
+    assert steps == [4] * (len(texts) // 4) + ([len(texts) % 4] if len(texts) % 4 else [])
+    whole = encode_texts(model, texts, batch_size=4, normalize=True, show_progress=False)
+    np.testing.assert_allclose(batched, whole, rtol=0, atol=1e-6)
+
+    updates: list[int] = []
+
+    class Bar:  # records what encode_corpus_streamed reports to its bar
+        def __init__(self, *a, **k):
+            self.total = k.get("total")
+
+        def update(self, n):
+            updates.append(n)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    cache = EmbeddingCache(tmp_path / "cache")
+    n, block = len(dataset.corpus), 7
+    encode_corpus_streamed(model, dataset.corpus, _key(cache, model, dataset), cache=cache, batch_size=2,
+                           block_size=block)
+    blocks = [min(block, n - a) for a in range(0, n, block)]
+    assert sum(updates) == n and max(updates) <= 2
+    assert len(updates) == sum(math.ceil(b / 2) for b in blocks)

@@ -112,6 +112,18 @@ def test_train_cli_end_to_end(tmp_path, tiny_beir, tiny_model, tiny_store, cache
     assert again.exit_code == 2 and "already exists" in again.output
 
 
+def test_train_quiet_keeps_bars_drops_log_dicts(tmp_path, tiny_beir, tiny_model, tiny_store, cache_dir):
+    """-q: the trainer's progress bar stays, its per-logging-step dictionaries do not print (they stay in
+    the manifest's log_history)."""
+    cfg = _config(tmp_path, tiny_beir, tiny_model, tiny_store, average={"enabled": False})
+    r = CliRunner().invoke(main, ["train", str(cfg), "--cache-dir", str(cache_dir), "-q", "--set", "train.max_steps=3"])
+    assert r.exit_code == 0, r.output
+    assert "3/3" in r.output  # the training bar reached its end
+    assert "{'loss'" not in r.output and "'grad_norm'" not in r.output, r.output
+    m = json.loads((tmp_path / "student" / "embed_kd_train.json").read_text())
+    assert [h for h in m["training"]["log_history"] if "loss" in h]
+
+
 def test_train_alignment_only_without_scores(tmp_path, tiny_beir, tiny_model, tiny_store, cache_dir):
     cfg = _config(tmp_path, tiny_beir, tiny_model, tiny_store, scores=None, average={"enabled": False})
     r = CliRunner().invoke(main, ["train", str(cfg), "--cache-dir", str(cache_dir), "--no-progress", "-q",

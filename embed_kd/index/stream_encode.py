@@ -182,13 +182,12 @@ def encode_corpus_streamed(model, corpus: Mapping[str, Mapping[str, str]], key_f
 
     def _encode(texts: list[str]) -> np.ndarray:
         return encode_texts(model, texts, batch_size=batch_size, normalize=normalize, role="document",
-                            show_progress=False)
+                            show_progress=False, progress=bar.update)  # the bar moves per batch
 
     try:
         with dist.step("encoding the corpus"):
             out = np.load(npy, mmap_mode="r+")
-            encode_rows_into(out, lambda i: doc_text(corpus[ids[i]]), start, stop, _encode, block_size=block_size,
-                             progress=bar.update)
+            encode_rows_into(out, lambda i: doc_text(corpus[ids[i]]), start, stop, _encode, block_size=block_size)
             out.flush()
             del out
     except BaseException:

@@ -175,8 +175,12 @@ def _run_chunks(writer, dataset, miner, teachers, ensemble, opt: ScoreOptions) -
         logger.info("resuming %s: %d of %d chunk(s) already committed", writer.folder, skipped, len(owned))
     pause_after = int(os.environ.get(PAUSE_ENV, "0") or 0)
     pending_queries = sum(b - a + 1 for a, b in pending)
-    bar = tqdm(total=None, unit="pair", desc="score-teacher", disable=not opt.show_progress, dynamic_ncols=True,
-               smoothing=0.1)
+    # the bar's total from the start: the candidate budget (sum of the sources' k, at most the corpus)
+    # per pending query, refined after each chunk from the pairs actually mined (sources overlap)
+    specs = getattr(miner, "specs", None) or []
+    budget = min(sum(s.k for s in specs), len(dataset.corpus)) if specs else 0
+    bar = tqdm(total=(pending_queries * budget * len(teachers)) or None, unit="pair", desc="score-teacher",
+               disable=not opt.show_progress, dynamic_ncols=True, smoothing=0.1)
     n_pairs = n_queries = committed = 0
     timings = {"mine_s": 0.0, "score_s": 0.0, "write_s": 0.0}
     per_teacher_s = {t.name: 0.0 for t in teachers}

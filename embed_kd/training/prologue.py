@@ -136,3 +136,25 @@ def trainer_arguments(cfg: TrainConfig, ckpt_dir: Path, *, evaluate: bool, show_
         logging_steps=T.logging_steps, report_to="none", disable_tqdm=not show_progress,
         dataloader_drop_last=False,
     )
+
+
+def quiet_trainer_logs(trainer) -> bool:
+    """Under ``-q`` (the ``embed_kd`` logger above INFO): keep the trainer's progress bar, drop the
+    dictionaries it prints every ``logging_steps`` (``{'loss': ..., 'grad_norm': ...}``; they stay in
+    ``trainer.state.log_history`` and the run manifest). Returns whether it changed anything.
+    """
+    import logging
+
+    if logging.getLogger("embed_kd").getEffectiveLevel() <= logging.INFO:
+        return False
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class BarOnlyProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    changed = trainer.pop_callback(PrinterCallback) is not None  # --no-progress: the logs would print
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(BarOnlyProgress)
+        changed = True
+    return changed

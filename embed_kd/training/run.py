@@ -208,7 +208,7 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     from embed_kd.training.data import (build_align_examples, build_score_examples, split_dev,
                                         teacher_query_embeddings)
     from embed_kd.training.dev_eval import DevRetrievalEvaluator
-    from embed_kd.training.prologue import prepare_training_run, trainer_arguments
+    from embed_kd.training.prologue import prepare_training_run, quiet_trainer_logs, trainer_arguments
 
     cfg.validate()
     run = prepare_training_run(cfg, overwrite=overwrite, resume=resume, limit_queries=limit_queries,
@@ -287,6 +287,7 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     budget = _time_budget_callback(T.max_time_s)
     trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=train_dataset, loss=loss,
                                          evaluator=evaluator, callbacks=[budget])
+    quiet_trainer_logs(trainer)
     cfg_fp = cfg.to_dict()
     cfg_fp.get("train", {}).pop("threads", None)  # threads change the speed, not what is learnt
     inputs = {"config": cfg_fp, "limit_queries": limit_queries, "limit_docs": limit_docs,

@@ -93,7 +93,7 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     from embed_kd.students.sparse import SparseHeadOptions, build_sparse_student
     from embed_kd.training.averaging import finish_checkpoints, list_checkpoints
     from embed_kd.training.data import build_score_examples, split_dev
-    from embed_kd.training.prologue import prepare_training_run, trainer_arguments
+    from embed_kd.training.prologue import prepare_training_run, quiet_trainer_logs, trainer_arguments
     from embed_kd.training.run import MANIFEST, SCHEMA, _time_budget_callback, git_info
     from embed_kd.training.sparse_dev_eval import SparseDevEvaluator, dev_pool
 
@@ -147,6 +147,7 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     trainer = SparseEncoderTrainer(model=student, args=args, train_dataset=score_ex.dataset(),
                                    loss=loss, evaluator=evaluator, data_collator=collator,
                                    callbacks=[scheduler, budget, trace])
+    quiet_trainer_logs(trainer)
     resume_from = None
     if resume:
         ck = list_checkpoints(ckpt_dir)
