@@ -23,8 +23,9 @@ def _layers(text: str | None):
 @click.option("--scores", type=click.Path(file_okay=False), help="Score store from `embed-kd score-teacher` on the same split.")
 @click.option("--teacher", help="Embedding teacher (alignment targets + frozen documents), e.g. minilm-l6.")
 @click.option("--student", help="Student model: path, hub id or preset.")
-@click.option("--student-type", type=click.Choice(["dense", "sparse"]),
-              help="dense (default) or sparse: a SPLADE SparseEncoder trained with SpladeLoss + FLOPS (docs/sparse.md).")
+@click.option("--student-type", type=click.Choice(["dense", "sparse", "static"]),
+              help="dense (default); sparse: a SPLADE SparseEncoder trained with SpladeLoss + FLOPS (docs/sparse.md); "
+                   "static: a StaticEmbedding query encoder initialised from the teacher (docs/static.md).")
 @click.option("--student-from-teacher", is_flag=True, default=None, help="Cut the student out of the teacher (with --keep-layers).")
 @click.option("--keep-layers", help="Teacher layers the cut student keeps, e.g. 0,2,4.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Output folder (a sentence-transformers model).")
@@ -54,7 +55,10 @@ def train_command(config, data, split, scores, teacher, student, student_type, s
     set_threads(threads)
     from embed_kd.training.config import TrainConfig, apply_overrides, with_cli
 
-    cfg = TrainConfig.from_yaml(config) if config else TrainConfig()
+    if config:
+        cfg = TrainConfig.from_yaml(config, student_type=student_type)
+    else:  # a static student's train.* defaults apply through the raw mapping
+        cfg = TrainConfig.from_dict({"student": {"type": student_type}} if student_type else {}, source="--student-type")
     cfg = with_cli(cfg, data=data, split=split, scores=scores, teacher=teacher, output=output,
                    **{"student.model": student, "student.from_teacher": student_from_teacher,
                       "student.keep_layers": _layers(keep_layers)})

@@ -75,12 +75,17 @@ def versions() -> dict:
     return out
 
 
+def _finite(length):
+    """A model's max_seq_length for JSON: None when it has no limit (a StaticEmbedding model's ``inf``)."""
+    return None if length is None or length == float("inf") else length
+
+
 def model_info(model) -> dict:
     return {
         "spec": model_name(model),
         "fingerprint": fingerprint_model(model),
         "dim": embedding_dim(model),
-        "max_seq_length": getattr(model, "max_seq_length", None),
+        "max_seq_length": _finite(getattr(model, "max_seq_length", None)),
     }
 
 

@@ -10,6 +10,10 @@ loads after ``model.save(path)``:
   teacher keeping only the listed transformer layers (the layer-reduction recipe of
   sentence-transformers' model-compression example). Embeddings, pooling and normalisation are the
   teacher's, so the student starts in the teacher's space (aligned).
+- **static** (``StudentSpec(type="static", from_teacher=True)``): a ``StaticEmbedding`` table over
+  the teacher's tokenizer, initialised from the teacher's embedding of each vocabulary entry
+  (:mod:`embed_kd.students.static`, settings in ``TrainConfig.static``); with ``model`` a saved
+  static student is loaded and trained further.
 - **narrow config** (``StudentSpec(from_teacher=True, hidden_size=192, num_layers=3)``): a fresh,
   randomly initialised BERT with the teacher's tokenizer, ``hidden_size`` wide, followed by a
   learned linear projection (:class:`~sentence_transformers.sentence_transformer.modules.Dense`,
@@ -45,12 +49,15 @@ class StudentSpec:
     projection_dim: int | None = None     # add a learned Linear to this dimension (before normalisation)
     max_seq_length: int | None = None     # override the student's max_seq_length
     extra: dict = field(default_factory=dict)
-    type: str = "dense"                   # dense | sparse (SPLADE, embed_kd.students.sparse)
+    type: str = "dense"                   # dense | sparse (SPLADE, embed_kd.students.sparse) | static
+                                          # (StaticEmbedding, embed_kd.students.static)
 
     def describe(self) -> str:
         if self.type == "sparse":
             base = self.model or "the teacher"
             return f"sparse (SPLADE) from {base}" + (f", layers {list(self.keep_layers)}" if self.keep_layers else "")
+        if self.type == "static":
+            return f"static embeddings, {f'model {self.model}' if self.model else 'from the teacher'}"
         if self.model:
             return f"model {self.model}" + (f" + projection to {self.projection_dim}" if self.projection_dim else "")
         if self.keep_layers is not None:
@@ -58,8 +65,8 @@ class StudentSpec:
         return f"narrow {self.num_layers}x{self.hidden_size} + projection"
 
     def validate(self) -> None:
-        if self.type not in ("dense", "sparse"):
-            raise EmbedKDError(f"student: type = {self.type!r}; expected dense or sparse")
+        if self.type not in ("dense", "sparse", "static"):
+            raise EmbedKDError(f"student: type = {self.type!r}; expected dense, sparse or static")
         if self.model and self.from_teacher:
             raise EmbedKDError("student: pass either a model (--student) or --student-from-teacher, not both")
         if not self.model and not self.from_teacher:
@@ -70,6 +77,11 @@ class StudentSpec:
                                "student.hidden_size + student.num_layers (a narrow student)")
         if self.keep_layers is not None and self.hidden_size:
             raise EmbedKDError("student: keep_layers (a cut) and hidden_size (a narrow student) exclude each other")
+        if self.type == "static":
+            for key in ("keep_layers", "hidden_size", "num_layers", "projection_dim"):
+                if getattr(self, key) is not None:
+                    raise EmbedKDError(f"student: {key} does not apply to a static student (its width is the "
+                                       "teacher's, or static.pca_dims + a Dense back to it)")
 
 
 def _transformer_module(model):
@@ -171,11 +183,25 @@ def narrow_student(teacher, hidden_size: int, num_layers: int, *, projection_dim
     return student
 
 
-def build_student(spec: StudentSpec, teacher=None, *, seed: int = 0):
-    """Make the student described by ``spec`` (``teacher``: the loaded embedding teacher, for cuts)."""
+def build_student(spec: StudentSpec, teacher=None, *, seed: int = 0, static=None, texts=None, cache=None):
+    """Make the student described by ``spec`` (``teacher``: the loaded embedding teacher, for cuts).
+
+    A static student from the teacher takes ``static`` (a :class:`embed_kd.students.static.StaticSpec`),
+    ``texts`` (what its SIF weighting counts) and ``cache`` (an embedding cache for the teacher's
+    token vectors).
+    """
     from embed_kd.models import load_sentence_transformer
 
     spec.validate()
+    if spec.type == "static" and not spec.model:
+        from embed_kd.students.static import build_static_student
+
+        if teacher is None:
+            raise EmbedKDError("student: a static student is initialised from the embedding teacher (--teacher)")
+        student = build_static_student(teacher, static, texts=texts, cache=cache, max_seq_length=spec.max_seq_length,
+                                       seed=seed)
+        student.embed_kd_spec = f"student ({spec.describe()})"
+        return student
     if spec.model:
         student = load_sentence_transformer(spec.model)
         if spec.projection_dim and spec.projection_dim != student.get_embedding_dimension():
@@ -190,7 +216,13 @@ def build_student(spec: StudentSpec, teacher=None, *, seed: int = 0):
         else:
             student = narrow_student(teacher, spec.hidden_size, spec.num_layers, projection_dim=spec.projection_dim,
                                      seed=seed)
-    if spec.max_seq_length:
+    if spec.type == "static":
+        from embed_kd.students.static import is_static_model
+
+        if not is_static_model(student):
+            raise EmbedKDError(f"student: {spec.model} is not a static model (its first module is "
+                               f"{type(student[0]).__name__}, not StaticEmbedding); drop student.type: static")
+    elif spec.max_seq_length:
         student.max_seq_length = int(spec.max_seq_length)
     student.embed_kd_spec = f"student ({spec.describe()})"
     return student

@@ -8,17 +8,26 @@ A config file (``yaml.safe_load``; unknown keys are refused, naming the key) mir
     scores: path/to/score-store      # `embed-kd score-teacher` output on the same split
     teacher: minilm-l6               # embedding teacher (alignment targets, frozen documents)
     output: runs/scifact-l3
+    device: auto                     # auto | cpu | cuda | cuda:N | mps (embed_kd.device; --device wins)
     student: {from_teacher: true, keep_layers: [0, 2, 4]}   # see embed_kd.students.StudentSpec
     examples:  {negatives: 7, sampling: stratified, rounds: 4, dev_queries: 50, score_norm: zscore,
                 align_texts: [corpus, queries], max_align_texts: null, min_candidates: 4}
+                # align_texts, weighted: [{source: corpus, weight: 0.5}, {source: stsb-train, weight: 0.3}]
     losses:    {score: margin_mse, score_documents: teacher, score_weight: 1.0, score_scale: 0.1,
                 kl_temperature: 0.05, align: cosine, align_weight: 1.0}
     train:     {epochs: 1, max_steps: -1, batch_size: 32, lr: 2.0e-4, warmup_ratio: 0.1,
                 weight_decay: 0.01, seed: 42, save_steps: 20, eval_steps: 20, max_time_s: null,
-                threads: null, logging_steps: 10}
+                threads: null, logging_steps: 10, precision: auto}   # auto | fp32 | bf16 | fp16
     average:   {enabled: true, last: 3}
     sparse:    {query_flops_weight: 3.0e-3, doc_flops_weight: 1.0e-3, ...}   # student.type: sparse only
                                      # (SparseConfig; docs/sparse.md)
+    static:    {init: teacher, token_pooling: mean, pca_dims: null, weighting: sif, ...}  # student.type: static
+                                     # only (embed_kd.students.static.StaticSpec; docs/static.md)
+
+Student-type defaults: with ``student.type: static`` in the file (or ``--student-type static``),
+the ``train:`` keys the file does not set take the static defaults
+(:data:`embed_kd.students.static.TRAIN_DEFAULTS`: lr 0.05, batch_size 64, weight_decay 0, ...)
+instead of the dense ones; keys the file sets are kept.
 
 Overrides: ``--set train.lr=1e-4 --set student.keep_layers=[1,3,5] --set losses.score=none``; the
 value is parsed with ``yaml.safe_load`` (so numbers, booleans, lists and ``null`` work).
@@ -30,6 +39,9 @@ value is parsed with ``yaml.safe_load`` (so numbers, booleans, lists and ``null`
 0.0001
 >>> cfg.losses.score
 'none'
+>>> st = TrainConfig.from_dict({"student": {"type": "static", "from_teacher": True}, "train": {"lr": 0.1}})
+>>> st.train.lr, st.train.batch_size    # the file's lr, the static default batch size
+(0.1, 64)
 """
 
 from __future__ import annotations
@@ -42,8 +54,10 @@ from typing import Any, Sequence
 
 import yaml
 
+from embed_kd.device import PRECISIONS
 from embed_kd.errors import EmbedKDError, describe_parse_error
 from embed_kd.students.build import StudentSpec
+from embed_kd.students.static import StaticSpec
 
 SCORE_LOSSES = ("margin_mse", "kl", "none")
 ALIGN_LOSSES = ("cosine", "mse", "l2", "none")
@@ -57,7 +71,9 @@ class ExamplesConfig:
     rounds: int = 4                     # examples per train query (each with a fresh negative sample)
     dev_queries: int = 50               # train queries held out for the dev-slice evaluation
     score_norm: str = "zscore"          # per-query normalisation of the teacher's scores (whole list)
-    align_texts: list[str] = field(default_factory=lambda: ["corpus", "queries"])
+    align_texts: list = field(default_factory=lambda: ["corpus", "queries"])  # sources, optionally weighted:
+    #                                  [{source: corpus, weight: 0.5}, {source: stsb-train, weight: 0.3}, ...]
+    #                                  (embed_kd.training.align_mix)
     max_align_texts: int | None = None  # cap the alignment texts (random subset, seeded)
     min_candidates: int = 4             # queries with fewer scored candidates are skipped
 
@@ -88,6 +104,7 @@ class TrainingConfig:
     max_time_s: float | None = None     # stop (and save) after this many seconds of training
     threads: int | None = None
     sampler: str = "proportional"       # multi-dataset batch sampler: proportional | round_robin
+    precision: str = "auto"             # auto (bf16 / fp16 on a GPU, fp32 on CPU) | fp32 | bf16 | fp16
 
 
 @dataclass
@@ -131,12 +148,14 @@ class TrainConfig:
     scores: str | None = None
     teacher: str = "minilm-l6"
     output: str = ""
+    device: str | None = None           # auto | cpu | cuda | cuda:N | mps; null: $EMBED_KD_DEVICE, else auto
     student: StudentSpec = field(default_factory=StudentSpec)
     examples: ExamplesConfig = field(default_factory=ExamplesConfig)
     losses: LossesConfig = field(default_factory=LossesConfig)
     train: TrainingConfig = field(default_factory=TrainingConfig)
     average: AverageConfig = field(default_factory=AverageConfig)
     sparse: SparseConfig = field(default_factory=SparseConfig)
+    static: StaticSpec = field(default_factory=StaticSpec)
     name: str | None = None
 
     @classmethod
@@ -144,7 +163,9 @@ class TrainConfig:
         return _build(cls, raw, source)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path, *, student_type: str | None = None) -> "TrainConfig":
+        """Read a config file; ``student_type`` (``--student-type``) replaces its ``student.type``
+        before the student-type defaults are applied."""
         p = Path(path)
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8"))
@@ -158,6 +179,8 @@ class TrainConfig:
             raw = {}
         if not isinstance(raw, dict):
             raise EmbedKDError(f"{p}: a config is a YAML mapping, got {type(raw).__name__}")
+        if student_type:
+            raw = with_student_type(raw, student_type)
         return _build(cls, raw, str(p))
 
     def to_dict(self) -> dict:
@@ -169,12 +192,13 @@ class TrainConfig:
                                   ("losses.score_documents", self.losses.score_documents, ("teacher", "student")),
                                   ("examples.sampling", self.examples.sampling, SAMPLINGS),
                                   ("examples.score_norm", self.examples.score_norm, ("zscore", "minmax", "none")),
-                                  ("train.sampler", self.train.sampler, ("proportional", "round_robin"))):
+                                  ("train.sampler", self.train.sampler, ("proportional", "round_robin")),
+                                  ("train.precision", self.train.precision, PRECISIONS)):
             if val not in allowed:
                 raise EmbedKDError(f"config: {key} = {val!r}; expected one of {', '.join(allowed)}")
-        bad_texts = set(self.examples.align_texts) - {"corpus", "queries"}
-        if bad_texts:
-            raise EmbedKDError(f"config: examples.align_texts has {sorted(bad_texts)}; allowed: corpus, queries")
+        from embed_kd.training.align_mix import parse_align_texts
+
+        parse_align_texts(self.examples.align_texts)  # known sources, weights all or none
         if self.losses.score == "none" and self.losses.align == "none":
             raise EmbedKDError("config: losses.score and losses.align are both 'none'; nothing to train")
         if self.losses.score != "none" and not self.scores:
@@ -195,6 +219,8 @@ class TrainConfig:
         self.student.validate()
         if self.student.type == "sparse":
             self._validate_sparse()
+        if self.student.type == "static":
+            self.static.validate()
         return self
 
     def _validate_sparse(self) -> None:
@@ -239,9 +265,32 @@ class TrainConfig:
                 raise EmbedKDError(f"config: sparse.{key} must be a positive integer, got {v!r}")
 
 
+def with_student_type(raw: dict, student_type: str) -> dict:
+    """A copy of the raw config mapping with ``student.type`` set (so its type defaults apply)."""
+    raw = dict(raw)
+    student = raw.get("student")
+    raw["student"] = {**(student if isinstance(student, dict) else {}), "type": student_type}
+    return raw
+
+
+def _type_defaults(raw: dict) -> dict:
+    """Fill the ``train:`` keys a static student's config leaves out with the static defaults."""
+    student = raw.get("student")
+    if not (isinstance(student, dict) and student.get("type") == "static"):
+        return raw
+    from embed_kd.students.static import TRAIN_DEFAULTS
+
+    train = raw.get("train")
+    if train is not None and not isinstance(train, dict):
+        return raw  # _build names the problem
+    return {**raw, "train": {**TRAIN_DEFAULTS, **(train or {})}}
+
+
 def _build(cls, raw: Any, where: str):
     if not isinstance(raw, dict):
         raise EmbedKDError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    if cls is TrainConfig:
+        raw = _type_defaults(raw)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
@@ -259,7 +308,7 @@ def _build(cls, raw: Any, where: str):
 
 
 _NESTED = {"student": StudentSpec, "examples": ExamplesConfig, "losses": LossesConfig, "train": TrainingConfig,
-           "average": AverageConfig, "sparse": SparseConfig}
+           "average": AverageConfig, "sparse": SparseConfig, "static": StaticSpec}
 
 
 def _nested_type(f):

@@ -53,7 +53,7 @@ Run manifest ``embed_kd_train.json`` (schema ``embed-kd/train-run@1``)::
                   "qrels_fingerprint", "n_queries", "train_queries", "dev_queries": [ids], "notes"},
       "scores": null | {"path", "config_fingerprint", "teachers": [...], "ensemble", "split"},
       "teacher": {"spec", "fingerprint", "dim", "max_seq_length"},
-      "student": {"init": description, "init_fingerprint", "fingerprint" (final), "dim",
+      "student": {"init": description, "init_fingerprint", "fingerprint" (final), "dim", "type" (dense | static),
                   "max_seq_length", "layers", "params"},
       "examples": {"score": stats | null, "align": stats | null},
       "training": {"global_step", "epochs", "train_time_s", "stopped_by_time_budget", "world_size",
@@ -254,8 +254,14 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
             dataset, doc_emb, doc_ids, train_qids, q_emb, texts=cfg.examples.align_texts,
             max_texts=cfg.examples.max_align_texts, seed=cfg.train.seed)
 
-    student = build_student(cfg.student, teacher, seed=cfg.train.seed)
+    static_texts = None
+    if cfg.student.type == "static":  # what its SIF weighting counts: the corpus and the train queries
+        static_texts = [dataset.doc_text(d) for d in doc_ids] + [dataset.queries[q] for q in train_qids]
+    student = build_student(cfg.student, teacher, seed=cfg.train.seed, static=cfg.static, texts=static_texts,
+                            cache=cache)
     init_desc, init_fp = cfg.student.describe(), fingerprint_model(student)
+    if cfg.student.type == "static" and not cfg.student.model:
+        init_desc += f" ({cfg.static.describe()})"
     student_dim = student.get_embedding_dimension()
     teacher_dim = teacher.get_embedding_dimension()
     if student_dim != teacher_dim:
@@ -351,7 +357,8 @@ def _finish(*, cfg, out, work, overwrite, ckpt_dir, step, student, evaluator, te
             "split": store.manifest["dataset"].get("split")},
         "teacher": teacher_info,
         "student": {"init": init_desc, "init_fingerprint": init_fp, "fingerprint": fingerprint_model(student),
-                    "dim": student_dim, "max_seq_length": student.max_seq_length,
+                    "dim": student_dim, "type": cfg.student.type,
+                    "max_seq_length": None if student.max_seq_length == float("inf") else student.max_seq_length,
                     "layers": getattr(getattr(auto, "config", None), "num_hidden_layers", None),
                     "params": int(sum(p.numel() for p in student.parameters()))},
         "examples": {"score": score_ex.stats if score_ex else None, "align": align_stats},
