@@ -28,7 +28,9 @@ With ``score_documents: teacher`` a row is ``{"query": text, "label": [[doc_row,
 multi-negative Margin-MSE / KL format).
 
 **Alignment examples** (LEAF / EmbedDistill): ``{"text", "label": teacher embedding}`` for the corpus
-documents and the train queries (dev slice excluded) — never queries of any other split. Teacher
+documents and the train queries (dev slice excluded) — never queries of any other split — and general
+text (the STSb *train* sentences, a text file), mixed by declared weights (``examples.align_texts``,
+:mod:`embed_kd.training.align_mix`). Teacher
 embeddings come from the shared embedding cache (:class:`embed_kd.index.EmbeddingCache`), so they
 are computed once per (teacher, texts) and reused by every run and by ``eval``.
 """
@@ -251,27 +253,29 @@ def teacher_query_embeddings(teacher, queries: dict[str, str], qids: list[str], 
 
 
 def build_align_examples(dataset: BeirDataset, doc_emb: np.ndarray, doc_ids: list[str], train_qids: list[str],
-                         query_emb: np.ndarray | None, *, texts: list[str], max_texts: int | None,
-                         seed: int) -> tuple[list[str], np.ndarray, dict]:
-    """Alignment texts and their teacher embeddings: corpus documents and/or train queries."""
-    out_texts: list[str] = []
-    rows: list[np.ndarray] = []
-    n_docs = n_q = 0
-    if "corpus" in texts:
-        out_texts += [doc_text(dataset.corpus[d]) for d in doc_ids]
-        rows.append(doc_emb)
-        n_docs = len(doc_ids)
-    if "queries" in texts and query_emb is not None:
-        out_texts += [dataset.queries[q] for q in train_qids]
-        rows.append(query_emb)
-        n_q = len(train_qids)
-    emb = np.concatenate(rows, axis=0) if rows else np.zeros((0, doc_emb.shape[1]), np.float32)
-    if max_texts is not None and max_texts < len(out_texts):
-        keep = sorted(random.Random(seed).sample(range(len(out_texts)), max_texts))
-        out_texts = [out_texts[i] for i in keep]
-        emb = emb[keep]
-    return out_texts, emb, {"texts": len(out_texts), "corpus_docs": n_docs, "train_queries": n_q,
-                            "max_texts": max_texts}
+                         query_emb: np.ndarray | None, *, texts: list, max_texts: int | None, seed: int,
+                         general: dict[str, tuple[list[str], np.ndarray]] | None = None
+                         ) -> tuple[list[str], np.ndarray, dict]:
+    """Alignment texts and their teacher embeddings from the ``texts`` sources (``examples.align_texts``:
+    corpus documents, train queries, and the ``general`` sources' ``(texts, teacher embeddings)``), mixed by
+    their weights (:mod:`embed_kd.training.align_mix`)."""
+    from embed_kd.training.align_mix import mix_align, parse_align_texts
+
+    parts = []
+    for src in parse_align_texts(texts):
+        if src.name == "corpus":
+            parts.append((src, [doc_text(dataset.corpus[d]) for d in doc_ids], doc_emb))
+        elif src.name == "queries":
+            if query_emb is not None:
+                parts.append((src, [dataset.queries[q] for q in train_qids], query_emb))
+        elif general is None or src.name not in general:
+            raise EmbedKDError(f"alignment source {src.name!r}: its teacher embeddings were not computed")
+        else:
+            parts.append((src, *general[src.name]))
+    out_texts, emb, mix = mix_align(parts, max_texts=max_texts, seed=seed)
+    sizes = {st["source"]: st["available"] for st in mix["sources"]}
+    return out_texts, emb, {"texts": len(out_texts), "corpus_docs": sizes.get("corpus", 0),
+                            "train_queries": sizes.get("queries", 0), "max_texts": max_texts, **mix}
 
 
 def load_training_scores(cfg, dataset, full_fps: dict, sliced: bool, *, stream: bool = False):

@@ -238,11 +238,14 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
             rounds=cfg.examples.rounds, score_norm=cfg.examples.score_norm, documents=cfg.losses.score_documents,
             doc_row=doc_row, seed=cfg.train.seed, min_candidates=cfg.examples.min_candidates)
     align_stats = None
+    general: dict = {}  # general alignment sources: {name: (texts, teacher embeddings)}
     align_texts: list[str] = []
     align_emb = None
     if cfg.losses.align != "none":
+        from embed_kd.training.align_mix import general_align_embeddings, source_names
+
         q_emb = None
-        if "queries" in cfg.examples.align_texts:  # rank 0 first (it fills the cache), then the others read it
+        if "queries" in source_names(cfg.examples.align_texts):  # rank 0 first (it fills the cache), then the others
             with dist.step("teacher query embeddings"):
                 if world.is_main:
                     q_emb = teacher_query_embeddings(teacher, dataset.queries, train_qids, cache=cache,
@@ -250,9 +253,14 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
             if not world.is_main:
                 q_emb = teacher_query_embeddings(teacher, dataset.queries, train_qids, cache=cache,
                                                  show_progress=False)
+        with dist.step("teacher embeddings of general alignment texts"):  # stsb-train, file:PATH (same order)
+            general = general_align_embeddings(teacher, cfg.examples.align_texts, cache=cache,
+                                               show_progress=show_progress) if world.is_main else None
+        if not world.is_main:
+            general = general_align_embeddings(teacher, cfg.examples.align_texts, cache=cache, show_progress=False)
         align_texts, align_emb, align_stats = build_align_examples(
             dataset, doc_emb, doc_ids, train_qids, q_emb, texts=cfg.examples.align_texts,
-            max_texts=cfg.examples.max_align_texts, seed=cfg.train.seed)
+            max_texts=cfg.examples.max_align_texts, seed=cfg.train.seed, general=general)
 
     static_texts = None
     if cfg.student.type == "static":  # what its SIF weighting counts: the corpus and the train queries
@@ -299,6 +307,9 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     inputs = {"config": cfg_fp, "limit_queries": limit_queries, "limit_docs": limit_docs,
               "dataset": full_fps, "scores": None if store is None else store.manifest.get("config_fingerprint"),
               "teacher": fingerprint_model(teacher), "student_init": init_fp}
+    if general:  # the texts of stsb-train / file: sources (a file edited between runs is another run)
+        inputs["align_sources"] = {k: st["fingerprint"] for k in general for st in align_stats["sources"]
+                                   if st["source"] == k}
     from embed_kd.data.fingerprint import fingerprint_json
 
     run_fp = fingerprint_json(inputs)
