@@ -60,7 +60,9 @@ Run manifest ``embed_kd_train.json`` (schema ``embed-kd/train-run@1``)::
                    "global_batch_size", "log_history": [trainer logs: loss per dataset, dev metrics, lr]},
       "averaging": {"enabled", "checkpoints": [names], "applied": bool},
       "dev": {"metrics_final": {...}} | null,
-      "versions": {...}, "git": {"commit", "dirty"}
+      "versions": {...}, "git": {"commit", "dirty"},
+      "machine": {"cpu", "arch", "cores", "flags": {avx2, avx512f, ...: bool}, "threads", "load_avg": [1, 5,
+                  15 min] at the end of the run, "commit"} (embed_kd.cpu.machine_info)
     }
 """
 
@@ -342,6 +344,15 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     return dist.broadcast_object(manifest)
 
 
+def _machine() -> dict:
+    """The machine the run trained on, its load at the end (embed_kd.cpu.machine_info)."""
+    import torch
+
+    from embed_kd.cpu import machine_info
+
+    return machine_info(threads=torch.get_num_threads())
+
+
 def _finish(*, cfg, out, work, overwrite, ckpt_dir, step, student, evaluator, teacher, dataset, full_fps,
             train_qids, dev_qids, store, init_desc, init_fp, student_dim, score_ex, align_stats, trainer,
             train_time_s, t_start, budget, config_file, overrides, world, **_) -> dict:
@@ -382,6 +393,7 @@ def _finish(*, cfg, out, work, overwrite, ckpt_dir, step, student, evaluator, te
         "dev": {"metrics_final": dev_final} if dev_final else None,
         "versions": versions(),
         "git": git_info(),
+        "machine": _machine(),
     }
     with atomic_dir(out, overwrite=overwrite) as tmp:
         student.save(str(tmp))
