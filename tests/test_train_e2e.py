@@ -104,6 +104,11 @@ def test_train_cli_end_to_end(tmp_path, tiny_beir, tiny_model, tiny_store, cache
     assert m["git"]["commit"] is None or len(m["git"]["commit"]) == 40
     model = SentenceTransformer(str(out), device="cpu")
     assert model.encode(["cat ?"]).shape == (1, 32)
+    asym = SentenceTransformer(str(out / "asym"), device="cpu")  # the Router artifact: student × teacher
+    texts = ["cat purr ?", "the sun"]
+    assert abs(asym.encode_query(texts) - model.encode(texts)).max() < 1e-6
+    assert abs(asym.encode_document(texts) - SentenceTransformer(str(tiny_model), device="cpu").encode(texts)).max() < 1e-6
+    assert json.loads((out / "asym" / "embed_kd_asym.json").read_text())["query"]["fingerprint"] == m["student"]["fingerprint"]
     assert (out / "checkpoints").is_dir() and not (tmp_path / "student.work").exists()
     # weights differ from the untrained cut: training happened
     assert m["student"]["fingerprint"] != m["student"]["init_fingerprint"]
@@ -122,6 +127,42 @@ def test_train_quiet_keeps_bars_drops_log_dicts(tmp_path, tiny_beir, tiny_model,
     assert "{'loss'" not in r.output and "'grad_norm'" not in r.output, r.output
     m = json.loads((tmp_path / "student" / "embed_kd_train.json").read_text())
     assert [h for h in m["training"]["log_history"] if "loss" in h]
+
+
+def test_report_shows_ratio_speed_and_what_was_distilled(tmp_path, tiny_beir, tiny_model, tiny_store, cache_dir):
+    """The demo's final table: ×teacher and queries/s columns from the evals, and one line per trained
+    student saying what it was distilled from (read from its run manifest)."""
+    cfg = _config(tmp_path, tiny_beir, tiny_model, tiny_store, average={"enabled": False})
+    run = CliRunner().invoke
+    assert run(main, ["train", str(cfg), "--cache-dir", str(cache_dir), "--no-progress", "-q",
+                      "--set", "train.max_steps=2"]).exit_code == 0
+    student = tmp_path / "student"
+    teacher_json, student_json = tmp_path / "teacher.json", tmp_path / "student.json"
+    for args, out in (([ "--model", tiny_model], teacher_json),
+                      (["--query-model", student, "--doc-model", tiny_model], student_json)):
+        r = run(main, ["eval", "-q", "--no-progress", "--no-cache", "--data", str(tiny_beir), *map(str, args),
+                       "-o", str(out)])
+        assert r.exit_code == 0, r.output
+    r = run(main, ["report", str(teacher_json), str(student_json)])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert "| ×teacher |" in lines[0] and "| queries/s | ×speed |" in lines[0]
+    t, s = (json.loads(p.read_text()) for p in (teacher_json, student_json))
+    row = next(ln for ln in lines if ln.startswith("| asymmetric |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5] == f"{s['metrics']['ndcg_at_10'] / t['metrics']['ndcg_at_10']:.3f}"
+    assert cells[8] == f"{s['throughput']['queries_per_s']:.0f}"
+    assert cells[9] == f"{s['throughput']['queries_per_s'] / t['throughput']['queries_per_s']:.2f}"
+    (line,) = [ln for ln in lines if ln.startswith("distilled: ")]
+    assert str(student) in line and "dense + lex zscore ensemble" in line and "2 steps" in line, line
+    assert f"embeddings of {tiny_model}" in line and "from teacher layers [1]" in line, line
+    # --teacher names the reference explicitly; a non-result is refused cleanly
+    r = run(main, ["report", str(student_json), "--teacher", str(teacher_json)])
+    assert r.exit_code == 0 and "| 1.00 |" not in r.output.splitlines()[2], r.output
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    r = run(main, ["report", str(student_json), "--teacher", str(bad)])
+    assert r.exit_code == 2 and r.output.startswith("Error: ") and "--teacher" in r.output, r.output
 
 
 def test_train_alignment_only_without_scores(tmp_path, tiny_beir, tiny_model, tiny_store, cache_dir):

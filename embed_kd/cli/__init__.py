@@ -26,6 +26,7 @@ def main() -> None:
 
 def _register() -> None:
     from embed_kd.cli import eval as eval_cmd
+    from embed_kd.cli import export as export_cmd
     from embed_kd.cli import models as models_cmd
     from embed_kd.cli import report as report_cmd
     from embed_kd.cli import score_teacher as score_teacher_cmd
@@ -36,6 +37,7 @@ def _register() -> None:
     from embed_kd.cli import publish as publish_cmd
 
     main.add_command(eval_cmd.eval_command)
+    main.add_command(export_cmd.export_group)
     main.add_command(models_cmd.models_command)
     main.add_command(report_cmd.report_command)
     main.add_command(score_teacher_cmd.score_teacher_group)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from embed_kd.cli.compress import compression_from_flags, compression_options
 from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosity_options
 
 
@@ -55,12 +56,14 @@ from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosi
               help="Split of --sts stsb.")
 @click.option("--sts-teacher", help="Reference model for --sts (reported beside, with the ratio; default: an "
               "asymmetric pair's --doc-model).")
+@compression_options
 @verbosity_options
 @run_command
 def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output, overwrite, save_run, index_kind, top_k,
                  batch_size, cache_dir, no_cache, limit_queries, limit_docs, allow_missing_ids,
                  ignore_identical_ids, threads, no_progress, ensemble_config, save_weights, rerank_model,
-                 rerank_depth, doc_top_k, query_top_k, loyalty_teacher, allow_teacher_mismatch, sts, sts_split, sts_teacher, verbose, quiet):
+                 rerank_depth, doc_top_k, query_top_k, loyalty_teacher, allow_teacher_mismatch, sts, sts_split, sts_teacher, verbose, quiet,
+                 truncate_dim=None, precision=None, rescore=None):
     """Encode, index with FAISS and score with pytrec_eval (nDCG@10, Recall@100, MRR@10).
 
     A SparseEncoder (SPLADE) model is searched exactly on a SciPy sparse inverted index instead
@@ -140,7 +143,11 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
 
     opts = EvalOptions(top_k=top_k, index=index_kind, batch_size=batch_size, cache_dir=cache_dir,
                        use_cache=not no_cache, ignore_identical_ids=ignore_identical_ids,
-                       show_progress=not no_progress, timings={"load_data_s": load_data_s})
+                       show_progress=not no_progress, timings={"load_data_s": load_data_s},
+                       compression=compression_from_flags(truncate_dim, precision, rescore))
+    if opts.compression is not None and (ensemble_config or model == "bm25" or _any_sparse(model, query_model, doc_model)):
+        raise EmbedKDError("--truncate-dim / --precision / --rescore compress dense embeddings: they need a dense "
+                           "--model or --query-model/--doc-model (not bm25, a sparse model or --ensemble)")
     in_memory = {}  # spec -> model already loaded (reused by --sts)
     if ensemble_config:
         from embed_kd.teachers.ensemble import evaluate_ensemble_from_config

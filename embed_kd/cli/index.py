@@ -68,7 +68,8 @@ def _with_common(fn):
 
 @index_group.command("build")
 @click.option("--data", required=True, help="BEIR folder, dataset name, or a corpus.jsonl file.")
-@click.option("--doc-model", required=True, help="The model that encodes the documents (the teacher).")
+@click.option("--doc-model", "--model", "doc_model", required=True,
+              help="The model that encodes the documents (the teacher; an asym model: its document route).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Index folder to create.")
 @click.option("--index", "kind", type=click.Choice(["flat", "hnsw", "ivfpq", "auto"]), default="flat",
               show_default=True, help="FAISS index: exact inner product, approximate for large corpora, or auto "
@@ -88,6 +89,7 @@ def build_command(data, doc_model, output, kind, limit_docs, overwrite, batch_si
     from embed_kd.index.store import build_index
     from embed_kd.io import check_writable, refuse_existing
     from embed_kd.models import load_sentence_transformer
+    from embed_kd.students.asym import document_route
 
     setup_logging(verbose, quiet)
     set_threads(threads)
@@ -96,7 +98,7 @@ def build_command(data, doc_model, output, kind, limit_docs, overwrite, batch_si
     check_writable(output)  # before the encode
     t0 = time.perf_counter()
     corpus, name, source = _load_docs(data, limit_docs)
-    model = load_sentence_transformer(doc_model)
+    model = document_route(load_sentence_transformer(doc_model))  # an asym model: its document route
     manifest = build_index(output, corpus, model, kind=kind, cache=_cache(cache_dir, no_cache), batch_size=batch_size,
                            name=name, source=source, overwrite=overwrite, show_progress=not no_progress)
     if not world.is_main:
@@ -118,6 +120,7 @@ def add_command(index_dir, docs, doc_model, batch_size, cache_dir, no_cache, thr
     from embed_kd import distributed as dist
     from embed_kd.index.store import add_documents, read_manifest
     from embed_kd.models import load_sentence_transformer
+    from embed_kd.students.asym import document_route
 
     setup_logging(verbose, quiet)
     set_threads(threads)
@@ -125,7 +128,7 @@ def add_command(index_dir, docs, doc_model, batch_size, cache_dir, no_cache, thr
     t0 = time.perf_counter()
     manifest = read_manifest(index_dir)
     corpus, _, source = _load_docs(docs)
-    model = load_sentence_transformer(doc_model or manifest["doc_model"]["spec"])
+    model = document_route(load_sentence_transformer(doc_model or manifest["doc_model"]["spec"]))
     before = manifest["n"]
     manifest = add_documents(index_dir, corpus, model, cache=_cache(cache_dir, no_cache), batch_size=batch_size,
                              source=source, show_progress=not no_progress)

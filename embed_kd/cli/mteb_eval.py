@@ -38,10 +38,13 @@ def run_mteb_eval(spec: str, *, data, split, model, query_model, doc_model, outp
     tasks = resolve_tasks(names, data=data, split=split, limit_queries=limit_queries, limit_docs=limit_docs,
                           allow_missing_ids=allow_missing_ids)
     t = time.perf_counter()
-    if model:
-        qm, dm = load_sentence_transformer(model), None
+    from embed_kd.students.asym import document_route, query_route, split_routes
+
+    if model:  # an asym (Router) model runs asymmetrically: queries by its query route, documents by its document route
+        qm, dm = split_routes(load_sentence_transformer(model))
+        dm = None if dm is qm else dm
     else:
-        qm, dm = load_sentence_transformer(query_model), load_sentence_transformer(doc_model)
+        qm, dm = query_route(load_sentence_transformer(query_model)), document_route(load_sentence_transformer(doc_model))
     result = run_mteb(tasks, qm, dm, batch_size=batch_size, show_progress=show_progress,
                       timings={"load_models_s": time.perf_counter() - t}, cache_dir=cache_dir, use_cache=use_cache)
     if output:

@@ -15,12 +15,14 @@ Result JSON (schema ``embed-kd/eval@1``), written by ``embed-kd eval --output``:
       "dataset": {"name", "path", "split", "n_queries", "n_docs", "corpus_fingerprint", "notes"},
       "query_model": {"spec", "fingerprint", "dim", "max_seq_length"} | null,
       "doc_model":   {"spec", "fingerprint", "dim", "max_seq_length"} | null,
-      "index": {"kind", "top_k", "normalize"},
+      "index": {"kind", "top_k", "normalize", "truncate_dim" (null = all), "precision", "rescore",
+                "bytes_per_doc"},    # compression: embed_kd.index.compression
       "metrics": {"ndcg_at_10", "recall_at_100", "mrr_at_10"},
       "timings": {"load_models_s", "load_data_s", "encode_docs_s", "encode_queries_s", "search_s",
                   "evaluate_s", "total_s"},
       "throughput": {"docs_per_s", "queries_per_s"},
       "cache": {"docs": "hit" | "miss" | "off", "path"},
+      "device": {"device", "type", "name"},   # where the models ran (embed_kd.device.device_info)
       "versions": {"embed_kd", "sentence_transformers", "torch", "faiss", "python"},
       "created": ISO-8601 UTC
     }
@@ -44,6 +46,7 @@ from embed_kd.encode import embedding_dim, encode_texts, uses_cosine
 from embed_kd.errors import EmbedKDError
 from embed_kd.evaluation.metrics import evaluate_run
 from embed_kd.index.cache import EmbeddingCache
+from embed_kd.index.compression import Compression, CompressedSearch, bytes_per_vector
 from embed_kd.index.faiss_index import build_faiss_index, search_index
 from embed_kd.models import fingerprint_model, model_name
 
@@ -61,6 +64,7 @@ class EvalOptions:
     ignore_identical_ids: bool = False
     show_progress: bool = True
     timings: dict = field(default_factory=dict)  # pre-measured timings (e.g. model loading) to include
+    compression: Compression | None = None  # --truncate-dim / --precision / --rescore (embed_kd.index.compression)
 
 
 def versions() -> dict:
@@ -81,12 +85,15 @@ def _finite(length):
 
 
 def model_info(model) -> dict:
-    return {
+    info = {
         "spec": model_name(model),
         "fingerprint": fingerprint_model(model),
         "dim": embedding_dim(model),
         "max_seq_length": _finite(getattr(model, "max_seq_length", None)),
     }
+    if getattr(model, "embed_kd_route", None):  # one tower of an asym model (embed_kd.students.asym)
+        info["route"] = model.embed_kd_route
+    return info
 
 
 def encode_corpus(model, dataset: BeirDataset, *, cache: EmbeddingCache, batch_size: int = 32,
@@ -108,10 +115,17 @@ def encode_corpus(model, dataset: BeirDataset, *, cache: EmbeddingCache, batch_s
 
 
 def dense_run(query_emb: np.ndarray, qids: list[str], doc_emb: np.ndarray, doc_ids: list[str], *,
-              k: int = 100, index: str = "flat") -> dict[str, dict[str, float]]:
-    """Search ``doc_emb`` with FAISS and return a TREC-style run."""
-    faiss_index = build_faiss_index(doc_emb, index)
-    scores, rows = search_index(faiss_index, query_emb, k)
+              k: int = 100, index: str = "flat", compression: Compression | None = None,
+              normalize: bool = True) -> dict[str, dict[str, float]]:
+    """Search ``doc_emb`` with FAISS and return a TREC-style run.
+
+    ``compression``: truncate / quantize documents and queries first (:mod:`embed_kd.index.compression`;
+    ``normalize``: renormalise truncated vectors).
+    """
+    if compression is not None and (compression.active or compression.rescore):
+        scores, rows = CompressedSearch.build(doc_emb, compression, normalize=normalize, kind=index).search(query_emb, k)
+    else:
+        scores, rows = search_index(build_faiss_index(doc_emb, index), query_emb, k)
     return {
         q: {doc_ids[int(r)]: float(s) for r, s in zip(rows[i], scores[i]) if r >= 0}
         for i, q in enumerate(qids)
@@ -130,6 +144,8 @@ def evaluate_dense(dataset: BeirDataset, query_model, doc_model=None, *, options
             f"asymmetric mode needs one embedding space: query model '{q_info['spec']}' makes "
             f"{q_info['dim']}-dim vectors, doc model '{d_info['spec']}' makes {d_info['dim']}-dim vectors"
         )
+    comp = opt.compression or Compression()
+    comp.validate(q_info["dim"], opt.index)  # before the corpus encode
     normalize = uses_cosine(doc_model)
     cache = EmbeddingCache(opt.cache_dir, enabled=opt.use_cache)
 
@@ -145,7 +161,7 @@ def evaluate_dense(dataset: BeirDataset, query_model, doc_model=None, *, options
     encode_queries_s = time.perf_counter() - t
 
     t = time.perf_counter()
-    run = dense_run(q_emb, qids, doc_emb, doc_ids, k=opt.top_k, index=opt.index)
+    run = dense_run(q_emb, qids, doc_emb, doc_ids, k=opt.top_k, index=opt.index, compression=comp, normalize=normalize)
     search_s = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -158,7 +174,8 @@ def evaluate_dense(dataset: BeirDataset, query_model, doc_model=None, *, options
     result = _result(
         "asymmetric" if asym else "symmetric", dataset, scored, timings,
         query_model=q_info, doc_model=d_info or q_info,
-        index={"kind": opt.index, "top_k": opt.top_k, "normalize": normalize},
+        index={"kind": opt.index, "top_k": opt.top_k, "normalize": normalize, **comp.to_dict(),
+               "bytes_per_doc": bytes_per_vector(comp.truncate_dim or q_info["dim"], comp.precision)},
         cache={"docs": ("hit" if cres.hit else "miss") if opt.use_cache else "off", "path": str(cres.path)},
     )
     result["throughput"] = {
@@ -192,6 +209,8 @@ def evaluate_bm25(dataset: BeirDataset, *, options: EvalOptions | None = None, c
 
 
 def _result(mode, dataset: BeirDataset, scored: dict, timings: dict, *, query_model, doc_model, index, cache) -> dict:
+    from embed_kd.device import device_info
+
     return {
         "schema": SCHEMA,
         "mode": mode,
@@ -207,6 +226,7 @@ def _result(mode, dataset: BeirDataset, scored: dict, timings: dict, *, query_mo
         "per_query": scored["per_query"],
         "timings": timings,
         "cache": cache,
+        "device": device_info(),
         "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -157,6 +157,7 @@ class SearchEngine:
         from embed_kd.evaluation.retrieval_eval import model_info
         from embed_kd.index.store import open_index
         from embed_kd.models import load_sentence_transformer
+        from embed_kd.students.asym import query_route
 
         if expect_teacher_fingerprint is not None and not _FP.match(expect_teacher_fingerprint):
             raise EmbedKDError(f"--expect-teacher-fingerprint {expect_teacher_fingerprint!r}: expected 16 hex digits")
@@ -165,7 +166,7 @@ class SearchEngine:
         index_s = time.perf_counter() - t
         spec = query_model or index.doc_model["spec"]
         t = time.perf_counter()
-        model = load_sentence_transformer(spec)
+        model = query_route(load_sentence_transformer(spec))  # an asym model: its query route
         model_s = time.perf_counter() - t
         info = model_info(model)
         alignment = query_model_alignment(spec, info, index.doc_model,

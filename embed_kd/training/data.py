@@ -107,11 +107,16 @@ class ScoreExamples:
         return self.table.to_pylist()
 
     def dataset(self):
-        """A ``datasets.Dataset`` over the table (the trainer's input; no copy into Python objects)."""
+        """A ``datasets.Dataset`` over the table (the trainer's input; no copy into Python objects).
+
+        It gets a random fingerprint: ``datasets`` would otherwise hash the whole table (a pickled
+        copy, twice the table's memory at its peak) for a fingerprint an in-memory dataset never uses.
+        """
         from datasets import Dataset
+        from datasets.fingerprint import generate_random_fingerprint
         from datasets.table import InMemoryTable
 
-        return Dataset(InMemoryTable(self.table))
+        return Dataset(InMemoryTable(self.table), fingerprint=generate_random_fingerprint())
 
 
 @dataclass

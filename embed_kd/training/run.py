@@ -21,6 +21,8 @@ Output folder (written atomically; refused if it exists unless ``--overwrite``):
       modules.json, config.json, model.safetensors, ...   (projection: a Dense module sub-folder)
       embed_kd_train.json        the run manifest (below)
       README.md                  model card (embed_kd.cards): recipe, teachers, data, how to load it
+      asym/                      the student (queries) and the teacher (documents) as one sentence-transformers
+                                 Router model (schema embed-kd/asym@1, embed_kd.students.asym)
       checkpoints/checkpoint-<step>/   model weights of the kept checkpoints (no optimizer state)
 
 While training, checkpoints live in ``OUTPUT.work/`` (optimizer state included) so that an
@@ -407,6 +409,9 @@ def _finish(*, cfg, out, work, overwrite, ckpt_dir, step, student, evaluator, te
         from embed_kd.cards import write_model_card
 
         write_model_card(tmp, manifest=manifest, name=out.name)  # README.md: recipe, data, usage
+        from embed_kd.students.asym import build_asym
+
+        build_asym(student, teacher, tmp / "asym", name=f"{out.name}-asym")  # one Router model: student × teacher
     shutil.rmtree(work, ignore_errors=True)
     logger.info("student saved to %s (%d steps, %.0fs training)", out, step, train_time_s)
     return manifest
