@@ -34,6 +34,15 @@ def test_cut_keeps_listed_layers_and_roundtrips(teacher, tmp_path):
     assert not np.allclose(loaded.encode(texts), teacher.encode(texts), atol=1e-3)  # a real cut
 
 
+def test_cut_of_a_fingerprinted_teacher_gets_its_own_fingerprint(teacher):
+    from embed_kd.models import fingerprint_model, fingerprint_module
+
+    t_fp = fingerprint_model(teacher)  # cached on the teacher object, as after a corpus encode
+    student = cut_layers(teacher, [0])
+    assert fingerprint_model(student) != t_fp
+    assert fingerprint_model(student) == fingerprint_module(student, f"max_seq_length={student.max_seq_length}")
+
+
 @pytest.mark.parametrize("keep,msg", [([2], "out of range"), ([], "empty"), ([0, 0], "repeats")])
 def test_cut_refuses_bad_layers(teacher, keep, msg):
     with pytest.raises(EmbedKDError, match=msg):

@@ -104,7 +104,10 @@ def cut_layers(teacher, keep_layers: list[int]):
     """A deep copy of ``teacher`` keeping only the transformer layers ``keep_layers`` (in that order)."""
     import torch
 
+    from embed_kd.models import forget_fingerprint
+
     student = copy.deepcopy(teacher)
+    forget_fingerprint(student)  # the copy carries the teacher's cached fingerprint; its weights differ
     _, auto = _transformer_module(student)
     encoder = _encoder_layers(auto)
     n = len(encoder.layer)
