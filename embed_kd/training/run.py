@@ -38,7 +38,8 @@ is agreed on by all processes (they stop at the same step).
 ``OUTPUT.work/run.json`` (schema ``embed-kd/train-work@1``) fingerprints what decides the run:
 ``{"schema", "fingerprint", "inputs": {"config" (without train.threads), "limit_queries",
 "limit_docs", "dataset" (corpus/queries/qrels fingerprints), "scores" (config_fingerprint),
-"teacher" (fingerprint), "student_init" (fingerprint)}}``. ``--resume`` refuses a work folder made
+"teacher" (fingerprint), "student_init" (fingerprint), "align_sources" (only with a general
+alignment source: its texts' fingerprint)}}``. ``--resume`` refuses a work folder made
 with other inputs, resumes from the newest *complete* checkpoint (one whose ``trainer_state.json``
 — the trainer's last write — exists; a checkpoint cut short by a kill is removed) through the
 trainer's own ``resume_from_checkpoint`` (weights, optimizer, scheduler, RNG states, data position),
@@ -57,7 +58,7 @@ Run manifest ``embed_kd_train.json`` (schema ``embed-kd/train-run@1``)::
       "teacher": {"spec", "fingerprint", "dim", "max_seq_length"},
       "student": {"init": description, "init_fingerprint", "fingerprint" (final), "dim", "type" (dense | static),
                   "max_seq_length", "layers", "params"},
-      "examples": {"score": stats | null, "align": stats | null},
+      "examples": {"score": stats | null, "align": stats | null},   # align: per-source mix (training.align_mix)
       "training": {"global_step", "epochs", "train_time_s", "stopped_by_time_budget", "world_size",
                    "global_batch_size", "log_history": [trainer logs: loss per dataset, dev metrics, lr]},
       "averaging": {"enabled", "checkpoints": [names], "applied": bool},
