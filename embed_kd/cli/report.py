@@ -17,11 +17,17 @@ STS_FIELDS = ("model.spec", "dataset.name", "metrics.spearman_cosine", "metrics.
 @click.option("--label", "labels", multiple=True, metavar="RESULT=TEXT",
               help="Point label for one result file (default: the query model's name). Repeatable.")
 @click.option("--title", help="Plot title.")
+@click.option("--teacher", "teacher_path", type=click.Path(exists=True, dir_okay=False),
+              help="The result the ×teacher and ×speed columns compare with (default: the first symmetric one).")
 @click.option("--overwrite", is_flag=True, help="Replace --plot if it exists.")
 @verbosity_options
 @run_command
-def report_command(results, plot_path, labels, title, overwrite, verbose, quiet) -> None:
+def report_command(results, plot_path, labels, title, teacher_path, overwrite, verbose, quiet) -> None:
     """Print a markdown table of eval RESULTS (JSON files written by `embed-kd eval -o` / `eval --mteb -o`).
+
+    Given a teacher (--teacher, else the first symmetric result) the table adds each row's nDCG@10
+    ratio to it and the queries/s its eval measured; a trained student (a query model folder with
+    embed_kd_train.json) gets a line saying what it was distilled from.
 
     STS results (`eval --sts … -o`, or an eval result made with --sts) get a second table: cosine
     Spearman/Pearson with the ratio to the teacher (the result's own --sts-teacher, else the first
@@ -35,7 +41,7 @@ def report_command(results, plot_path, labels, title, overwrite, verbose, quiet)
 
     from embed_kd.errors import ArtifactError, EmbedKDError
     from embed_kd.evaluation.mteb_eval import mteb_table
-    from embed_kd.evaluation.report import markdown_table, missing_fields
+    from embed_kd.evaluation.report import default_teacher, distillation_lines, markdown_table, missing_fields
     from embed_kd.io import read_json, refuse_existing
 
     setup_logging(verbose, quiet)
@@ -63,7 +69,16 @@ def report_command(results, plot_path, labels, title, overwrite, verbose, quiet)
         loaded.append(r)
     evals = [r for r in loaded if r["schema"] == "embed-kd/eval@1"]
     if evals:
-        click.echo(markdown_table(evals))
+        teacher = default_teacher(evals)
+        if teacher_path:
+            teacher = read_json(teacher_path, "eval result")
+            bad = missing_fields(teacher) if isinstance(teacher, dict) else ["schema"]
+            if bad or teacher.get("schema") != "embed-kd/eval@1":
+                raise ArtifactError(f"{teacher_path}: --teacher must be an embed-kd/eval@1 result "
+                                    f"(missing {', '.join(bad) or 'schema'})")
+        click.echo(markdown_table(evals, teacher=teacher))
+        for line in distillation_lines(evals):
+            click.echo(line)
     for r in loaded:
         if r["schema"] == "embed-kd/mteb@1":
             click.echo(f"\nMTEB ({r['mode']}, queries by {r['query_model']['spec']}, docs by {r['doc_model']['spec']}):")
