@@ -86,6 +86,9 @@ def main() -> None:
         "ratio_warm_to_beir": warm_wall / beir_wall,
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    from embed_kd.cpu import machine_info  # CPU, flags, threads, load average, commit
+
+    report["machine"] = machine_info()
     Path(args.output + ".json").write_text(json.dumps(report, indent=2) + "\n")
     c, w = cold["metrics"], warm["metrics"]
     md = f"""# `embed-kd eval` vs BEIR's `DenseRetrievalExactSearch` (SciFact test, all-MiniLM-L6-v2)

@@ -437,6 +437,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     from embed_kd.io import atomic_write_json, atomic_write_text
 
+    from embed_kd.cpu import machine_info  # CPU, flags, threads, load average, commit
+
+    result["machine"] = machine_info()
     atomic_write_json(out.with_suffix(".json"), result)
     atomic_write_text(out.with_suffix(".md"), render(result))
     print(f"wrote {out.with_suffix('.md')} and .json")

@@ -6,7 +6,11 @@ mode; loyalty to the teacher; query-encoding speed (300 test queries, 1 thread, 
 alternating repetitions). Each measurement is cached as JSON in --work (with the machine's load
 average before/after it) so a rerun only adds what is missing. Rows of an earlier session found in
 the existing ``--out``.json (a different ``session`` label) are kept, marked with their session, unless
-this session measured the same (model, mode). Run (heavy: takes the shared lock):
+this session measured the same (model, mode); ``--drop-earlier`` leaves them out. Every measurement and
+the report record the machine (embed_kd.cpu.machine_info: CPU model, AVX2/AVX512/AVX512-BF16/AMX
+flags, threads, load average, commit); a row of a trained student carries its training run's
+``train_machine`` (the load while it trained) and ``stopped_by_time_budget``. Run (heavy: takes the
+shared lock):
 
     flock /tmp/embed_kd_heavy.lock .venv/bin/python scripts/bench_scifact_l3.py --session LABEL
 """
@@ -19,7 +23,7 @@ import statistics
 import time
 from pathlib import Path
 
-FOLDERS = (("default", "scifact-l3"), ("proportional", "scifact-l3-prop"), ("round_robin", "scifact-l3-rr"),
+FOLDERS = (("default", "scifact-l3"), ("default_run2", "scifact-l3-run2"), ("proportional", "scifact-l3-prop"), ("round_robin", "scifact-l3-rr"),
            ("peer", "scifact-l3-peer"), ("peer_run2", "scifact-l3-peer-run2"), ("align_only", "scifact-l3-align"),
            ("margin_only", "scifact-l3-margin"))
 
@@ -63,11 +67,13 @@ def main() -> None:
     ap.add_argument("--sym", default="teacher,cut,default,peer", help="entries also evaluated symmetrically")
     ap.add_argument("--session", required=True, help="label of this measuring session, stored in every row")
     ap.add_argument("--skip-speed", action="store_true", help="keep the previous --out.json speed measurement")
+    ap.add_argument("--drop-earlier", action="store_true", help="leave out earlier sessions' rows of --out.json")
     args = ap.parse_args()
     RUNS = Path(args.runs)
     import os
     import torch
 
+    from embed_kd.cpu import describe, machine_info
     from embed_kd.data import load_beir, resolve_dataset
     from embed_kd.encode import encode_texts
     from embed_kd.evaluation.loyalty import evaluate_loyalty
@@ -111,6 +117,7 @@ def main() -> None:
                 r.pop("run")
                 r.pop("per_query")
                 r["loadavg_before_after"] = [list(load_before), list(os.getloadavg())]
+                r["machine"] = machine_info()
                 f.write_text(json.dumps(r, indent=1))
                 print(f"{name} {mode}: nDCG@10 {r['metrics']['ndcg_at_10']:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
             results[f"{name}-{mode}"] = json.loads(f.read_text())
@@ -134,7 +141,7 @@ def main() -> None:
                 times[k].append(time.perf_counter() - t0)
         speed = {k: len(queries) / statistics.median(v) for k, v in times.items()}
         speed_f.write_text(json.dumps({"queries_per_s": speed, "times_s": times, "threads": 1, "n": len(queries),
-                                       "session": args.session,
+                                       "session": args.session, "machine": machine_info(threads=1),
                                        "loadavg_before_after": [list(load_before), list(os.getloadavg())]}))
     speed = json.loads(speed_f.read_text())
 
@@ -162,9 +169,10 @@ def main() -> None:
             "dev_ndcg_at_10": ((manifest.get("dev") or {}).get("metrics_final") or {}).get("dev_ndcg_at_10")
             if manifest else None,
             "overrides": manifest["overrides"] if manifest else None,
+            "machine": r.get("machine"), "train_machine": manifest.get("machine") if manifest else None,
         })
     # earlier sessions' rows: kept (marked) unless this session measured the same (model, mode)
-    if previous:
+    if previous and not args.drop_earlier:
         have = {(r["model"], r["mode"]) for r in rows}
         for r in previous["rows"]:
             if r.get("session") != args.session and (r["model"], r["mode"]) not in have:
@@ -172,11 +180,14 @@ def main() -> None:
                 rows.append({**r, "query_per_s": qps["teacher"] if r["model"] == "teacher" else qps["cut"]})
     out = {"schema": "embed-kd/bench-scifact-l3@2", "dataset": results["teacher-sym"]["dataset"],
            "teacher_ndcg_at_10": t_ndcg, "speed": speed, "speedup": qps["cut"] / qps["teacher"], "rows": rows,
-           "speed_previous": previous["speed"] if previous and previous["speed"].get("session") != speed.get("session")
+           "speed_previous": None if args.drop_earlier else
+           previous["speed"] if previous and previous["speed"].get("session") != speed.get("session")
            else (previous or {}).get("speed_previous"),
            "versions": results["teacher-sym"]["versions"],
-           "note": "measured on a shared 2-core CPU machine (other engineers' jobs interleaved); see the .md",
-           "note_sessions": (previous or {}).get("note_sessions")}
+           "machine": machine_info(), "machine_line": describe(machine_info()),
+           "note": "fixed work (train.max_steps, no time budget); measured on a shared 2-core CPU machine, "
+                   "per-row machine / train_machine give the load; see the .md",
+           "note_sessions": None if args.drop_earlier else (previous or {}).get("note_sessions")}
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
     lines = ["| model | mode | nDCG@10 | ×teacher | R@100 | top-10 overlap | Spearman | query cos | q/s (1 thread) "
              "| train s (steps) | session |",
@@ -185,9 +196,12 @@ def main() -> None:
         ly = r["loyalty"] or {}
         f = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
         tr = "—" if r["train_time_s"] is None else f"{r['train_time_s']:.0f} ({r['train_steps']})"
+        if r.get("stopped_by_time_budget"):
+            tr += " budget-stopped"
         lines.append(f"| {r['model']} | {r['mode']} | {r['ndcg_at_10']:.4f} | {r['ratio_to_teacher']:.3f} | "
                      f"{r['recall_at_100']:.4f} | {f(ly.get('top10_overlap'))} | {f(ly.get('spearman'))} | "
                      f"{f(ly.get('query_cosine'))} | {r['query_per_s']:.0f} | {tr} | {r.get('session') or '?'} |")
+    lines += ["", f"Measured on: {out['machine_line']}"]
     Path(args.out + ".table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

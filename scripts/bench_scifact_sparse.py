@@ -155,6 +155,9 @@ def main() -> None:
            "rows": rows, "versions": versions(),
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "note": "measured on a shared 2-core CPU machine (other jobs interleaved); see the .md"}
+    from embed_kd.cpu import machine_info  # CPU, flags, threads, load average, commit
+
+    out["machine"] = machine_info()
     Path(args.out + ".json").write_text(json.dumps(out, indent=1) + "\n")
     f = lambda v, d=4: "—" if v is None else f"{v:.{d}f}"  # noqa: E731
     lines = ["| model | doc top-k | query top-k | nDCG@10 | R@100 | MRR@10 | query nnz | doc nnz | FLOPS | postings/query "

@@ -169,6 +169,9 @@ def fit(args) -> None:
                    "scifact-sparse.json"}
     prev = json.loads(out.read_text()) if out.is_file() else {"runs": []}
     prev["runs"] = [r for r in prev.get("runs", []) if r["model"] != args.model] + [res]
+    from embed_kd.cpu import machine_info  # CPU, flags, threads, load average, commit
+
+    res["machine"] = machine_info()  # this run's (the runs list keeps earlier ones)
     out.write_text(json.dumps(prev, indent=1) + "\n")
 
 

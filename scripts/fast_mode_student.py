@@ -103,6 +103,9 @@ def main() -> None:
                          "student_ndcg_at_10_diff": paired_bootstrap(pq(runs[b]), pq(runs[exact])),
                          "student_top10_overlap": top_k_overlap(run_f.get("run", run_f), run_e.get("run", run_e), 10)}})
     res["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    from embed_kd.cpu import machine_info  # CPU, flags, threads, load average, commit
+
+    res["machine"] = machine_info()
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))
 

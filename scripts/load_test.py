@@ -143,6 +143,9 @@ def main() -> int:
             print(f"| {run['label']} | {r['concurrency']} | {r['requests']} | {r['qps']:.1f} | {r['p50_ms']:.1f} | "
                   f"{r['p99_ms']:.1f} | {r['errors']} | {r['mean_batch'] or 0:.1f} |")
     if args.output:
+        from embed_kd.cpu import machine_info  # CPU, flags, threads, load average, commit
+
+        out["machine"] = machine_info()
         Path(args.output).write_text(json.dumps(out, indent=2))
     return 1 if any(r["errors"] for run in runs for r in run["levels"]) else 0
 

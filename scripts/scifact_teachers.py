@@ -87,6 +87,9 @@ def main(runs: Path) -> None:
            "machine": f"{platform.machine()}, 2 CPU cores shared with other jobs (timings are indicative only)",
            "rows": rows, "recipes": recipes(runs)}
     out = Path("eval/results/scifact-teachers.json")
+    from embed_kd.cpu import machine_info  # CPU, flags, threads, load average, commit
+
+    doc["machine"] = machine_info()
     out.write_text(json.dumps(doc, indent=2) + "\n")
     lines = ["# SciFact teachers: BM25, MiniLM, fusions, a trained cross-encoder", "",
              f"Measured {doc['created']} on {doc['machine']}. SciFact **test** (300 queries). Ensemble weights are "

@@ -269,6 +269,9 @@ def main() -> None:
     })
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    from embed_kd.cpu import machine_info  # CPU, flags, threads, load average, commit
+
+    results["machine"] = {**results.get("machine", {}), **machine_info()}
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     out.with_suffix(".md").write_text(render_markdown(results))
     print(json.dumps(results, indent=2))

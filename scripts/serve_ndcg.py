@@ -79,6 +79,9 @@ def main() -> int:
         "abs_diff": {m: abs(served[m] - ref["metrics"][m]) for m in served},
         "queries_with_identical_top10": same_top10, "http_s": http_s,
     }
+    from embed_kd.cpu import machine_info  # CPU, flags, threads, load average, commit
+
+    out["machine"] = machine_info()
     print(json.dumps(out, indent=2))
     if args.output:
         Path(args.output).write_text(json.dumps(out, indent=2))
