@@ -2,8 +2,8 @@
 
 ``SentenceTransformer.encode`` already sorts each call's texts by length (longest first) so that a
 batch pads to similar lengths, and restores the input order; we keep that and add the decisions
-the rest of embed-kd relies on: whether embeddings are normalised (cosine models) and a progress
-bar with a description.
+the rest of embed-kd relies on: whether embeddings are normalised (cosine models), a progress
+bar with a description, and a refusal of non-finite embeddings (:mod:`embed_kd.numeric`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def encode_texts(model, texts: Sequence[str], *, batch_size: int = 32, normalize
     if progress is None:
         emb = fn(texts, batch_size=batch_size, show_progress_bar=show_progress, convert_to_numpy=True,
                  normalize_embeddings=normalize)
-        return np.ascontiguousarray(emb, dtype=np.float32)
+        return _finite(np.ascontiguousarray(emb, dtype=np.float32), model, role)
     order = np.argsort([-len(t) for t in texts])  # SentenceTransformer.encode's own length sort
     out = None
     for a in range(0, len(texts), batch_size):
@@ -50,10 +50,20 @@ def encode_texts(model, texts: Sequence[str], *, batch_size: int = 32, normalize
                             convert_to_numpy=True, normalize_embeddings=normalize), dtype=np.float32)
         if out is None:
             out = np.empty((len(texts), emb.shape[-1]), dtype=np.float32)
-        out[idx] = emb
+        out[idx] = _finite(emb, model, role)
         progress(len(idx))
     return out if out is not None else encode_texts(model, texts, batch_size=batch_size, normalize=normalize,
                                                     role=role, show_progress=False)
+
+
+def _finite(emb: np.ndarray, model, role: str) -> np.ndarray:
+    """Refuse NaN / ±inf embeddings (a diverged model): they would rank every document equal, silently."""
+    from embed_kd.numeric import check_finite_array
+
+    if not np.isfinite(emb).all():
+        name = getattr(model, "embed_kd_spec", None) or type(model).__name__
+        check_finite_array(emb, f"model '{name}' returned non-finite {role} embeddings (its weights may be NaN)")
+    return emb
 
 
 def embedding_dim(model) -> int:

@@ -10,6 +10,35 @@ temporaries of writers that are no longer running (:func:`sweep_stale`); a repla
 as ``.<name>.old-<PID>`` by a writer killed mid-swap is put back when the target is missing.
 Files and folders are created with the permissions the umask allows (``0o666``/``0o777`` minus
 the umask), as ``open``/``mkdir`` would, not ``tempfile``'s private ``0o600``/``0o700``.
+
+**Ownership** (:func:`claim_output`, the one rule every writer follows): an existing output may be
+replaced — with ``--overwrite`` — only when embed-kd wrote it *for the same kind of artifact*:
+
+- a folder artifact carries its schema in a marker file (``manifest.json`` of a score store or an
+  index, ``embed_kd_train.json`` of a student, ...), and the marker must name this artifact's
+  schema (e.g. ``embed-kd/teacher-scores@1``);
+- a file artifact is a JSON document whose ``"schema"`` field names it, or a file its
+  :class:`Artifact` recognises (an eval run, a triples TSV, a plot PNG);
+- an empty folder holds nothing to lose and is always free.
+
+Anything else — a folder without the marker, a marker that is not embed-kd's (``{}`` or another
+program's ``manifest.json``), another artifact kind (an index where a score store goes), a file
+where a folder goes — is refused **even with** ``--overwrite``, naming what was found.
+:func:`atomic_dir` applies the rule itself before it replaces anything.
+
+>>> import tempfile, pathlib, json
+>>> root = pathlib.Path(tempfile.mkdtemp())
+>>> INDEX = Artifact("embed-kd/index@1", "manifest.json", "index folder")
+>>> (root / "app").mkdir(); _ = (root / "app" / "manifest.json").write_text("{}")
+>>> claim_output(root / "app", INDEX, overwrite=True)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+embed_kd.errors.ArtifactError: /.../app: was not written by embed-kd as an index folder (its manifest.json has no embed-kd schema); refusing to replace it, even with --overwrite (choose another output, or move it away yourself)
+>>> _ = (root / "app" / "manifest.json").write_text(json.dumps({"schema": "embed-kd/index@1"}))
+>>> claim_output(root / "app", INDEX, overwrite=True)
+True
+>>> claim_output(root / "new", INDEX, overwrite=False)
+False
 """
 
 from __future__ import annotations
@@ -21,14 +50,147 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 from embed_kd.errors import ArtifactError, EmbedKDError
 
 
-def refuse_existing(path: str | os.PathLike, overwrite: bool, flag: str = "--overwrite") -> None:
-    """Raise a clear error when ``path`` exists and ``overwrite`` is False."""
+@dataclass(frozen=True)
+class Artifact:
+    """One kind of embed-kd output, and how to recognise an earlier one of the same kind.
+
+    ``schema``: the schema string (``embed-kd/index@1``). ``marker``: for a folder artifact, the
+    file inside it whose JSON ``"schema"`` names it; ``None`` for a file artifact. ``what``: a few
+    words for messages ("score store"). ``recognise``: for a file artifact without a ``"schema"``
+    field (a run JSON, a TSV, a PNG), a check of the existing file's content; for a folder
+    artifact, a check used only when the marker is absent (a folder an older version wrote
+    without one).
+    """
+
+    schema: str
+    marker: str | None
+    what: str
+    recognise: Callable[[Path], bool] | None = None
+
+    @property
+    def is_folder(self) -> bool:
+        return self.marker is not None
+
+
+def _article(what: str) -> str:
+    return "an" if what[:1].lower() in "aeiou" else "a"
+
+
+def _schema_of(path: Path) -> tuple[str | None, str]:
+    """The embed-kd schema a JSON file names, and a description of what it is when it names none."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(64 << 20)
+        obj = json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None, "is not an embed-kd JSON file"
+    schema = obj.get("schema") if isinstance(obj, dict) else None
+    if isinstance(schema, str) and schema.startswith("embed-kd/"):
+        return schema, ""
+    return None, "has no embed-kd schema"
+
+
+def ownership_problem(path: str | os.PathLike, artifact: Artifact) -> str | None:
+    """Why the existing ``path`` is not an earlier ``artifact`` (None when it is one, or absent, or
+    an empty folder). Reads the marker file only."""
     p = Path(path)
+    if not p.exists() and not p.is_symlink():
+        return None
+    if p.is_symlink():
+        return "it is a symbolic link"
+    if artifact.is_folder:
+        if not p.is_dir():
+            return "it is a file, not a folder"
+        try:
+            if not any(p.iterdir()):
+                return None
+        except OSError as exc:
+            return f"it cannot be listed ({exc.strerror or exc})"
+        marker = p / artifact.marker
+        if not marker.is_file():
+            if artifact.recognise is not None and not marker.exists():
+                try:
+                    if artifact.recognise(p):
+                        return None
+                except Exception:  # noqa: BLE001 - not recognised
+                    pass
+            return f"no {artifact.marker} in it"
+        schema, why = _schema_of(marker)
+        if schema is None:
+            return f"its {artifact.marker} {why}"
+        if schema != artifact.schema:
+            return f"it holds an {schema} artifact, not {artifact.schema}"
+        return None
+    if p.is_dir():
+        return "it is a folder, not a file"
+    if artifact.recognise is not None:
+        try:
+            ok = bool(artifact.recognise(p))
+        except Exception:  # noqa: BLE001 - an unreadable file is simply not recognised
+            ok = False
+        return None if ok else "its content is not one"
+    schema, why = _schema_of(p)
+    if schema is None:
+        return f"it {why}"
+    if schema != artifact.schema:
+        return f"it holds an {schema} document, not {artifact.schema}"
+    return None
+
+
+def claim_output(path: str | os.PathLike, artifact: Artifact, *, overwrite: bool, flag: str = "--overwrite") -> bool:
+    """The ownership rule (module docstring): may ``path`` be written as ``artifact``?
+
+    Returns True when an earlier ``artifact`` exists and ``overwrite`` allows replacing it, False
+    when ``path`` is free (absent, or an empty folder). Raises :class:`ArtifactError` when ``path``
+    is not embed-kd's ``artifact`` (whatever ``overwrite`` says), and :class:`EmbedKDError` when
+    it is one but ``overwrite`` is False. Writes nothing.
+    """
+    p = Path(path)
+    problem = ownership_problem(p, artifact)
+    if problem is not None:
+        raise ArtifactError(f"{p}: was not written by embed-kd as {_article(artifact.what)} {artifact.what} "
+                            f"({problem}); refusing to replace it, even with {flag} (choose another output, or move "
+                            "it away yourself)")
+    if not p.exists():
+        return False
+    if p.is_dir() and not any(p.iterdir()):
+        return False
+    if not overwrite:
+        raise EmbedKDError(f"{p}: already exists; refusing to overwrite it (pass {flag} to replace it)")
+    return True
+
+
+def remove_owned(path: str | os.PathLike, artifact: Artifact, *, flag: str = "--overwrite") -> bool:
+    """Delete ``path`` if it is embed-kd's ``artifact`` (refused otherwise, see :func:`claim_output`).
+    Returns whether something was removed."""
+    p = Path(path)
+    if not claim_output(p, artifact, overwrite=True, flag=flag):
+        return False
+    if p.is_dir():
+        shutil.rmtree(p)
+    else:
+        p.unlink()
+    return True
+
+
+def refuse_existing(path: str | os.PathLike, overwrite: bool, flag: str = "--overwrite",
+                    artifact: Artifact | None = None) -> None:
+    """Raise a clear error when ``path`` exists and ``overwrite`` is False; with ``artifact``, apply
+    the whole ownership rule (:func:`claim_output`). Without one, an existing folder with content
+    is never replaceable (nothing says what it is)."""
+    if artifact is not None:
+        claim_output(path, artifact, overwrite=overwrite, flag=flag)
+        return
+    p = Path(path)
+    if p.is_dir() and not p.is_symlink() and any(p.iterdir()):
+        raise ArtifactError(f"{p}: exists and is a folder embed-kd cannot identify; refusing to replace it, even "
+                            f"with {flag} (choose another output, or move it away yourself)")
     if p.exists() and not overwrite:
         raise EmbedKDError(f"{p}: already exists; refusing to overwrite it (pass {flag} to replace it)")
 
@@ -194,16 +356,18 @@ def atomic_open(path: str | os.PathLike, *, overwrite: bool = True, encoding: st
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False, artifact: Artifact | None = None
+               ) -> Iterator[Path]:
     """Build a folder in a temporary sibling and rename it into place when the block succeeds.
 
-    On error (or interruption) the temporary folder is removed and ``path`` is untouched.
+    On error (or interruption) the temporary folder is removed and ``path`` is untouched. An
+    existing ``path`` is replaced only under the ownership rule (:func:`claim_output` with
+    ``artifact``; without ``artifact`` only an empty folder is replaced).
     """
     path = Path(path)
-    if not overwrite:
-        refuse_existing(path, overwrite)
     _check_parent(path)
-    sweep_stale(path)
+    sweep_stale(path)  # first: it may put back a folder parked by a writer killed mid-swap
+    refuse_existing(path, overwrite, artifact=artifact)
     try:
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp"))
         os.chmod(tmp, 0o777 & ~_umask())

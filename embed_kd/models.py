@@ -43,13 +43,20 @@ def _default_device() -> str:
     return device()
 
 
-def load_sentence_transformer(spec: str | os.PathLike, *, device: str | None = None) -> "SentenceTransformer":
-    """Load a bi-encoder (``SentenceTransformer``) from a path, hub id or preset."""
+def load_sentence_transformer(spec: str | os.PathLike, *, device: str | None = None,
+                              role: str = "this command") -> "SentenceTransformer":
+    """Load a bi-encoder (``SentenceTransformer``) from a path, hub id or preset.
+
+    ``role`` names what the model is for in errors; a cross-encoder or a sparse encoder is refused
+    (:func:`embed_kd.model_kind.check_role`)."""
     from sentence_transformers import SentenceTransformer
+
+    from embed_kd.model_kind import check_role
 
     source, ms = locate_model(spec)
     if ms.kind == "cross-encoder":
         raise EmbedKDError(f"model '{spec}' is a cross-encoder; an embedding model is needed here")
+    check_role(source, "bi-encoder", spec=str(spec), role=role)
     try:
         model = SentenceTransformer(source, device=device or _default_device())
     except _load_errors() as exc:
@@ -71,11 +78,17 @@ def is_sparse_model(spec: str | os.PathLike) -> bool:
     return is_sparse_folder(source)
 
 
-def load_sparse_encoder(spec: str | os.PathLike, *, device: str | None = None):
-    """Load a ``SparseEncoder`` (SPLADE-style model) from a path, hub id or preset."""
+def load_sparse_encoder(spec: str | os.PathLike, *, device: str | None = None, role: str = "this command"):
+    """Load a ``SparseEncoder`` (SPLADE-style model) from a path, hub id or preset; a model whose
+    files say it is not one (nor an MLM to build one on) is refused (:mod:`embed_kd.model_kind`)."""
     from sentence_transformers.sparse_encoder import SparseEncoder
 
-    source, _ = locate_model(spec)
+    from embed_kd.model_kind import check_role
+
+    source, ms = locate_model(spec)
+    if ms.kind in ("cross-encoder", "bi-encoder"):
+        raise EmbedKDError(f"model '{spec}' is a {ms.kind} preset; a sparse encoder is needed for {role}")
+    check_role(source, "sparse-encoder", spec=str(spec), role=role)
     try:
         model = SparseEncoder(str(source), device=device or "cpu")
     except (OSError, ValueError) as exc:
@@ -85,16 +98,32 @@ def load_sparse_encoder(spec: str | os.PathLike, *, device: str | None = None):
 
 
 def load_cross_encoder(spec: str | os.PathLike, *, device: str | None = None, max_length: int | None = None,
-                       **kwargs) -> "CrossEncoder":
+                       role: str = "a cross-encoder role", require_head: bool = True, **kwargs) -> "CrossEncoder":
     """Load a ``CrossEncoder`` from a path, hub id or preset (``kwargs`` go to ``CrossEncoder``,
-    e.g. ``backend="onnx", model_kwargs={"file_name": ...}``)."""
+    e.g. ``backend="onnx", model_kwargs={"file_name": ...}``).
+
+    With ``require_head`` (every role but ``train-teacher --base``, which adds the head on purpose)
+    a model that is not a trained cross-encoder — a bi-encoder, a bare encoder, a checkpoint
+    without its classification head — is refused naming the model and ``role``, before and after
+    loading (:mod:`embed_kd.model_kind`): loaded anyway, its head would be random."""
     from sentence_transformers import CrossEncoder
 
+    from embed_kd.model_kind import check_cross_encoder, check_role
+
     source, ms = locate_model(spec)
+    if require_head:
+        if ms.kind in ("bi-encoder", "sparse-encoder"):
+            raise EmbedKDError(f"model '{spec}' cannot be the cross-encoder for {role}: it is a {ms.kind} "
+                               f"(preset {ms.preset or ms.spec}; loaded as a cross-encoder its classification head "
+                               "would be newly initialised and score at random); pass a cross-encoder, e.g. the "
+                               "minilm-l6-ce preset")
+        check_role(source, "cross-encoder", spec=str(spec), role=role)
     try:
         model = CrossEncoder(source, device=device or _default_device(), max_length=max_length, **kwargs)
     except _load_errors() as exc:
         raise ModelNotFoundError(f"cross-encoder '{spec}' could not be loaded from {source}: {exc}") from None
+    if require_head:
+        check_cross_encoder(model, source, spec=str(spec), role=role)
     model.embed_kd_spec = str(spec)  # type: ignore[attr-defined]
     return model
 

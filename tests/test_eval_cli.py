@@ -58,11 +58,17 @@ def test_dimension_mismatch_is_a_clear_error(tiny_beir, tiny_model, tiny_model_w
 
 
 def test_refuses_to_overwrite(tiny_beir, tiny_model, cache_dir, tmp_path):
+    """A file that is not an embed-kd eval result is never replaced; an earlier result is, with --overwrite."""
     out = tmp_path / "r.json"
     out.write_text("precious")
+    for extra in ([], ["--overwrite"]):
+        res = _eval(["--data", str(tiny_beir), "--model", str(tiny_model), "-o", str(out), *extra], cache_dir)
+        assert res.exit_code == 2 and "not written by embed-kd as an eval result" in res.stderr, res.stderr
+        assert out.read_text() == "precious"
+    out.unlink()
+    assert _eval(["--data", str(tiny_beir), "--model", str(tiny_model), "-o", str(out)], cache_dir).exit_code == 0
     res = _eval(["--data", str(tiny_beir), "--model", str(tiny_model), "-o", str(out)], cache_dir)
     assert res.exit_code == 2 and "refusing to overwrite" in res.stderr
-    assert out.read_text() == "precious"
     res = _eval(["--data", str(tiny_beir), "--model", str(tiny_model), "-o", str(out), "--overwrite"], cache_dir)
     assert res.exit_code == 0 and json.loads(out.read_text())["mode"] == "symmetric"
 

@@ -67,16 +67,22 @@ def test_build_cli_writes_a_verified_folder(tiny_beir, tiny_model, cache_dir, tm
 
 
 def test_build_refuses_existing_output_and_overwrite_replaces(tiny_beir, tiny_model, cache_dir, tmp_path):
+    """A user's folder is never replaced (even with --overwrite); an embed-kd index is, with --overwrite."""
     out = tmp_path / "idx"
     out.mkdir()
     (out / "mine.txt").write_text("user data")
     args = ["build", "--data", str(tiny_beir), "--doc-model", str(tiny_model), "-o", str(out)]
+    for extra in ([], ["--overwrite"]):
+        res = _index(args + extra, cache_dir)
+        assert res.exit_code == 2 and "not written by embed-kd as an index folder" in res.output, res.output
+        assert (out / "mine.txt").read_text() == "user data"
+    (out / "mine.txt").unlink()
+    assert _index(args, cache_dir).exit_code == 0  # an empty folder holds nothing to lose
     res = _index(args, cache_dir)
     assert res.exit_code == 2 and "already exists" in res.output and "--overwrite" in res.output
-    assert (out / "mine.txt").read_text() == "user data"
     res = _index(args + ["--overwrite"], cache_dir)
     assert res.exit_code == 0, res.output
-    assert not (out / "mine.txt").exists() and read_manifest(out)["n"] == 30
+    assert read_manifest(out)["n"] == 30
     assert _leftovers(tmp_path) == []
 
 

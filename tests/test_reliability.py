@@ -651,11 +651,14 @@ def test_leftovers_of_a_killed_writer_are_swept(tmp_path, record_property):
     atomic_write_text(tmp_path / "r.json", "{}")
     with atomic_dir(tmp_path / "idx"):
         pass
+    from embed_kd.io import Artifact
+
     parked = tmp_path / f".model.old-{dead.pid}"
     parked.mkdir()
     (parked / "w").write_text("weights")
+    (parked / "manifest.json").write_text('{"schema": "embed-kd/test@1"}')
     with pytest.raises(RuntimeError):
-        with atomic_dir(tmp_path / "model", overwrite=True):
+        with atomic_dir(tmp_path / "model", overwrite=True, artifact=Artifact("embed-kd/test@1", "manifest.json", "t")):
             raise RuntimeError("the new build failed")
     restored = (tmp_path / "model" / "w").read_text() == "weights"
     case.ok("accepted", 0, note="stale temporaries of a dead pid removed, a live writer's kept, parked folder restored")

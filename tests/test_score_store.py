@@ -114,9 +114,9 @@ def test_not_a_store_refused(tmp_path):
     out = tmp_path / "s"
     out.mkdir()
     (out / "mine.txt").write_text("user data")
-    with pytest.raises(ArtifactError, match="not a score store"):
+    with pytest.raises(ArtifactError, match="not written by embed-kd as a teacher-score store"):
         ScoreStoreWriter.create(out, _manifest())
-    with pytest.raises(ArtifactError, match="refusing to delete"):
+    with pytest.raises(ArtifactError, match="refusing to replace it, even with --overwrite"):
         ScoreStoreWriter.create(out, _manifest(), overwrite=True)
     assert (out / "mine.txt").exists()
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import click
 
 from embed_kd import __version__
+from embed_kd.cli.common import OneLineErrors
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="embed-kd")
 def main() -> None:
     """Distil cross-encoder and embedding teachers into small, fast query encoders.

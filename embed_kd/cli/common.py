@@ -18,6 +18,30 @@ _ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
                errno.ENOTDIR, errno.EISDIR}
 
 
+class OneLineErrors(click.Group):
+    """The ``embed-kd`` group: click's own usage errors (an unknown option or command, a bad
+    value) are one ``Error: <problem> (see '<command> --help')`` line and exit code 2, like every
+    other user mistake — not click's three lines of usage, hint and error."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):  # noqa: D102 - click's entry point
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            ctx = exc.ctx
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            click.echo(f"Error: {' '.join(exc.format_message().split())}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"Error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)

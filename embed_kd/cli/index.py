@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from embed_kd.cli.compress import compression_from_flags, compression_options
 from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosity_options
 
 
@@ -77,10 +78,11 @@ def _with_common(fn):
 @click.option("--limit-docs", type=click.IntRange(1), help="Smoke run: only the first N documents.")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @_with_common
+@compression_options
 @verbosity_options
 @run_command
 def build_command(data, doc_model, output, kind, limit_docs, overwrite, batch_size, cache_dir, no_cache, threads,
-                  no_progress, verbose, quiet):
+                  no_progress, verbose, quiet, truncate_dim=None, precision=None, rescore=None):
     """Encode a corpus with --doc-model and write an index folder (atomic: all or nothing).
 
     Under torchrun / accelerate launch every process encodes a share of the corpus; rank 0 writes.
@@ -100,7 +102,8 @@ def build_command(data, doc_model, output, kind, limit_docs, overwrite, batch_si
     corpus, name, source = _load_docs(data, limit_docs)
     model = document_route(load_sentence_transformer(doc_model))  # an asym model: its document route
     manifest = build_index(output, corpus, model, kind=kind, cache=_cache(cache_dir, no_cache), batch_size=batch_size,
-                           name=name, source=source, overwrite=overwrite, show_progress=not no_progress)
+                           name=name, source=source, overwrite=overwrite, show_progress=not no_progress,
+                           compression=compression_from_flags(truncate_dim, precision, rescore))
     if not world.is_main:
         return
     click.echo(_summary(manifest, output))

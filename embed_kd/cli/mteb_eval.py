@@ -24,7 +24,9 @@ def run_mteb_eval(spec: str, *, data, split, model, query_model, doc_model, outp
     if model == "bm25":
         raise EmbedKDError("--mteb needs an embedding model (MTEB does not run bm25)")
     if output:
-        refuse_existing(output, overwrite)
+        from embed_kd.evaluation.outputs import MTEB_RESULT
+
+        refuse_existing(output, overwrite, artifact=MTEB_RESULT)
     try:
         import mteb  # noqa: F401
     except ImportError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from embed_kd.cli.compress import compression_from_flags, compression_options
 from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosity_options
 
 
@@ -31,10 +32,12 @@ from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosi
 @click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: torch's choice).")
 @click.option("--no-verify", is_flag=True, help="Skip the index checksums at startup (large indexes).")
 @click.option("--access-log", is_flag=True, help="Log every request (uvicorn access log).")
+@compression_options
 @verbosity_options
 @run_command
 def serve_command(index_dir, query_model, expect_teacher_fingerprint, allow_teacher_mismatch, host, port,
-                  max_batch_size, max_wait_ms, max_k, max_query_chars, max_queries, threads, no_verify, access_log, verbose, quiet):
+                  max_batch_size, max_wait_ms, max_k, max_query_chars, max_queries, threads, no_verify, access_log, verbose, quiet,
+                  truncate_dim=None, precision=None, rescore=None):
     """Serve POST /search, GET /health and GET /info with uvicorn.
 
     \b
@@ -50,7 +53,8 @@ def serve_command(index_dir, query_model, expect_teacher_fingerprint, allow_teac
     set_threads(threads)
     check_port(host, port)  # fail in a second, not after loading the model
     engine = SearchEngine.load(index_dir, query_model, expect_teacher_fingerprint=expect_teacher_fingerprint,
-                               verify=not no_verify, allow_teacher_mismatch=allow_teacher_mismatch)
+                               verify=not no_verify, allow_teacher_mismatch=allow_teacher_mismatch,
+                               compression=compression_from_flags(truncate_dim, precision, rescore))
     settings = ServeSettings(max_k=max_k, max_query_chars=max_query_chars, max_queries=max_queries,
                              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
     app = create_app(engine, settings)

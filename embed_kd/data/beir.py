@@ -133,6 +133,20 @@ def _plain_or_gz(p: Path) -> Path:
     return gz if not p.is_file() and gz.is_file() else p
 
 
+def float_id_hint(missing, known, file: str) -> str:
+    """A hint when missing ids are there as JSON floats (``4983`` judged, ``"_id": 4983.0`` in ``file``):
+    ids are compared as text, and a float id reads as ``'4983.0'``.
+
+    >>> print(float_id_hint(["4983"], {"4983.0": {}}, "corpus.jsonl"))
+     — corpus.jsonl has '4983.0': its _id is written as a JSON float (4983.0), read as the text '4983.0'; write ids as strings ("_id": "4983")
+    """
+    for m in list(missing)[:1000]:
+        if f"{m}.0" in known:
+            return (f" — {file} has '{m}.0': its _id is written as a JSON float ({m}.0), read as the text '{m}.0'; "
+                    f'write ids as strings ("_id": "{m}")')
+    return ""
+
+
 def _string_field(path: Path, lineno: int, obj: dict, name: str, *, required: bool) -> str:
     value = obj.get(name)
     if value is None:
@@ -254,9 +268,11 @@ def load_beir(
     if missing_q or missing_d:
         what = []
         if missing_q:
-            what.append(f"{len(missing_q)} query id(s) not in queries.jsonl (e.g. '{missing_q[0]}')")
+            what.append(f"{len(missing_q)} query id(s) not in queries.jsonl (e.g. '{missing_q[0]}')"
+                        + float_id_hint(missing_q, queries, "queries.jsonl"))
         if missing_d:
-            what.append(f"{len(missing_d)} document id(s) not in corpus.jsonl (e.g. '{missing_d[0]}')")
+            what.append(f"{len(missing_d)} document id(s) not in corpus.jsonl (e.g. '{missing_d[0]}')"
+                        + float_id_hint(missing_d, corpus, "corpus.jsonl"))
         if not allow_missing_ids:
             raise DataError(f"{qrels_path}: " + "; ".join(what) + " (pass --allow-missing-ids to drop them)")
         missing_d_set = set(missing_d)

@@ -36,7 +36,7 @@ import numpy as np
 from embed_kd.data.fingerprint import fingerprint_json
 from embed_kd.data.resolve import cache_root
 from embed_kd.errors import ArtifactError
-from embed_kd.io import atomic_dir
+from embed_kd.io import Artifact, atomic_dir
 
 logger = logging.getLogger(__name__)
 SCHEMA = "embed-kd/embeddings@1"
@@ -129,7 +129,7 @@ class EmbeddingCache:
     def store(self, key_fields: dict, ids: Sequence[str], emb: np.ndarray, model: str = "") -> Path:
         path = self.entry_path(key_fields["key"])
         emb = np.ascontiguousarray(emb, dtype=np.float32)
-        with atomic_dir(path, overwrite=True) as tmp:
+        with atomic_dir(path, overwrite=True, artifact=Artifact(SCHEMA, "meta.json", "embedding-cache entry")) as tmp:
             np.save(tmp / "embeddings.npy", emb, allow_pickle=False)
             write_entry_meta(tmp, key_fields, ids, emb.shape, model)
         return path

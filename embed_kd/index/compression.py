@@ -126,10 +126,13 @@ def quantize(emb: np.ndarray, precision: str, ranges: np.ndarray | None = None) 
 
 
 def dequantize(codes: np.ndarray, precision: str, ranges: np.ndarray | None, dim: int) -> np.ndarray:
-    """Float vectors the codes stand for: bucket starts for int8/uint8, ``±1`` for the binary precisions."""
-    if precision in BINARY:
-        bits = np.unpackbits(codes.astype(np.uint8) if precision == "ubinary" else (codes.astype(np.int16) + 128)
-                             .astype(np.uint8), axis=-1)[..., :dim]
+    """Float vectors the codes stand for: bucket starts for int8/uint8, ``±1`` for the binary precisions.
+
+    >>> dequantize(np.array([[0b10100000]], dtype=np.uint8), "ubinary", None, 3).tolist()
+    [[1.0, -1.0, 1.0]]
+    """
+    if precision in BINARY:  # packed bits: uint8, or int8 (= uint8 - 128, sentence-transformers' "binary")
+        bits = np.unpackbits(_as_ubinary(codes), axis=-1)[..., :dim]
         return bits.astype(np.float32) * 2 - 1
     steps = (ranges[1] - ranges[0]) / 255
     steps = np.where(steps == 0, 1, steps)
@@ -215,7 +218,7 @@ class CompressedSearch:
         return int(self.index.ntotal)
 
     def stored_codes(self, rows: np.ndarray) -> np.ndarray:
-        """The stored codes of ``rows`` (for re-scoring)."""
+        """The stored codes of ``rows`` (for re-scoring): packed uint8 bits, or int8/uint8 codes."""
         import faiss
 
         if self.spec.precision in BINARY:

@@ -25,8 +25,16 @@ On-disk layout (schema ``embed-kd/index@1``)::
       "corpus": {"name", "source", "fingerprint", "n_docs"},  # fingerprint over all docs, row order
       "batches": [{"source", "corpus_fingerprint", "n", "first_row", "added"}],  # build, then each add
       "files": {"index.faiss": sha256, "ids.json": sha256, "docs.jsonl": sha256},
+      "compression": {"truncate_dim", "precision", "rescore", "dim", "bytes_per_vector",
+                      "ranges": [[min…], [max…]] | null},   # only when built with --truncate-dim /
+                                                 # --precision (embed_kd.index.compression); then "dim" is
+                                                 # the stored dimension, queries come at doc_model.dim
       "versions": {...}, "created": ISO-8601 UTC, "updated": ISO-8601 UTC
     }
+
+A compressed index (``compression`` present) holds an ``IndexBinaryFlat`` (binary/ubinary,
+``faiss.serialize_index_binary`` bytes) or an ``IndexScalarQuantizer`` over the int8/uint8 codes;
+queries are truncated and quantized with the recorded ranges before the search.
 
 ``corpus.fingerprint`` is :func:`embed_kd.data.fingerprint_corpus` over every document in row
 order, so a freshly built index carries the same corpus fingerprint as ``embed-kd eval`` results
@@ -71,7 +79,7 @@ from embed_kd import distributed as dist
 from embed_kd.data.fingerprint import fingerprint_corpus
 from embed_kd.errors import ArtifactError, EmbedKDError
 from embed_kd.index.faiss_index import KIND_CHOICES, build_faiss_index, factory_string, resolve_kind, search_index
-from embed_kd.io import atomic_dir, read_json, refuse_existing
+from embed_kd.io import Artifact, atomic_dir, claim_output, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +87,8 @@ SCHEMA = "embed-kd/index@1"
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.json"
 DOCS_FILE = "docs.jsonl"
+#: the ownership rule (:func:`embed_kd.io.claim_output`): only an embed-kd index folder is replaced
+ARTIFACT = Artifact(SCHEMA, "manifest.json", "index folder")
 MANIFEST_FILE = "manifest.json"
 _FILES = (INDEX_FILE, IDS_FILE, DOCS_FILE)
 
@@ -110,6 +120,7 @@ class PersistedIndex:
     ids: list[str]
     manifest: dict
     docs: list[dict] = field(default_factory=list)
+    compressed: CompressedSearch | None = None  # a --truncate-dim / --precision index (manifest "compression")
 
     @property
     def n(self) -> int:
@@ -130,14 +141,43 @@ class PersistedIndex:
     def search(self, query_emb: np.ndarray, k: int) -> list[tuple[list[str], list[float], list[int]]]:
         """Top-``k`` per query row: ``(doc ids, scores, rows)``, best first (fewer when n < k)."""
         query_emb = np.asarray(query_emb, dtype=np.float32)
-        if query_emb.ndim != 2 or query_emb.shape[1] != self.dim:
-            raise EmbedKDError(f"query embeddings have shape {tuple(query_emb.shape)}; expected (m, {self.dim})")
-        scores, rows = search_index(self.index, query_emb, k)
+        want = int(self.doc_model["dim"]) if self.compressed is not None else self.dim  # truncated here
+        if query_emb.ndim != 2 or query_emb.shape[1] != want:
+            raise EmbedKDError(f"query embeddings have shape {tuple(query_emb.shape)}; expected (m, {want})")
+        if self.compressed is not None:
+            scores, rows = self.compressed.search(query_emb, k)
+        else:
+            scores, rows = search_index(self.index, query_emb, k)
         out = []
         for srow, rrow in zip(scores, rows):
             keep = [(int(r), float(s)) for r, s in zip(rrow, srow) if r >= 0]
             out.append(([self.ids[r] for r, _ in keep], [s for _, s in keep], [r for r, _ in keep]))
         return out
+
+    def compress(self, spec: Compression) -> None:
+        """Search with ``spec`` from now on (``embed-kd serve --truncate-dim/--precision/--rescore``), in memory.
+
+        A compressed index only takes another ``rescore``; a float ``flat`` index is re-encoded from
+        its stored vectors (truncated / quantized, int8 ranges calibrated on them).
+        """
+        if self.compressed is not None:
+            have = self.compressed.spec
+            if (spec.truncate_dim not in (None, have.truncate_dim)
+                    or spec.precision not in ("float32", have.precision)):
+                raise EmbedKDError(f"{self.path}: the index was built with --truncate-dim {have.truncate_dim} "
+                                   f"--precision {have.precision}; serve it with those (only --rescore may change)")
+            spec = Compression(have.truncate_dim, have.precision, spec.rescore)
+            self.compressed = CompressedSearch(spec, self.index, self.compressed.dim, self.normalize,
+                                               self.compressed.ranges)
+        else:
+            if self.manifest["kind"] != "flat":
+                raise EmbedKDError(f"{self.path}: a {self.manifest['kind']} index cannot be compressed at serve time "
+                                   "(its vectors are not stored exactly); build it with index build --truncate-dim/"
+                                   "--precision")
+            vectors = self.index.reconstruct_n(0, self.n)
+            self.compressed = CompressedSearch.build(vectors, spec, normalize=self.normalize)
+            self.index = self.compressed.index
+        self.manifest = {**self.manifest, "compression": self.compressed.manifest()}
 
     def text(self, row: int) -> str:
         """The document text as the doc model encoded it (``title + " " + text``)."""
@@ -154,8 +194,9 @@ def _write_files(folder: Path, index, ids: list[str], docs) -> dict:
 
     # serialised in memory and written by Python: a full disk raises OSError here (faiss.write_index
     # only prints "close error" to stderr and leaves a short file)
+    serialize = faiss.serialize_index_binary if isinstance(index, faiss.IndexBinary) else faiss.serialize_index
     with (folder / INDEX_FILE).open("wb") as fh:
-        fh.write(faiss.serialize_index(index).tobytes())
+        fh.write(serialize(index).tobytes())
     (folder / IDS_FILE).write_text(json.dumps(ids, ensure_ascii=False), encoding="utf-8")
     with (folder / DOCS_FILE).open("w", encoding="utf-8") as fh:
         for doc_id, doc in zip(ids, docs):
@@ -179,30 +220,41 @@ def _check_embeddings(emb: np.ndarray, corpus: Mapping, what: str) -> np.ndarray
     return emb
 
 
+#: the ``factory`` recorded for a quantized index (FAISS factory strings of the index it holds)
+_COMPRESSED_FACTORY = {"int8": "SQ8_direct_signed", "uint8": "SQ8_direct", "binary": "BFlat", "ubinary": "BFlat"}
+
+
 def write_index(output: str | Path, emb: np.ndarray, corpus: Mapping[str, Mapping[str, str]], *, doc_model: dict,
-                normalize: bool, kind: str = "flat", name: str = "", source: str = "", overwrite: bool = False
-                ) -> dict:
+                normalize: bool, kind: str = "flat", name: str = "", source: str = "", overwrite: bool = False,
+                compression: Compression | None = None) -> dict:
     """Build a FAISS index over ``emb`` (row i = ``list(corpus)[i]``) and persist it atomically.
 
     ``doc_model`` is :func:`embed_kd.evaluation.retrieval_eval.model_info` of the model that made
-    ``emb``. Returns the manifest.
+    ``emb``. ``compression``: store truncated / quantized vectors (:mod:`embed_kd.index.compression`;
+    ``emb`` stays the full float embeddings). Returns the manifest.
     """
     output = Path(output)
-    refuse_existing(output, overwrite)
+    claim_output(output, ARTIFACT, overwrite=overwrite)
     if not corpus:
         raise EmbedKDError("no documents to index")
     kind = resolve_kind(kind, len(corpus))
     emb = _check_embeddings(emb, corpus, str(output))
     ids = list(corpus)
     corpus_fp = fingerprint_corpus(corpus)
-    index = build_faiss_index(emb, kind)
+    if compression is not None and (compression.active or compression.rescore):
+        cs = CompressedSearch.build(emb, compression, normalize=normalize, kind=kind)
+        index, dim, extra = cs.index, cs.dim, {"compression": cs.manifest()}
+        factory = (_COMPRESSED_FACTORY.get(compression.precision) or factory_string(len(ids), cs.dim, kind))
+    else:
+        index, dim, extra = build_faiss_index(emb, kind), int(emb.shape[1]), {}
+        factory = factory_string(len(ids), dim, kind)
     created = _now()
-    with atomic_dir(output, overwrite=overwrite) as tmp:
+    with atomic_dir(output, overwrite=overwrite, artifact=ARTIFACT) as tmp:
         files = _write_files(tmp, index, ids, (corpus[d] for d in ids))
         manifest = {
-            "schema": SCHEMA, "kind": kind, "factory": factory_string(len(ids), int(emb.shape[1]), kind),
-            "metric": "inner_product",
-            "n": len(ids), "dim": int(emb.shape[1]), "normalize": bool(normalize),
+            "schema": SCHEMA, "kind": kind, "factory": factory,
+            "metric": "hamming" if compression is not None and compression.precision in BINARY else "inner_product",
+            "n": len(ids), "dim": dim, "normalize": bool(normalize), **extra,
             "doc_model": dict(doc_model),
             "corpus": {"name": name, "source": source, "fingerprint": corpus_fp, "n_docs": len(ids)},
             "batches": [{"source": source, "corpus_fingerprint": corpus_fp, "n": len(ids), "first_row": 0,
@@ -210,7 +262,7 @@ def write_index(output: str | Path, emb: np.ndarray, corpus: Mapping[str, Mappin
             "files": files, "versions": _versions(), "created": created, "updated": created,
         }
         _write_manifest(tmp, manifest)
-    logger.info("wrote %s index of %d docs (dim %d) to %s", kind, len(ids), emb.shape[1], output)
+    logger.info("wrote %s index of %d docs (dim %d) to %s", kind, len(ids), dim, output)
     return manifest
 
 
@@ -245,8 +297,9 @@ def append_to_index(path: str | Path, emb: np.ndarray, corpus: Mapping[str, Mapp
                 "documents with the index's doc model"
             )
         emb = _check_embeddings(emb, corpus, str(path))
-        if emb.shape[1] != current.dim:
-            raise EmbedKDError(f"{path}: new embeddings are {emb.shape[1]}-dim; the index is {current.dim}-dim")
+        want = int(m["doc_model"]["dim"]) if current.compressed is not None else current.dim
+        if emb.shape[1] != want:
+            raise EmbedKDError(f"{path}: new embeddings are {emb.shape[1]}-dim; the index takes {want}-dim vectors")
         existing = set(current.ids)
         dup = [d for d in corpus if d in existing]
         if dup:
@@ -255,12 +308,15 @@ def append_to_index(path: str | Path, emb: np.ndarray, corpus: Mapping[str, Mapp
                 "ids must be unique"
             )
         new_ids = list(corpus)
-        current.index.add(emb)
+        if current.compressed is not None:  # truncated / quantized like the rest (the recorded int8 ranges)
+            current.compressed.add(emb)
+        else:
+            current.index.add(emb)
         ids = current.ids + new_ids
         docs = current.docs + [dict(corpus[d]) for d in new_ids]
         all_docs = {d: doc for d, doc in zip(ids, docs)}
         now = _now()
-        with atomic_dir(path, overwrite=True) as tmp:
+        with atomic_dir(path, overwrite=True, artifact=ARTIFACT) as tmp:
             files = _write_files(tmp, current.index, ids, docs)
             manifest = {
                 **m, "n": len(ids), "files": files, "updated": now,
@@ -303,8 +359,10 @@ def open_index(path: str | Path, *, verify: bool = True) -> PersistedIndex:
             raise ArtifactError(f"{f}: missing from the index folder (rebuild it with embed-kd index build)")
         if verify and _sha256_file(f) != manifest["files"].get(name):
             raise ArtifactError(f"{f}: checksum does not match {MANIFEST_FILE} (truncated or modified); rebuild the index")
+    comp = manifest.get("compression")
+    binary = bool(comp) and comp.get("precision") in BINARY
     try:
-        index = faiss.read_index(str(path / INDEX_FILE))
+        index = (faiss.read_index_binary if binary else faiss.read_index)(str(path / INDEX_FILE))
     except RuntimeError as exc:
         raise ArtifactError(f"{path / INDEX_FILE}: FAISS cannot read it ({str(exc).splitlines()[-1][:200]})") from None
     ids = read_json(path / IDS_FILE, "index id map")
@@ -319,12 +377,17 @@ def open_index(path: str | Path, *, verify: bool = True) -> PersistedIndex:
                 raise ArtifactError(f"{path / DOCS_FILE}:{lineno}: malformed JSON ({exc.msg})") from None
             docs.append({"title": obj.get("title", ""), "text": obj.get("text", "")})
     n, dim = int(manifest["n"]), int(manifest["dim"])
-    if not (index.ntotal == len(ids) == len(docs) == n) or index.d != dim:
+    if not (index.ntotal == len(ids) == len(docs) == n) or index.d != (((dim + 7) // 8) * 8 if binary else dim):
         raise ArtifactError(
             f"{path}: inconsistent index folder: FAISS holds {index.ntotal} × {index.d}, ids.json {len(ids)}, "
             f"docs.jsonl {len(docs)}, manifest says {n} × {dim}"
         )
-    return PersistedIndex(path, index, ids, manifest, docs)
+    compressed = None
+    if comp:
+        spec = Compression(comp.get("truncate_dim"), comp["precision"], comp.get("rescore"))
+        ranges = None if comp.get("ranges") is None else np.asarray(comp["ranges"], dtype=np.float32)
+        compressed = CompressedSearch(spec, index, dim, bool(manifest["normalize"]), ranges)
+    return PersistedIndex(path, index, ids, manifest, docs, compressed)
 
 
 # ------------------------------------------------------------------------------------ with a model
@@ -338,8 +401,10 @@ def _as_dataset(corpus: Mapping[str, Mapping[str, str]], name: str, source: str)
 
 def build_index(output: str | Path, corpus: Mapping[str, Mapping[str, str]], doc_model, *, kind: str = "flat",
                 cache=None, batch_size: int = 32, name: str = "", source: str = "", overwrite: bool = False,
-                show_progress: bool = True) -> dict:
+                show_progress: bool = True, compression: Compression | None = None) -> dict:
     """Encode ``corpus`` with ``doc_model`` (through the embedding cache) and write an index folder.
+
+    ``compression``: truncate / quantize what is stored (the cache keeps the full float vectors).
 
     Under a process group (``torchrun``) every process encodes its share of the corpus and rank 0
     builds and writes the index; every process returns the manifest.
@@ -348,9 +413,13 @@ def build_index(output: str | Path, corpus: Mapping[str, Mapping[str, str]], doc
     from embed_kd.evaluation.retrieval_eval import encode_corpus, model_info
     from embed_kd.index.cache import EmbeddingCache
 
-    refuse_existing(output, overwrite)  # before encoding: a refusal should not cost an encode
+    claim_output(output, ARTIFACT, overwrite=overwrite)  # before encoding: a refusal should not cost an encode
     if kind not in KIND_CHOICES:
         raise EmbedKDError(f"--index {kind}: unknown index kind (choose one of {', '.join(KIND_CHOICES)})")
+    if compression is not None:  # before encoding
+        from embed_kd.encode import embedding_dim
+
+        compression.validate(embedding_dim(doc_model), resolve_kind(kind, max(1, len(corpus))))
     normalize = uses_cosine(doc_model)
     cache = cache if cache is not None else EmbeddingCache()
     emb, _, _ = encode_corpus(doc_model, _as_dataset(corpus, name, source), cache=cache, batch_size=batch_size,
@@ -360,7 +429,7 @@ def build_index(output: str | Path, corpus: Mapping[str, Mapping[str, str]], doc
     with dist.step("writing the index"):
         if dist.active().is_main:
             manifest = write_index(output, emb, corpus, doc_model=model_info(doc_model), normalize=normalize,
-                                   kind=kind, name=name, source=source, overwrite=overwrite)
+                                   kind=kind, name=name, source=source, overwrite=overwrite, compression=compression)
     return dist.broadcast_object(manifest)
 
 
@@ -392,6 +461,8 @@ def index_summary(manifest: dict) -> dict:
     """The fields ``index info`` and ``GET /info`` show."""
     return {
         "kind": manifest["kind"], "n": manifest["n"], "dim": manifest["dim"], "normalize": manifest["normalize"],
+        "compression": {k: v for k, v in manifest["compression"].items() if k != "ranges"}
+        if manifest.get("compression") else None,
         "doc_model": manifest["doc_model"], "corpus": manifest["corpus"], "batches": len(manifest.get("batches", [])),
         "created": manifest.get("created"), "updated": manifest.get("updated"),
     }

@@ -17,9 +17,11 @@ Under ``torchrun`` / ``accelerate launch`` (a process group is up, :mod:`embed_k
    file) and renames the folder into place (atomic, as a single-process write);
 5. every rank memory-maps the finished entry.
 
-With the cache disabled (``--no-cache``) the same file is written to a temporary folder (under the
-cache root when several processes must share it) and deleted once mapped. The folder must be on a
-filesystem all processes see (always true on one machine).
+With the cache disabled (``--no-cache``) the same file is written to a temporary folder
+``.embed-kd-encode.pid<PID>-<random>.tmp`` in ``$TMPDIR`` (under the cache root's ``tmp/`` when
+several processes must share it) and deleted once mapped; the folder of a run killed with
+``kill -9`` is removed by the next run (:func:`embed_kd.io.sweep_stale`: its pid is gone). The
+folder must be on a filesystem all processes see (always true on one machine).
 
 Row ``i`` is document ``ids[i]`` whatever the number of processes; only the composition of the
 length-sorted batches changes (embeddings equal within float rounding, ~1e-6).
@@ -44,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 #: documents encoded (and held in RAM as texts + embeddings) at a time
 DEFAULT_BLOCK = 8192
+#: the uncached matrix lives in ``$TMPDIR/.embed-kd-encode.pid<PID>-<random>.tmp/`` (swept when stale)
+TMP_NAME = "embed-kd-encode"
 
 
 def encode_rows_into(out: np.ndarray, text_of_row: Callable[[int], str], start: int, stop: int,
@@ -115,12 +119,12 @@ def _tmp_folder(cache: EmbeddingCache, key: str, world: dist.World, n: int, dim:
             if world.distributed:
                 raise ArtifactError(f"{final.parent}: cannot write the embedding cache entry that the processes "
                                     f"share ({exc.strerror or exc})") from None
-    if world.distributed:  # peers must see the folder: use the cache root, not a node-local /tmp
-        root = cache.root / "tmp"
-        root.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(dir=root, prefix="encode-"))
-    else:
-        folder = Path(tempfile.mkdtemp(prefix="embed-kd-encode-"))
+    # peers must see the folder: the cache root, not a node-local /tmp. The name carries this pid,
+    # so a run killed with -9 leaves a folder the next run's sweep recognises as stale and removes.
+    root = cache.root / "tmp" if world.distributed else Path(tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    sweep_stale(root / TMP_NAME)
+    folder = Path(tempfile.mkdtemp(dir=root, prefix=f".{TMP_NAME}.pid{os.getpid()}-", suffix=".tmp"))
     try:
         _create_npy(folder, n, dim)
     except OSError as exc:

@@ -20,9 +20,10 @@ for normalised models), exactly what ``embed-kd eval`` ranks by.
 Bad requests are answered ``4xx`` with ``{"error": "<one sentence>", "problems": [{"field",
 "message", "type"}]}``: ``422`` for a malformed JSON body, wrong types (strict: ``"5"`` is not an
 int, ``1`` is not a bool), an empty/blank/oversized query, too many queries, ``k`` out of range or
-unknown fields; ``413`` for a body larger than ``max_body_bytes`` (by ``Content-Length``, or counted while
-reading a chunked body); ``404``/``405`` for unknown routes
-or methods.
+unknown fields, and a query that is not valid Unicode text (an unpaired surrogate such as
+``"\\ud800"``, which the tokenizer cannot encode) — each refused before it is batched with anyone
+else's; ``413`` for a body larger than ``max_body_bytes`` (by ``Content-Length``, or counted while
+reading a chunked body); ``404``/``405`` for unknown routes or methods.
 
 ``GET /health`` → ``{"status": "ok", "n_docs": int}``.
 ``GET /info`` → query and doc models (spec, fingerprint, dim, max_seq_length), alignment check,
@@ -30,7 +31,9 @@ index (path, kind, n, dim, normalize, corpus), limits, micro-batching settings a
 
 Concurrency: requests are validated on the event loop, then their queries go through a
 :class:`~embed_kd.serve.batching.MicroBatcher`: concurrent queries are encoded together, in a
-worker thread, and searched with one FAISS call.
+worker thread, and searched with one FAISS call. A failure inside a batch is isolated to the
+request that causes it (the batch is retried request by request): that request gets ``500
+{"error": ...}``, every other request of the batch its ``200``.
 """
 
 # no ``from __future__ import annotations`` here: FastAPI must see the request model defined in
@@ -69,6 +72,17 @@ def _json_type(value: Any) -> str:
     if isinstance(value, str):
         return f"string {value[:20]!r}"
     return {"dict": "object", "list": "array"}.get(type(value).__name__, type(value).__name__)
+
+
+def _not_encodable(text: str) -> str | None:
+    """Why a tokenizer cannot take ``text`` (None when it can): an unpaired UTF-16 surrogate (JSON
+    ``"\\ud800"``) is not Unicode text and makes the fast tokenizers raise — for the whole batch."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"holds an unpaired surrogate U+{ord(text[exc.start]):04X} at character {exc.start}; it is not "
+                "valid Unicode text (send UTF-8 text)")
+    return None
 
 
 class _BodyLimit:
@@ -165,6 +179,9 @@ def create_app(engine: "SearchEngine", settings: ServeSettings | None = None) ->
                     raise ValueError(f"{where} is empty")
                 if len(text) > s.max_query_chars:
                     raise ValueError(f"{where} is {len(text)} characters long; the limit is {s.max_query_chars}")
+                bad = _not_encodable(text)
+                if bad:
+                    raise ValueError(f"{where} {bad}")
 
             if isinstance(v, list):
                 if not v:
@@ -233,7 +250,11 @@ def create_app(engine: "SearchEngine", settings: ServeSettings | None = None) ->
         """Top-k documents for one query or a list of queries."""
         t = time.perf_counter()
         queries = [req.query] if isinstance(req.query, str) else req.query
-        hits = await batcher.submit([(q, req.k) for q in queries])
+        try:
+            hits = await batcher.submit([(q, req.k) for q in queries])
+        except Exception as exc:  # noqa: BLE001 - this request's own failure (the batcher isolated it)
+            return JSONResponse({"error": f"the query could not be processed ({type(exc).__name__}: "
+                                          f"{' '.join(str(exc).split())[:300]})", "problems": []}, status_code=500)
         results = []
         for ids, scores, rows in hits:
             r: dict[str, Any] = {"ids": ids, "scores": scores}

@@ -10,8 +10,10 @@ each request its slice of the results. While one batch is being encoded, the nex
 so under load batches grow by themselves; with one client, the added latency is at most
 ``max_wait_ms``. A request with more items than ``max_batch_size`` is processed whole, never split.
 
-``process`` receives a list of items and must return a list of results of the same length; if it
-raises, every request of that batch gets the exception.
+``process`` receives a list of items and must return a list of results of the same length. If it
+raises for a batch of several requests, the failure is isolated: each request of the batch is
+processed again on its own, so only the request whose items fail gets the exception (the others
+get their results, a little later); a batch of one request hands it the exception directly.
 
 >>> import asyncio
 >>> async def demo():
@@ -75,8 +77,8 @@ class MicroBatcher:
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if not 0 <= self.max_wait_ms < float("inf"):  # nan and inf too: a wait that never ends
+            raise ValueError(f"max_wait_ms must be a finite number >= 0, got {self.max_wait_ms}")
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -128,6 +130,33 @@ class MicroBatcher:
             n += len(nxt.items)
         return batch
 
+    async def _one_by_one(self, batch: list[_Pending]) -> None:
+        """Process each request of a failed batch alone: a failure reaches only its own request."""
+        loop = asyncio.get_running_loop()
+        for p in batch:
+            if p.future.done():
+                continue
+            try:
+                results = await loop.run_in_executor(self._executor, self.process, p.items)
+                if len(results) != len(p.items):
+                    raise RuntimeError(f"process() returned {len(results)} results for {len(p.items)} items")
+            except asyncio.CancelledError:
+                for q in batch:
+                    if not q.future.done():
+                        q.future.cancel()
+                raise
+            except Exception as exc:  # noqa: BLE001 - this request's own failure
+                self.stats.errors += 1
+                if not p.future.done():
+                    p.future.set_exception(exc)
+                continue
+            self.stats.batches += 1
+            self.stats.requests += 1
+            self.stats.items += len(p.items)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(p.items))
+            if not p.future.done():
+                p.future.set_result(list(results))
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -145,12 +174,15 @@ class MicroBatcher:
                     if not p.future.done():
                         p.future.cancel()
                 raise
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-                logger.exception("batch of %d items failed", len(items))
-                self.stats.errors += 1
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
+            except Exception as exc:  # noqa: BLE001 - isolated to the request(s) that cause it
+                if len(batch) == 1:
+                    logger.warning("request of %d item(s) failed: %s: %s", len(items), type(exc).__name__, exc)
+                    self.stats.errors += 1
+                    batch[0].future.set_exception(exc)
+                    continue
+                logger.warning("batch of %d requests failed (%s: %s); retrying each request on its own",
+                               len(batch), type(exc).__name__, exc)
+                await self._one_by_one(batch)
                 continue
             self.stats.batches += 1
             self.stats.requests += len(batch)

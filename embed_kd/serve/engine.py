@@ -152,8 +152,12 @@ class SearchEngine:
     @classmethod
     def load(cls, index_dir: str | Path, query_model: str | None = None, *,
              expect_teacher_fingerprint: str | None = None, verify: bool = True,
-             allow_teacher_mismatch: bool = False) -> "SearchEngine":
-        """Open the index, load the query model (default: the index's doc model) and check they match."""
+             allow_teacher_mismatch: bool = False, compression=None) -> "SearchEngine":
+        """Open the index, load the query model (default: the index's doc model) and check they match.
+
+        ``compression`` (:class:`embed_kd.index.compression.Compression`): search the index truncated /
+        quantized (:meth:`embed_kd.index.store.PersistedIndex.compress`).
+        """
         from embed_kd.evaluation.retrieval_eval import model_info
         from embed_kd.index.store import open_index
         from embed_kd.models import load_sentence_transformer
@@ -163,6 +167,8 @@ class SearchEngine:
             raise EmbedKDError(f"--expect-teacher-fingerprint {expect_teacher_fingerprint!r}: expected 16 hex digits")
         t = time.perf_counter()
         index = open_index(index_dir, verify=verify)
+        if compression is not None:
+            index.compress(compression)
         index_s = time.perf_counter() - t
         spec = query_model or index.doc_model["spec"]
         t = time.perf_counter()

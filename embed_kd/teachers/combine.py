@@ -28,10 +28,12 @@ Inputs: ``columns`` ``{teacher: [score per candidate]}`` (equal lengths); output
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Mapping, Sequence
 
 from embed_kd.errors import ArtifactError, EmbedKDError
+from embed_kd.numeric import finite_number
 from embed_kd.teachers.fusion import normalize_scores
 
 NORMS = ("zscore", "minmax", "none", "mean")
@@ -59,10 +61,7 @@ def parse_weights(text: str | None, teachers: Sequence[str]) -> dict[str, float]
             raise EmbedKDError(f"--weights {text!r}: expected name=weight pairs separated by commas")
         if name not in weights:
             raise EmbedKDError(f"--weights: unknown teacher '{name}' (teachers: {', '.join(teachers)})")
-        try:
-            w = float(value)
-        except ValueError:
-            raise EmbedKDError(f"--weights: weight of '{name}' must be a number, got {value!r}") from None
+        w = finite_number(value.strip(), f"--weights: weight of '{name}'")  # nan / inf refused
         if w < 0:
             raise EmbedKDError(f"--weights: weight of '{name}' must be >= 0, got {w}")
         weights[name] = w
@@ -79,8 +78,9 @@ def _weights_file(path: str, teachers: Sequence[str]) -> dict[str, float]:
         got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
         raise ArtifactError(f"{path}: not an ensemble weights file (schema {got!r}, expected 'embed-kd/ensemble-weights@1')")
     w = doc.get("weights")
-    if not isinstance(w, dict) or not all(isinstance(v, (int, float)) for v in w.values()):
-        raise ArtifactError(f"{path}: field 'weights' must map teacher names to numbers")
+    if not isinstance(w, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                          and v >= 0 for v in w.values()):
+        raise ArtifactError(f"{path}: field 'weights' must map teacher names to finite numbers >= 0")
     if set(w) != set(teachers):
         raise EmbedKDError(f"{path}: weights are for {sorted(w)}, the teachers are {sorted(teachers)}; "
                            "name the teachers like the ensemble members (NAME=SPEC)")

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,8 +185,8 @@ class EnsembleConfig:
             raise bad(f"field 'fusion' must be one of {list(METHODS)}, got {fusion!r}")
         weights = raw.get("weights") or {}
         if not isinstance(weights, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                    for v in weights.values()):
-            raise bad("field 'weights' must map member names to numbers")
+                                                    and math.isfinite(v) and v >= 0 for v in weights.values()):
+            raise bad("field 'weights' must map member names to finite numbers >= 0")
         missing = sorted(set(weights) - names)
         if missing:
             raise bad(f"field 'weights' names unknown member(s) {missing}")
@@ -199,8 +200,9 @@ class EnsembleConfig:
             except EmbedKDError as exc:
                 raise bad(f"field 'fit_split': {exc}") from None
         grid = raw.get("grid", DEFAULT_GRID)
-        if not isinstance(grid, list | tuple) or not grid or not all(isinstance(g, (int, float)) and g >= 0 for g in grid):
-            raise bad("field 'grid' must be a non-empty list of non-negative numbers")
+        if not isinstance(grid, list | tuple) or not grid or not all(isinstance(g, (int, float)) and not isinstance(g, bool)
+                                                                      and math.isfinite(g) and g >= 0 for g in grid):
+            raise bad("field 'grid' must be a non-empty list of finite, non-negative numbers")
         ints = {}
         for key, default in (("dev_queries", DEFAULT_DEV_QUERIES), ("seed", DEFAULT_SEED), ("rerank_depth", 20),
                              ("rrf_k", 60)):

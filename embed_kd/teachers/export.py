@@ -9,7 +9,9 @@ one line per (query, positive, negative): positives are the candidates with ``la
 negatives those with ``label == 0``, highest teacher score first (``negatives_per_positive`` keeps
 the N hardest). Scores come from one store column (``score`` by default).
 
-**Hugging Face datasets** (``datasets.Dataset.save_to_disk`` folders), with texts so that
+**Hugging Face datasets** (``datasets.Dataset.save_to_disk`` folders, plus ``embed_kd_export.json``
+— schema ``embed-kd/score-export@1``: ``kind``, ``column``, ``store``, ``config_fingerprint``,
+``rows`` — which marks the folder as embed-kd's for ``--overwrite``), with texts so that
 sentence-transformers losses consume them directly:
 
 ==============  ===============================================  =====================================
@@ -35,10 +37,26 @@ from typing import Iterator, Sequence
 
 from embed_kd.errors import ArtifactError, EmbedKDError
 
+from embed_kd.io import Artifact
 logger = logging.getLogger(__name__)
 
 
 def margin_triples(qid: str, rows: Sequence[tuple[str, float, int]], negatives_per_positive: int | None = None
+def _is_triples_tsv(path: Path) -> bool:
+    """An earlier margin-MSE export: its first line is ``pos_score neg_score qid pos_id neg_id``."""
+    with Path(path).open(encoding="utf-8") as fh:
+        first = fh.readline().rstrip("\n").split("\t")
+    if len(first) != 5:
+        return False
+    float(first[0]), float(first[1])  # ValueError: not one
+    return True
+
+
+#: the ownership rule (:func:`embed_kd.io.claim_output`) for the two export kinds
+TSV_ARTIFACT = Artifact("embed-kd/margin-mse-tsv", None, "margin-MSE triples export", recognise=_is_triples_tsv)
+HF_ARTIFACT = Artifact("embed-kd/score-export@1", "embed_kd_export.json", "score-store dataset export")
+
+
                    ) -> Iterator[tuple[float, float, str, str, str]]:
     """``(pos_score, neg_score, qid, pos_id, neg_id)`` for one query's ``(doc_id, score, label)`` rows."""
     pos = sorted((r for r in rows if r[2] > 0), key=lambda r: (-r[1], r[0]))
@@ -124,6 +142,9 @@ def export_hf(store, path, *, kind: str, column: str = "score", negatives: int |
     from embed_kd.io import atomic_dir
 
     store._check_column(column)
+    from embed_kd.io import atomic_write_json, claim_output
+
+    claim_output(path, HF_ARTIFACT, overwrite=overwrite)  # before the work; only an earlier export is replaced
     if kind == "scores":
         ds = datasets.Dataset(store.table())
     else:
@@ -131,7 +152,11 @@ def export_hf(store, path, *, kind: str, column: str = "score", negatives: int |
         if not cols["query"]:
             raise EmbedKDError(f"{store.path}: no training example could be made (no positive with enough negatives)")
         ds = datasets.Dataset.from_dict(cols)
-    with atomic_dir(Path(path), overwrite=overwrite) as tmp:
+    with atomic_dir(Path(path), overwrite=overwrite, artifact=HF_ARTIFACT) as tmp:
         ds.save_to_disk(str(tmp))
     logger.info("wrote %d %s examples to %s", len(ds), kind, path)
+        atomic_write_json(tmp / HF_ARTIFACT.marker, {"schema": HF_ARTIFACT.schema, "kind": kind, "column": column,
+                                                     "store": str(store.path),
+                                                     "config_fingerprint": store.manifest.get("config_fingerprint"),
+                                                     "rows": len(ds)})
     return len(ds)

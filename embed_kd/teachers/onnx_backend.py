@@ -51,7 +51,7 @@ def export_cross_encoder(model, variant: str, cache_root: Path | None = None) ->
     import torch
 
     from embed_kd.data.resolve import cache_root as default_root
-    from embed_kd.io import atomic_dir
+    from embed_kd.io import Artifact, atomic_dir
     from embed_kd.models import fingerprint_model
 
     if variant not in VARIANTS:
@@ -66,7 +66,7 @@ def export_cross_encoder(model, variant: str, cache_root: Path | None = None) ->
 
     t0 = time.perf_counter()
     logger.info("exporting %s to ONNX (%s) in %s", getattr(model, "embed_kd_spec", "cross-encoder"), variant, folder)
-    with atomic_dir(folder, overwrite=True) as tmp:
+    with atomic_dir(folder, overwrite=True, artifact=Artifact(SCHEMA, "meta.json", "ONNX export")) as tmp:
         raw = tmp / "raw.onnx"
         with torch.no_grad():
             torch.onnx.export(logits_module, sample, str(raw), input_names=names,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import replace
@@ -32,9 +33,12 @@ from pathlib import Path
 from typing import Sequence
 
 from embed_kd import distributed as dist
-from embed_kd.errors import EmbedKDError
+from embed_kd.errors import ArtifactError, EmbedKDError
 
 logger = logging.getLogger(__name__)
+
+
+_SHARD_RE = re.compile(r"^shard-\d{5}-of-\d{5}$")
 
 
 def parts_folder(out: str | os.PathLike) -> Path:
@@ -53,10 +57,21 @@ def shard_folder(out: str | os.PathLike, rank: int, world_size: int) -> Path:
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise EmbedKDError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise EmbedKDError(f"{out}: already exists; refusing to overwrite it (pass --overwrite to recompute it)")
+    from embed_kd.io import claim_output
+    from embed_kd.teachers.store import ARTIFACT
+
+    claim_output(out, ARTIFACT, overwrite=overwrite)  # only an embed-kd score store is ever replaced
+    parts = parts_folder(out)
+    if parts.exists():
+        foreign = [] if parts.is_dir() and not parts.is_symlink() else [parts.name]
+        if not foreign:
+            foreign = [p.name for p in parts.iterdir()
+                       if not (p.is_dir() and _SHARD_RE.match(p.name) and (p / "manifest.json").is_file()
+                               or p.is_dir() and _SHARD_RE.match(p.name) and not any(p.iterdir()))]
+        if foreign:
+            raise ArtifactError(f"{parts}: holds {', '.join(sorted(foreign)[:3])}, which embed-kd did not write as "
+                                "shards of this run; refusing to use or remove it, even with --overwrite (move it "
+                                "away yourself)")
 
 
 def score_teacher_distributed(dataset, candidates: Sequence[str], teachers: Sequence[str], out: str | os.PathLike,
@@ -84,7 +99,12 @@ def score_teacher_distributed(dataset, candidates: Sequence[str], teachers: Sequ
         _check_output(out, opt.overwrite)
         if world.is_main:
             if opt.overwrite and parts.exists():
-                shutil.rmtree(parts)
+                from embed_kd.io import remove_owned
+                from embed_kd.teachers.store import ARTIFACT
+
+                for shard in parts.iterdir():  # each one checked: only embed-kd score stores are removed
+                    remove_owned(shard, ARTIFACT)
+                parts.rmdir()
             parts.mkdir(parents=True, exist_ok=True)
             foreign = sorted(p.name for p in parts.iterdir()
                              if p.is_dir() and not p.name.endswith(f"-of-{world.world_size:05d}"))

@@ -79,15 +79,19 @@ def score_teacher(dataset, candidates: Sequence[str], teachers: Sequence[str], o
     from embed_kd.index.cache import EmbeddingCache
     from embed_kd.teachers.combine import NORMS, parse_weights
     from embed_kd.teachers.scorers import build_teacher, parse_teacher_spec
-    from embed_kd.teachers.store import ScoreStoreWriter, new_manifest
+    from embed_kd.teachers.store import ARTIFACT, ScoreStoreWriter, new_manifest
 
-    from embed_kd.io import check_writable
+    from embed_kd.io import check_writable, ownership_problem
 
     opt = options or ScoreOptions()
     t0 = time.perf_counter()
     check_writable(out)  # an unwritable output fails before mining and scoring
     if opt.limit:
         dataset = dataset.sliced(opt.limit)
+    if ownership_problem(out, ARTIFACT) is not None and not ScoreStoreWriter.is_scaffolding(Path(out)):
+        from embed_kd.io import claim_output
+
+        claim_output(out, ARTIFACT, overwrite=opt.overwrite)  # a folder that is not a store: refused now
     if not dataset.queries:
         raise DataError(f"{dataset.path}: split '{dataset.split}' has no judged queries to score")
     if opt.shard is not None:
@@ -136,12 +140,17 @@ def score_teacher(dataset, candidates: Sequence[str], teachers: Sequence[str], o
                     "total_s": time.perf_counter() - t0, "config_fingerprint": done["config_fingerprint"]}
     fresh = not (out / "manifest.json").is_file() or opt.overwrite
     writer = ScoreStoreWriter.create(out, manifest, chunk_size=opt.chunk_size, overwrite=opt.overwrite)
+    existed = out.exists()
     try:
         summary = _run_chunks(writer, dataset, miner, built, ensemble, opt)
     except BaseException:
         writer.close()
         if fresh and not any((out / "shards").glob("chunk-*.parquet")):
-            shutil.rmtree(out, ignore_errors=True)  # nothing was committed: leave nothing behind
+            # nothing was committed: leave nothing behind (what this run made, not a folder it found empty)
+            if existed and not opt.overwrite:
+                ScoreStoreWriter.clear_scaffolding(out)
+            else:
+                shutil.rmtree(out, ignore_errors=True)
         raise
     summary.update({"out": str(out), "prepare_s": prepare_s, "total_s": time.perf_counter() - t0,
                     "config_fingerprint": manifest["config_fingerprint"]})

@@ -98,13 +98,15 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from embed_kd.data.fingerprint import fingerprint_json
 from embed_kd.errors import ArtifactError, EmbedKDError
-from embed_kd.io import atomic_write_bytes, atomic_write_json, read_json
+from embed_kd.io import Artifact, atomic_write_bytes, atomic_write_json, claim_output, read_json
 
 logger = logging.getLogger(__name__)
 
 SCHEMA = "embed-kd/teacher-scores@1"
 MANIFEST = "manifest.json"
 SHARDS = "shards"
+#: what :func:`embed_kd.io.claim_output` checks before a store is replaced or resumed
+ARTIFACT = Artifact(SCHEMA, MANIFEST, "teacher-score store")
 LOCK = ".lock"
 _CHUNK_RE = re.compile(r"^chunk-(\d{6,})-(\d{6,})\.parquet$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -276,6 +278,16 @@ class ScoreStoreWriter:
 
     def __init__(self, folder: Path, manifest: dict, lock_fd: int | None):
         self.folder = folder
+def _missing_chunks(folder: Path, manifest: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """The chunks a store (or shard) owns that are not on disk (a deleted bad chunk is one)."""
+    try:
+        owned = chunk_ranges(int(manifest["dataset"]["n_queries"]), int(manifest["chunk_size"]), manifest.get("shard"))
+    except (KeyError, TypeError, ValueError):
+        return []
+    have = {(a, b) for a, b, _ in _list_chunks(folder)}
+    return [r for r in owned if r not in have]
+
+
         self.manifest = manifest
         self._lock_fd = lock_fd
         self.schema = arrow_schema(teacher_names(manifest), source_names(manifest))
@@ -295,20 +307,37 @@ class ScoreStoreWriter:
         folder = Path(folder)
         manifest = dict(manifest)
         existing = folder / MANIFEST
-        if folder.exists() and not folder.is_dir():
-            raise ArtifactError(f"{folder}: exists and is not a folder")
-        if folder.is_dir() and any(folder.iterdir()):
+        # the ownership rule: only an embed-kd score store is ever replaced or resumed here
+        claimed = False if cls.is_scaffolding(folder) else claim_output(folder, ARTIFACT, overwrite=True)
+        if claimed:
             if overwrite:
-                if existing.is_file() or (folder / SHARDS).is_dir():
-                    shutil.rmtree(folder)
-                else:
-                    raise ArtifactError(f"{folder}: not a score store; refusing to delete it even with --overwrite")
+                shutil.rmtree(folder)
             else:
-                if not existing.is_file():
-                    raise ArtifactError(f"{folder}: exists and is not a score store (no {MANIFEST}); "
-                                        "choose another output or pass --overwrite")
                 old = _check_manifest(existing, read_json(existing, "score-store manifest"))
                 if old["config_fingerprint"] != manifest["config_fingerprint"]:
+    @staticmethod
+    def is_scaffolding(folder: Path) -> bool:
+        """True when ``folder`` holds only what :meth:`create` makes before its first manifest (a lock
+        file and an empty ``shards/``): a run killed in between left it, and it is free to reuse."""
+        try:
+            entries = {p.name: p for p in folder.iterdir()}
+        except OSError:
+            return False
+        if not entries or set(entries) - {LOCK, SHARDS}:
+            return False
+        shards = entries.get(SHARDS)
+        return shards is None or (shards.is_dir() and not any(shards.iterdir()))
+
+    @staticmethod
+    def clear_scaffolding(folder: Path) -> None:
+        """Remove what :meth:`create` made in a folder that existed (empty) before it."""
+        with contextlib.suppress(OSError):
+            (folder / MANIFEST).unlink()
+        with contextlib.suppress(OSError):
+            (folder / LOCK).unlink()
+        with contextlib.suppress(OSError):
+            (folder / SHARDS).rmdir()
+
                     raise ArtifactError(
                         f"{folder}: holds scores made with another config (fingerprint {old['config_fingerprint']}, "
                         f"this run {manifest['config_fingerprint']}: {_diff(old, manifest)}); "
@@ -316,7 +345,7 @@ class ScoreStoreWriter:
                 if (old.get("shard") or None) != (manifest.get("shard") or None):
                     raise ArtifactError(f"{folder}: was written as shard {old.get('shard')}, this run is shard "
                                         f"{manifest.get('shard')}; pass --overwrite to replace it")
-                if old.get("complete"):
+                if old.get("complete") and not _missing_chunks(folder, old):
                     raise ArtifactError(f"{folder}: already complete; pass --overwrite to recompute it")
                 if not resume:
                     raise ArtifactError(f"{folder}: holds a partial run of the same config; "
@@ -351,9 +380,19 @@ class ScoreStoreWriter:
     def _refresh_progress(self) -> None:
         import pyarrow.parquet as pq
 
+                # a chunk the user deleted (bad-chunk advice) is pending again: keep only the present ones' sums
+                present = {p.name for _, _, p in _list_chunks(folder)}
+                manifest["chunk_sha256"] = {k: v for k, v in (old.get("chunk_sha256") or {}).items() if k in present}
         owned = set(self.owned())
         queries = rows = chunks = 0
-        for a, b, p in _list_chunks(self.folder):
+        listed = _list_chunks(self.folder)
+        present = {p.name for _, _, p in listed}
+        sums = self.manifest.setdefault("chunk_sha256", {})
+        for gone in [k for k in sums if k not in present]:
+            del sums[gone]
+        if len(listed) < len(owned):
+            self.manifest["complete"] = False
+        for a, b, p in listed:
             if (a, b) not in owned:
                 raise ArtifactError(f"{p}: chunk does not belong to this store's chunking "
                                     f"(chunk size {self.chunk_size}, shard {self.manifest.get('shard')})")
@@ -363,7 +402,6 @@ class ScoreStoreWriter:
                 raise ArtifactError(f"{p}: unreadable chunk ({exc}); delete it to recompute it") from None
             queries += b - a + 1
             chunks += 1
-            sums = self.manifest.setdefault("chunk_sha256", {})
             if p.name not in sums:
                 sums[p.name] = _sha256_file(p)
         self.manifest["progress"] = {"queries_done": queries, "rows": rows, "chunks": chunks}
@@ -411,6 +449,7 @@ class ScoreStoreWriter:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
             self._lock_fd = None
+        _check_finite_scores(table, f"{self.folder}: chunk {first}-{last}, not written")
 
     def __enter__(self) -> "ScoreStoreWriter":
         return self
@@ -447,6 +486,44 @@ def _lock(folder: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
+def _check_finite_scores(table, where: str) -> None:
+    """Refuse NaN / ±inf in the score columns (a NaN teacher or weight would poison every margin)."""
+    import numpy as np
+
+    from embed_kd.numeric import check_finite_array
+
+    qids = None
+    for name in table.schema.names:
+        if name != "score" and not name.startswith("score__"):
+            continue
+        col = table.column(name).to_numpy(zero_copy_only=False)
+        if col.size and not np.isfinite(col).all():
+            qids = qids if qids is not None else table.column("query_id").to_pylist()
+            i = int(np.flatnonzero(~np.isfinite(col))[0])
+            label = "ensemble score" if name == "score" else f"score of teacher '{name.removeprefix('score__')}'"
+            try:
+                check_finite_array(col, f"{where}: the {label}")
+            except EmbedKDError as exc:
+                raise EmbedKDError(f"{exc} (query '{qids[i]}', document '{table.column('doc_id')[i].as_py()}')"
+                                   ) from None
+
+
+def _check_finite_read(table, path: Path) -> None:
+    """A chunk read back must hold finite scores (one written before the check, or edited): refused by name."""
+    import numpy as np
+    import pyarrow as pa
+
+    for i, field in enumerate(table.schema):
+        if not pa.types.is_floating(field.type):
+            continue
+        col = table.column(i).to_numpy(zero_copy_only=False)
+        if col.size and not np.isfinite(col).all():
+            n = int((~np.isfinite(col)).sum())
+            raise ArtifactError(f"{path}: column '{field.name}' holds {n} non-finite value(s) (NaN or infinite); "
+                                "the scores cannot be trained on — delete the chunk and rerun the same "
+                                "score-teacher command to recompute it, after fixing what made them")
+
+
         os.close(fd)
         raise ArtifactError(f"{folder}: another score-teacher process is writing this store") from None
     return fd
@@ -475,8 +552,7 @@ def write_store(folder: str | os.PathLike, manifest: dict, table, *, overwrite: 
     ``table`` holds every row (queries contiguous, split order); it is written as one chunk.
     """
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise EmbedKDError(f"{folder}: already exists; refusing to overwrite it (pass --overwrite to replace it)")
+    claim_output(folder, ARTIFACT, overwrite=overwrite)
     n = int(manifest["dataset"]["n_queries"])
     w = ScoreStoreWriter.create(folder, manifest, chunk_size=max(n, 1), overwrite=overwrite, resume=False)
     try:
@@ -534,7 +610,9 @@ class ScoreStore:
             try:
                 pf = pq.ParquetFile(p)
                 batches = pf.iter_batches(batch_size=batch_rows or self.BATCH_ROWS, columns=list(columns))
-                yield from batches
+                for batch in batches:
+                    _check_finite_read(batch, p)
+                    yield batch
             except ArtifactError:
                 raise
             except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
@@ -547,6 +625,7 @@ class ScoreStore:
         """
         self._check_column(column)
         cur_q, cur = None, []
+            _check_finite_read(t, p)
         for batch in self.iter_batches(["query_id", "doc_id", column, "label"]):
             qids, dids = batch.column(0).to_pylist(), batch.column(1).to_pylist()
             scores, labels = batch.column(2).to_pylist(), batch.column(3).to_pylist()
@@ -702,11 +781,10 @@ def merge_stores(shard_folders: Iterable[str | os.PathLike], out: str | os.PathL
     if missing:
         raise ArtifactError(f"merge: shard(s) {', '.join(f'{i}/{count}' for i in missing)} missing")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise EmbedKDError(f"{out}: already exists; refusing to overwrite it (pass --overwrite to replace it)")
+    claim_output(out, ARTIFACT, overwrite=overwrite)
     manifest = dict(first)
     manifest["shard"] = None
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, artifact=ARTIFACT) as tmp:
         (tmp / SHARDS).mkdir()
         rows = chunks = 0
         for s in stores:

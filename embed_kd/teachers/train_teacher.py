@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import random
+import os
 import shutil
 import tempfile
 import time
@@ -55,9 +56,12 @@ from pathlib import Path
 from embed_kd.data.beir import BeirDataset, doc_text
 from embed_kd.errors import EmbedKDError
 
+from embed_kd.io import Artifact
 logger = logging.getLogger(__name__)
 SCHEMA = "embed-kd/cross-encoder-teacher@1"
 LOSSES = ("bce", "listnet", "lambdaloss", "mse", "margin-mse")
+#: the ownership rule (:func:`embed_kd.io.claim_output`): ``--overwrite`` replaces only a teacher this wrote
+ARTIFACT = Artifact(SCHEMA, "embed_kd_teacher.json", "cross-encoder teacher (train-teacher output)")
 TARGETS = ("labels", "ensemble", "ensemble+labels")
 
 
@@ -99,6 +103,15 @@ class TrainTeacherConfig:
             raise EmbedKDError("--negatives and --neg-depth must be ≥ 1")
 
 
+        from embed_kd.numeric import finite_number
+
+        for flag, key in (("--label-boost", "label_boost"), ("--epochs", "epochs"), ("--max-minutes", "max_minutes"),
+                          ("--lr", "learning_rate"), ("warmup_ratio", "warmup_ratio")):
+            value = getattr(self, key)
+            if value is not None:
+                finite_number(value, flag)  # click's float type accepts nan and inf
+        if not self.learning_rate > 0 or not self.epochs > 0 or (self.max_minutes is not None and self.max_minutes <= 0):
+            raise EmbedKDError("--lr, --epochs and --max-minutes must be > 0")
 # ---- training examples --------------------------------------------------------------------------------
 
 
@@ -243,12 +256,12 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
     from embed_kd.data.fingerprint import fingerprint_corpus, fingerprint_json
     from embed_kd.evaluation.metrics import top_k
     from embed_kd.evaluation.retrieval_eval import versions
-    from embed_kd.io import atomic_dir, atomic_write_json, refuse_existing
+    from embed_kd.io import atomic_dir, atomic_write_json, claim_output, sweep_stale
     from embed_kd.models import fingerprint_model, forget_fingerprint, load_cross_encoder
     from embed_kd.teachers.dev_split import carve_dev_slice
 
     config.validate()
-    refuse_existing(output, overwrite)
+    claim_output(output, ARTIFACT, overwrite=overwrite)
     t0 = time.perf_counter()
     train_ds, dev_ds = carve_dev_slice(dataset, config.dev_queries, config.seed, what="teacher training data")
     if config.limit_queries:
@@ -281,7 +294,9 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
                                                batch_size=32, show_progress_bar=False, write_csv=False)
 
     torch.manual_seed(config.seed)  # the new classification head's initialisation
-    model = load_cross_encoder(config.base, max_length=config.max_length)
+    # the base gets a new classification head here (that is the point): no head check for this role
+    model = load_cross_encoder(config.base, max_length=config.max_length, role="train-teacher --base",
+                               require_head=False)
     if model.num_labels != 1:
         raise EmbedKDError(f"base model '{config.base}' has {model.num_labels} output labels; a 1-label scorer is needed")
     base_fp = fingerprint_model(model)
@@ -297,7 +312,10 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
     steps_per_epoch = max(1, -(-len(train_data) // config.batch_size))
     total_steps = config.max_steps if config.max_steps > 0 else int(steps_per_epoch * config.epochs)
     eval_steps = config.eval_steps or max(1, total_steps // 4)
-    ckpt = Path(tempfile.mkdtemp(prefix=f".{Path(str(output)).name}.ckpt-", dir=Path(str(output)).resolve().parent))
+    # named like an atomic write's temporary (.NAME.pidPID-*.tmp): a kill -9 leaves it to the next run's sweep
+    out_abs = Path(str(output)).resolve()
+    sweep_stale(out_abs)
+    ckpt = Path(tempfile.mkdtemp(prefix=f".{out_abs.name}.pid{os.getpid()}-ckpt-", suffix=".tmp", dir=out_abs.parent))
     budget = _TimeBudget(config.max_minutes) if config.max_minutes else None
     callbacks = [budget] if budget else []
     if config.early_stopping_patience:

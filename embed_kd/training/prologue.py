@@ -7,8 +7,14 @@ the first model load.
 1. joins the launcher's process group (``WORLD_SIZE > 1``; one process otherwise);
 2. refuses an existing ``OUTPUT`` (unless ``--overwrite``), an ``OUTPUT`` that could not be written
    (read-only or not a folder — now, not after training), and an interrupted run's ``OUTPUT.work``
-   unless ``--resume`` (continue it) or ``--overwrite`` (rank 0 removes it);
-3. refuses ``split: test`` (test queries would leak into the benchmark);
+   unless ``--resume`` (continue it) or ``--overwrite`` (rank 0 removes it). Both follow the
+   ownership rule (:func:`embed_kd.io.claim_output`): ``OUTPUT`` is replaced only when it is an
+   embed-kd student (``embed_kd_train.json``, :data:`OUTPUT_ARTIFACT`), ``OUTPUT.work`` is resumed
+   or removed only when it is an embed-kd work folder (``run.json``, :data:`WORK_ARTIFACT`) —
+   anything else is refused even with ``--overwrite``;
+3. refuses ``split: test`` (test queries would leak into the benchmark); selects the device
+   (``device:`` / ``--device``, :func:`embed_kd.device.select_device`) and resolves
+   ``train.precision`` for it (half precision on the CPU refused);
 4. sets torch's threads (``train.threads``) and seeds ``random`` / numpy / torch (``train.seed``);
 5. loads the dataset, fingerprints its full corpus, queries and qrels (what the score store and the
    manifest are checked against), then slices it for ``--limit-queries`` / ``--limit-docs``.
@@ -29,10 +35,26 @@ import numpy as np
 
 from embed_kd import distributed as dist
 from embed_kd.errors import EmbedKDError
+from embed_kd.io import Artifact
 from embed_kd.training.config import TrainConfig
 
 if TYPE_CHECKING:
     from embed_kd.data.beir import BeirDataset
+
+
+def _checkpoints_only(folder: Path) -> bool:
+    """A work folder written before ``run.json`` marked it (sparse runs): only ``checkpoints/checkpoint-N``."""
+    entries = list(folder.iterdir())
+    if [e.name for e in entries] != ["checkpoints"] or not entries[0].is_dir():
+        return False
+    return all(c.is_dir() and c.name.startswith("checkpoint-") for c in entries[0].iterdir())
+
+
+#: a student folder ``embed-kd train`` wrote (dense or sparse): what ``--overwrite`` may replace
+OUTPUT_ARTIFACT = Artifact("embed-kd/train-run@1", "embed_kd_train.json", "student (train output)")
+#: ``OUTPUT.work`` of an interrupted run: what ``--resume`` continues and ``--overwrite`` removes
+WORK_ARTIFACT = Artifact("embed-kd/train-work@1", "run.json", "interrupted-run work folder",
+                         recognise=_checkpoints_only)
 
 
 @dataclass(frozen=True)
@@ -81,20 +103,23 @@ def prepare_training_run(cfg: TrainConfig, *, overwrite: bool = False, resume: b
 
     from embed_kd.data import load_beir, resolve_dataset
     from embed_kd.data.fingerprint import fingerprint_corpus, fingerprint_qrels, fingerprint_queries
-    from embed_kd.io import check_writable, refuse_existing
+    from embed_kd.io import check_writable, claim_output, remove_owned
 
     world = dist.init()  # WORLD_SIZE > 1 under torchrun / accelerate launch
     out = Path(cfg.output)
     work = out.with_name(out.name + ".work")
     with dist.step("checking the output"):
-        refuse_existing(out, overwrite)
+        claim_output(out, OUTPUT_ARTIFACT, overwrite=overwrite)
         check_writable(out)  # a read-only or missing folder fails now, not after training
-        if work.exists() and not resume and not overwrite:
+        # OUTPUT.work is resumed, removed, and removed again after success: it must be embed-kd's
+        work_exists = claim_output(work, WORK_ARTIFACT, overwrite=True)
+        if work_exists and not resume and not overwrite:
             raise EmbedKDError(f"{work}: an interrupted run of this output exists; pass --resume to continue it "
                                "or --overwrite to start over")
     with dist.step("clearing the previous run"):
         if work.exists() and not resume and world.is_main:
-            shutil.rmtree(work)
+            if not remove_owned(work, WORK_ARTIFACT):
+                work.rmdir()  # an empty folder
     if cfg.split == "test":
         raise EmbedKDError("config: split 'test' — students are trained on train queries only (test queries "
                            "would leak into the benchmark)")

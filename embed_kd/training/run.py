@@ -326,6 +326,9 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
                     raise EmbedKDError(f"--resume: no interrupted run of {out} ({work} does not exist)")
                 _check_work(work, run_fp, inputs, resume=True)
                 ck = complete_checkpoints(ckpt_dir, remove_partial=True)
+    from embed_kd.training.finite_guard import NonFiniteLossError, diverged_message, guard_losses
+
+    guard_losses(losses, step=lambda: trainer.state.global_step)  # a NaN/inf loss stops the run (no output)
                 if ck:
                     resume_from = str(ck[-1])
                     logger.info("resuming from %s", resume_from)
@@ -337,7 +340,15 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
                 _check_work(work, run_fp, inputs, resume=False)
     resume_from = dist.broadcast_object(resume_from)
     t_train = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except NonFiniteLossError as exc:
+        if world.is_main:  # removed, not resumable: the same config would diverge again
+            from embed_kd.io import remove_owned
+            from embed_kd.training.prologue import WORK_ARTIFACT
+
+            remove_owned(work, WORK_ARTIFACT)
+        raise NonFiniteLossError(diverged_message(exc, work=str(work), lr=cfg.train.lr)) from None
     train_time_s = time.perf_counter() - t_train
     step = trainer.state.global_step
     manifest = None
@@ -385,6 +396,7 @@ def _finish(*, cfg, out, work, overwrite, ckpt_dir, step, student, evaluator, te
                     "dim": student_dim, "type": cfg.student.type,
                     "max_seq_length": None if student.max_seq_length == float("inf") else student.max_seq_length,
                     "layers": getattr(getattr(auto, "config", None), "num_hidden_layers", None),
+    from embed_kd.training.prologue import OUTPUT_ARTIFACT
                     "params": int(sum(p.numel() for p in student.parameters()))},
         "examples": {"score": score_ex.stats if score_ex else None, "align": align_stats},
         "training": {"global_step": step, "epochs": trainer.state.epoch, "train_time_s": train_time_s,
@@ -398,7 +410,10 @@ def _finish(*, cfg, out, work, overwrite, ckpt_dir, step, student, evaluator, te
         "git": git_info(),
         "machine": _machine(),
     }
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    from embed_kd.numeric import check_finite_weights
+
+    check_finite_weights(student, f"{out}: the trained student")  # never publish NaN weights
+    with atomic_dir(out, overwrite=overwrite, artifact=OUTPUT_ARTIFACT) as tmp:
         student.save(str(tmp))
         keep = tmp / "checkpoints"
         keep.mkdir()
