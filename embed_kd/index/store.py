@@ -78,6 +78,7 @@ import numpy as np
 from embed_kd import distributed as dist
 from embed_kd.data.fingerprint import fingerprint_corpus
 from embed_kd.errors import ArtifactError, EmbedKDError
+from embed_kd.index.compression import BINARY, CompressedSearch, Compression
 from embed_kd.index.faiss_index import KIND_CHOICES, build_faiss_index, factory_string, resolve_kind, search_index
 from embed_kd.io import Artifact, atomic_dir, claim_output, read_json
 
@@ -299,7 +300,7 @@ def append_to_index(path: str | Path, emb: np.ndarray, corpus: Mapping[str, Mapp
         emb = _check_embeddings(emb, corpus, str(path))
         want = int(m["doc_model"]["dim"]) if current.compressed is not None else current.dim
         if emb.shape[1] != want:
-            raise EmbedKDError(f"{path}: new embeddings are {emb.shape[1]}-dim; the index takes {want}-dim vectors")
+            raise EmbedKDError(f"{path}: new embeddings are {emb.shape[1]}-dim; the index is {want}-dim")
         existing = set(current.ids)
         dup = [d for d in corpus if d in existing]
         if dup:

@@ -36,12 +36,11 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from embed_kd.errors import ArtifactError, EmbedKDError
-
 from embed_kd.io import Artifact
+
 logger = logging.getLogger(__name__)
 
 
-def margin_triples(qid: str, rows: Sequence[tuple[str, float, int]], negatives_per_positive: int | None = None
 def _is_triples_tsv(path: Path) -> bool:
     """An earlier margin-MSE export: its first line is ``pos_score neg_score qid pos_id neg_id``."""
     with Path(path).open(encoding="utf-8") as fh:
@@ -57,6 +56,7 @@ TSV_ARTIFACT = Artifact("embed-kd/margin-mse-tsv", None, "margin-MSE triples exp
 HF_ARTIFACT = Artifact("embed-kd/score-export@1", "embed_kd_export.json", "score-store dataset export")
 
 
+def margin_triples(qid: str, rows: Sequence[tuple[str, float, int]], negatives_per_positive: int | None = None
                    ) -> Iterator[tuple[float, float, str, str, str]]:
     """``(pos_score, neg_score, qid, pos_id, neg_id)`` for one query's ``(doc_id, score, label)`` rows."""
     pos = sorted((r for r in rows if r[2] > 0), key=lambda r: (-r[1], r[0]))
@@ -141,10 +141,10 @@ def export_hf(store, path, *, kind: str, column: str = "score", negatives: int |
 
     from embed_kd.io import atomic_dir
 
-    store._check_column(column)
     from embed_kd.io import atomic_write_json, claim_output
 
     claim_output(path, HF_ARTIFACT, overwrite=overwrite)  # before the work; only an earlier export is replaced
+    store._check_column(column)
     if kind == "scores":
         ds = datasets.Dataset(store.table())
     else:
@@ -154,9 +154,9 @@ def export_hf(store, path, *, kind: str, column: str = "score", negatives: int |
         ds = datasets.Dataset.from_dict(cols)
     with atomic_dir(Path(path), overwrite=overwrite, artifact=HF_ARTIFACT) as tmp:
         ds.save_to_disk(str(tmp))
-    logger.info("wrote %d %s examples to %s", len(ds), kind, path)
         atomic_write_json(tmp / HF_ARTIFACT.marker, {"schema": HF_ARTIFACT.schema, "kind": kind, "column": column,
                                                      "store": str(store.path),
                                                      "config_fingerprint": store.manifest.get("config_fingerprint"),
                                                      "rows": len(ds)})
+    logger.info("wrote %d %s examples to %s", len(ds), kind, path)
     return len(ds)

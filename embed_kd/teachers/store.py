@@ -104,9 +104,9 @@ logger = logging.getLogger(__name__)
 
 SCHEMA = "embed-kd/teacher-scores@1"
 MANIFEST = "manifest.json"
-SHARDS = "shards"
 #: what :func:`embed_kd.io.claim_output` checks before a store is replaced or resumed
 ARTIFACT = Artifact(SCHEMA, MANIFEST, "teacher-score store")
+SHARDS = "shards"
 LOCK = ".lock"
 _CHUNK_RE = re.compile(r"^chunk-(\d{6,})-(\d{6,})\.parquet$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -250,6 +250,16 @@ def _list_chunks(folder: Path) -> list[tuple[int, int, Path]]:
     return sorted(found)
 
 
+def _missing_chunks(folder: Path, manifest: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """The chunks a store (or shard) owns that are not on disk (a deleted bad chunk is one)."""
+    try:
+        owned = chunk_ranges(int(manifest["dataset"]["n_queries"]), int(manifest["chunk_size"]), manifest.get("shard"))
+    except (KeyError, TypeError, ValueError):
+        return []
+    have = {(a, b) for a, b, _ in _list_chunks(folder)}
+    return [r for r in owned if r not in have]
+
+
 def _check_manifest(path: Path, m: Any) -> dict:
     if not isinstance(m, dict) or m.get("schema") != SCHEMA:
         got = m.get("schema") if isinstance(m, dict) else type(m).__name__
@@ -278,43 +288,11 @@ class ScoreStoreWriter:
 
     def __init__(self, folder: Path, manifest: dict, lock_fd: int | None):
         self.folder = folder
-def _missing_chunks(folder: Path, manifest: Mapping[str, Any]) -> list[tuple[int, int]]:
-    """The chunks a store (or shard) owns that are not on disk (a deleted bad chunk is one)."""
-    try:
-        owned = chunk_ranges(int(manifest["dataset"]["n_queries"]), int(manifest["chunk_size"]), manifest.get("shard"))
-    except (KeyError, TypeError, ValueError):
-        return []
-    have = {(a, b) for a, b, _ in _list_chunks(folder)}
-    return [r for r in owned if r not in have]
-
-
         self.manifest = manifest
         self._lock_fd = lock_fd
         self.schema = arrow_schema(teacher_names(manifest), source_names(manifest))
 
     # -- opening
-    @classmethod
-    def create(cls, folder: str | os.PathLike, manifest: dict, *, chunk_size: int = 64,
-               overwrite: bool = False, resume: bool = True) -> "ScoreStoreWriter":
-        """Open ``folder`` for writing ``manifest``'s config.
-
-        - folder absent or empty: a new store;
-        - folder is a store with the same config fingerprint and ``resume``: its committed chunks are
-          kept (the chunk size of the existing store wins);
-        - anything else (another config, a complete store, not a store): refused unless
-          ``overwrite``, which removes the old store first.
-        """
-        folder = Path(folder)
-        manifest = dict(manifest)
-        existing = folder / MANIFEST
-        # the ownership rule: only an embed-kd score store is ever replaced or resumed here
-        claimed = False if cls.is_scaffolding(folder) else claim_output(folder, ARTIFACT, overwrite=True)
-        if claimed:
-            if overwrite:
-                shutil.rmtree(folder)
-            else:
-                old = _check_manifest(existing, read_json(existing, "score-store manifest"))
-                if old["config_fingerprint"] != manifest["config_fingerprint"]:
     @staticmethod
     def is_scaffolding(folder: Path) -> bool:
         """True when ``folder`` holds only what :meth:`create` makes before its first manifest (a lock
@@ -338,6 +316,28 @@ def _missing_chunks(folder: Path, manifest: Mapping[str, Any]) -> list[tuple[int
         with contextlib.suppress(OSError):
             (folder / SHARDS).rmdir()
 
+    @classmethod
+    def create(cls, folder: str | os.PathLike, manifest: dict, *, chunk_size: int = 64,
+               overwrite: bool = False, resume: bool = True) -> "ScoreStoreWriter":
+        """Open ``folder`` for writing ``manifest``'s config.
+
+        - folder absent or empty: a new store;
+        - folder is a store with the same config fingerprint and ``resume``: its committed chunks are
+          kept (the chunk size of the existing store wins);
+        - anything else (another config, a complete store, not a store): refused unless
+          ``overwrite``, which removes the old store first.
+        """
+        folder = Path(folder)
+        manifest = dict(manifest)
+        existing = folder / MANIFEST
+        # the ownership rule: only an embed-kd score store is ever replaced or resumed here
+        claimed = False if cls.is_scaffolding(folder) else claim_output(folder, ARTIFACT, overwrite=True)
+        if claimed:
+            if overwrite:
+                shutil.rmtree(folder)
+            else:
+                old = _check_manifest(existing, read_json(existing, "score-store manifest"))
+                if old["config_fingerprint"] != manifest["config_fingerprint"]:
                     raise ArtifactError(
                         f"{folder}: holds scores made with another config (fingerprint {old['config_fingerprint']}, "
                         f"this run {manifest['config_fingerprint']}: {_diff(old, manifest)}); "
@@ -352,6 +352,9 @@ def _missing_chunks(folder: Path, manifest: Mapping[str, Any]) -> list[tuple[int
                                         "resume it or pass --overwrite")
                 chunk_size = int(old.get("chunk_size") or chunk_size)
                 manifest["created"] = old.get("created", manifest.get("created"))
+                # a chunk the user deleted (bad-chunk advice) is pending again: keep only the present ones' sums
+                present = {p.name for _, _, p in _list_chunks(folder)}
+                manifest["chunk_sha256"] = {k: v for k, v in (old.get("chunk_sha256") or {}).items() if k in present}
         if chunk_size < 1:
             raise EmbedKDError(f"chunk size must be >= 1, got {chunk_size}")
         manifest["chunk_size"] = int(chunk_size)
@@ -380,9 +383,6 @@ def _missing_chunks(folder: Path, manifest: Mapping[str, Any]) -> list[tuple[int
     def _refresh_progress(self) -> None:
         import pyarrow.parquet as pq
 
-                # a chunk the user deleted (bad-chunk advice) is pending again: keep only the present ones' sums
-                present = {p.name for _, _, p in _list_chunks(folder)}
-                manifest["chunk_sha256"] = {k: v for k, v in (old.get("chunk_sha256") or {}).items() if k in present}
         owned = set(self.owned())
         queries = rows = chunks = 0
         listed = _list_chunks(self.folder)
@@ -421,6 +421,7 @@ def _missing_chunks(folder: Path, manifest: Mapping[str, Any]) -> list[tuple[int
         if table.schema.names != self.schema.names:
             raise EmbedKDError(f"chunk columns {table.schema.names} do not match the store's {self.schema.names}")
         table = table.cast(self.schema)
+        _check_finite_scores(table, f"{self.folder}: chunk {first}-{last}, not written")
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         data = sink.getvalue().to_pybytes()
@@ -449,7 +450,6 @@ def _missing_chunks(folder: Path, manifest: Mapping[str, Any]) -> list[tuple[int
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
             self._lock_fd = None
-        _check_finite_scores(table, f"{self.folder}: chunk {first}-{last}, not written")
 
     def __enter__(self) -> "ScoreStoreWriter":
         return self
@@ -458,34 +458,6 @@ def _missing_chunks(folder: Path, manifest: Mapping[str, Any]) -> list[tuple[int
         self.close()
 
 
-def _table_from_columns(columns: Mapping[str, Sequence], schema):
-    import pyarrow as pa
-
-    missing = [n for n in schema.names if n not in columns]
-    extra = [n for n in columns if n not in schema.names]
-    if missing or extra:
-        raise EmbedKDError(f"chunk columns do not match the store: missing {missing}, unexpected {extra}")
-    lengths = {n: len(columns[n]) for n in schema.names}
-    if len(set(lengths.values())) > 1:
-        raise EmbedKDError(f"chunk columns have different lengths: {lengths}")
-    return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _lock(folder: Path) -> int:
-    import fcntl
-
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
 def _check_finite_scores(table, where: str) -> None:
     """Refuse NaN / ±inf in the score columns (a NaN teacher or weight would poison every margin)."""
     import numpy as np
@@ -524,6 +496,34 @@ def _check_finite_read(table, path: Path) -> None:
                                 "score-teacher command to recompute it, after fixing what made them")
 
 
+def _table_from_columns(columns: Mapping[str, Sequence], schema):
+    import pyarrow as pa
+
+    missing = [n for n in schema.names if n not in columns]
+    extra = [n for n in columns if n not in schema.names]
+    if missing or extra:
+        raise EmbedKDError(f"chunk columns do not match the store: missing {missing}, unexpected {extra}")
+    lengths = {n: len(columns[n]) for n in schema.names}
+    if len(set(lengths.values())) > 1:
+        raise EmbedKDError(f"chunk columns have different lengths: {lengths}")
+    return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _lock(folder: Path) -> int:
+    import fcntl
+
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         os.close(fd)
         raise ArtifactError(f"{folder}: another score-teacher process is writing this store") from None
     return fd
@@ -595,6 +595,7 @@ class ScoreStore:
                 t = pq.read_table(p, columns=list(columns) if columns else None)
             except Exception as exc:  # noqa: BLE001
                 raise ArtifactError(f"{p}: unreadable chunk ({exc})") from None
+            _check_finite_read(t, p)
             tables.append(t)
         return pa.concat_tables(tables)
 
@@ -625,7 +626,6 @@ class ScoreStore:
         """
         self._check_column(column)
         cur_q, cur = None, []
-            _check_finite_read(t, p)
         for batch in self.iter_batches(["query_id", "doc_id", column, "label"]):
             qids, dids = batch.column(0).to_pylist(), batch.column(1).to_pylist()
             scores, labels = batch.column(2).to_pylist(), batch.column(3).to_pylist()

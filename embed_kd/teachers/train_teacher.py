@@ -45,8 +45,8 @@ Pipeline:
 from __future__ import annotations
 
 import logging
-import random
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -55,13 +55,12 @@ from pathlib import Path
 
 from embed_kd.data.beir import BeirDataset, doc_text
 from embed_kd.errors import EmbedKDError
-
 from embed_kd.io import Artifact
 logger = logging.getLogger(__name__)
 SCHEMA = "embed-kd/cross-encoder-teacher@1"
-LOSSES = ("bce", "listnet", "lambdaloss", "mse", "margin-mse")
 #: the ownership rule (:func:`embed_kd.io.claim_output`): ``--overwrite`` replaces only a teacher this wrote
 ARTIFACT = Artifact(SCHEMA, "embed_kd_teacher.json", "cross-encoder teacher (train-teacher output)")
+LOSSES = ("bce", "listnet", "lambdaloss", "mse", "margin-mse")
 TARGETS = ("labels", "ensemble", "ensemble+labels")
 
 
@@ -84,6 +83,7 @@ class TrainTeacherConfig:
     warmup_ratio: float = 0.1
     dev_queries: int = 100
     seed: int = 0
+    precision: str = "auto"  # auto (bf16 / fp16 on a GPU, fp32 on CPU) | fp32 | bf16 | fp16 (embed_kd.device)
     eval_queries: int = 40
     eval_depth: int = 20
     eval_steps: int | None = None
@@ -112,6 +112,8 @@ class TrainTeacherConfig:
                 finite_number(value, flag)  # click's float type accepts nan and inf
         if not self.learning_rate > 0 or not self.epochs > 0 or (self.max_minutes is not None and self.max_minutes <= 0):
             raise EmbedKDError("--lr, --epochs and --max-minutes must be > 0")
+
+
 # ---- training examples --------------------------------------------------------------------------------
 
 
@@ -293,6 +295,11 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
     evaluator = CrossEncoderRerankingEvaluator(samples, at_k=10, always_rerank_positives=False, name="dev",
                                                batch_size=32, show_progress_bar=False, write_csv=False)
 
+    from embed_kd.device import current_device, device_info, pin_trainer_device, trainer_device_arguments, \
+        training_precision
+
+    device = current_device()  # --device (select_device), else $EMBED_KD_DEVICE / auto
+    precision = training_precision(config.precision, device)
     torch.manual_seed(config.seed)  # the new classification head's initialisation
     # the base gets a new classification head here (that is the point): no head check for this role
     model = load_cross_encoder(config.base, max_length=config.max_length, role="train-teacher --base",

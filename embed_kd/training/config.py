@@ -48,6 +48,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -223,6 +226,31 @@ class TrainConfig:
             self.static.validate()
         return self
 
+    def _validate_ranges(self) -> None:
+        """Numbers in their meaningful ranges (types and finiteness are checked when the config is built)."""
+        T, E, L = self.train, self.examples, self.losses
+        for key, val, ok, want in (
+                ("train.epochs", T.epochs, T.epochs > 0, "> 0"),
+                ("train.max_steps", T.max_steps, T.max_steps >= -1, ">= -1 (-1: run train.epochs)"),
+                ("train.warmup_ratio", T.warmup_ratio, 0 <= T.warmup_ratio <= 1, "in [0, 1]"),
+                ("train.weight_decay", T.weight_decay, T.weight_decay >= 0, ">= 0"),
+                ("train.seed", T.seed, T.seed >= 0, ">= 0"),
+                ("train.save_steps", T.save_steps, T.save_steps >= 1, ">= 1"),
+                ("train.eval_steps", T.eval_steps, T.eval_steps >= 1, ">= 1"),
+                ("train.logging_steps", T.logging_steps, T.logging_steps >= 1, ">= 1"),
+                ("train.max_time_s", T.max_time_s, T.max_time_s is None or T.max_time_s > 0, "> 0 (or null)"),
+                ("train.threads", T.threads, T.threads is None or T.threads >= 1, ">= 1 (or null)"),
+                ("examples.rounds", E.rounds, E.rounds >= 1, ">= 1"),
+                ("examples.dev_queries", E.dev_queries, E.dev_queries >= 0, ">= 0"),
+                ("examples.min_candidates", E.min_candidates, E.min_candidates >= 1, ">= 1"),
+                ("examples.max_align_texts", E.max_align_texts, E.max_align_texts is None or E.max_align_texts >= 1,
+                 ">= 1 (or null)"),
+                ("losses.score_scale", L.score_scale, L.score_scale > 0, "> 0"),
+                ("losses.kl_temperature", L.kl_temperature, L.kl_temperature > 0, "> 0"),
+                ("average.last", self.average.last, self.average.last >= 1, ">= 1")):
+            if not ok:
+                raise EmbedKDError(f"config: {key} = {val!r}; it must be {want}")
+
     def _validate_sparse(self) -> None:
         S = self.sparse
         if self.losses.align != "none":
@@ -315,24 +343,70 @@ def _nested_type(f):
     return _NESTED.get(f.name) if f.name in _NESTED else None
 
 
+def _field_type(hints: dict, name: str):
+    """``(base type, nullable)`` of a dataclass field from its annotation (``int | None`` → ``(int, True)``);
+    ``(None, True)`` when it is not one plain type."""
+    t = hints.get(name)
+    args = typing.get_args(t)
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        return ((typing.get_origin(rest[0]) or rest[0]) if len(rest) == 1 else None), type(None) in args
+    return (typing.get_origin(t) or t), False
+
+
+def _list_of(t):
+    """The element type of ``list[X]`` / ``list[X] | None``, else None."""
+    for cand in (t, *typing.get_args(t)):
+        if typing.get_origin(cand) is list and typing.get_args(cand):
+            return typing.get_args(cand)[0]
+    return None
+
+
 def _check_types(obj, where: str) -> None:
+    """Each value has its field's type — checked *before* any work folder exists: an integer field
+    refuses ``1.5`` and ``nan``, a float field refuses NaN and ±inf (:mod:`embed_kd.numeric`)."""
+    try:
+        hints = typing.get_type_hints(type(obj))
+    except Exception:  # noqa: BLE001 - an annotation that does not evaluate: check by default value only
+        hints = {}
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
-        if v is None or dataclasses.is_dataclass(v):
+        if dataclasses.is_dataclass(v):
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
-        if isinstance(default, bool) and not isinstance(v, bool):
-            raise EmbedKDError(f"{where}: {f.name} must be true/false, got {v!r}")
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
+        base, nullable = _field_type(hints, f.name)
+        if base is None or base is typing.Any:
+            base = type(default) if default is not None else None
+        if v is None:
+            if nullable or default is None or base is None:
+                continue
+            raise EmbedKDError(f"{where}: {f.name} must be set (got null)")
+        if base is bool:
+            if not isinstance(v, bool):
+                raise EmbedKDError(f"{where}: {f.name} must be true/false, got {v!r}")
+        elif base is int:
+            if isinstance(v, bool) or not isinstance(v, int):
+                hint = " (an integer)" if isinstance(v, float) else ""
+                raise EmbedKDError(f"{where}: {f.name} must be a whole number{hint}, got {v!r}")
+        elif base is float:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise EmbedKDError(f"{where}: {f.name} must be a number, got {v!r}")
-            if isinstance(default, float):
-                setattr(obj, f.name, float(v))
-        if isinstance(default, str) and not isinstance(v, str):
-            raise EmbedKDError(f"{where}: {f.name} must be a string, got {v!r}")
-        if isinstance(default, list) and not isinstance(v, list):
-            raise EmbedKDError(f"{where}: {f.name} must be a list, got {v!r}")
+            if not math.isfinite(v):
+                raise EmbedKDError(f"{where}: {f.name} must be a finite number, got {v!r}")
+            setattr(obj, f.name, float(v))
+        elif base is str:
+            if not isinstance(v, str):
+                raise EmbedKDError(f"{where}: {f.name} must be a string, got {v!r}")
+        elif base is list:
+            if not isinstance(v, list):
+                raise EmbedKDError(f"{where}: {f.name} must be a list, got {v!r}")
+            if any(isinstance(x, float) and not math.isfinite(x) for x in v):
+                raise EmbedKDError(f"{where}: {f.name} must hold finite numbers, got {v!r}")
+            if _list_of(hints.get(f.name)) is int and any(isinstance(x, bool) or not isinstance(x, int) for x in v):
+                raise EmbedKDError(f"{where}: {f.name} must be a list of whole numbers, got {v!r}")
+        elif base is dict and not isinstance(v, dict):
+            raise EmbedKDError(f"{where}: {f.name} must be a mapping, got {v!r}")
 
 
 def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:

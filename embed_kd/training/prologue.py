@@ -69,6 +69,8 @@ class TrainingRun:
     full_fps ``{"corpus_fingerprint", "queries_fingerprint", "qrels_fingerprint"}`` of the full dataset
     sliced   whether ``--limit-queries`` / ``--limit-docs`` cut the dataset (a smoke run)
     t_start  ``time.perf_counter()`` when the run started (for ``training.total_time_s``)
+    device   the device the run trains on (``cpu``, ``cuda:N``, ``mps``)
+    precision the resolved ``train.precision``: ``fp32``, ``bf16`` or ``fp16``
     ======== ==============================================================================
     """
 
@@ -79,6 +81,8 @@ class TrainingRun:
     full_fps: dict
     sliced: bool
     t_start: float
+    device: str = "cpu"
+    precision: str = "fp32"
 
 
 def seed_everything(seed: int) -> None:
@@ -101,7 +105,6 @@ def prepare_training_run(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     """
     import torch
 
-    from embed_kd.data import load_beir, resolve_dataset
     from embed_kd.data.fingerprint import fingerprint_corpus, fingerprint_qrels, fingerprint_queries
     from embed_kd.io import check_writable, claim_output, remove_owned
 
@@ -140,17 +143,24 @@ def prepare_training_run(cfg: TrainConfig, *, overwrite: bool = False, resume: b
                        t_start=t_start)
 
 
-def trainer_arguments(cfg: TrainConfig, ckpt_dir: Path, *, evaluate: bool, show_progress: bool) -> dict:
+def trainer_arguments(cfg: TrainConfig, ckpt_dir: Path, *, evaluate: bool, show_progress: bool,
+                      device: str | None = None, precision: str | None = None) -> dict:
     """Keyword arguments shared by the dense and sparse ``*TrainingArguments`` (from ``cfg.train``).
 
     Checkpoints every ``save_steps`` into ``ckpt_dir``, keeping enough for weight averaging plus one;
-    evaluates every ``eval_steps`` when there is a dev evaluator. The caller adds what is its own
-    (device, sampler, router mapping).
+    evaluates every ``eval_steps`` when there is a dev evaluator. ``device`` (default: the selected
+    one, :func:`embed_kd.device.current_device`) and ``precision`` (default: ``train.precision``
+    resolved for it) give ``use_cpu`` / ``bf16`` / ``fp16``. The caller adds what is its own
+    (sampler, router mapping).
 
-    >>> kw = trainer_arguments(TrainConfig(), Path("ckpt"), evaluate=False, show_progress=False)
-    >>> kw["eval_strategy"], kw["report_to"], kw["disable_tqdm"]
-    ('no', 'none', True)
+    >>> kw = trainer_arguments(TrainConfig(), Path("ckpt"), evaluate=False, show_progress=False, device="cpu")
+    >>> kw["eval_strategy"], kw["report_to"], kw["disable_tqdm"], kw["use_cpu"], kw["bf16"], kw["fp16"]
+    ('no', 'none', True, True, False, False)
     """
+    from embed_kd.device import current_device, trainer_device_arguments, training_precision
+
+    device = device or current_device()
+    precision = precision or training_precision(cfg.train.precision, device)
     T = cfg.train
     return dict(
         output_dir=str(ckpt_dir), num_train_epochs=T.epochs, max_steps=T.max_steps,
@@ -159,7 +169,7 @@ def trainer_arguments(cfg: TrainConfig, ckpt_dir: Path, *, evaluate: bool, show_
         save_total_limit=max(cfg.average.last if cfg.average.enabled else 1, 1) + 1,
         eval_strategy="steps" if evaluate else "no", eval_steps=T.eval_steps if evaluate else None,
         logging_steps=T.logging_steps, report_to="none", disable_tqdm=not show_progress,
-        dataloader_drop_last=False,
+        dataloader_drop_last=False, **trainer_device_arguments(device, precision),
     )
 
 

@@ -307,6 +307,9 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=train_dataset, loss=loss,
                                          evaluator=evaluator, callbacks=[budget])
     quiet_trainer_logs(trainer)
+    from embed_kd.training.finite_guard import NonFiniteLossError, diverged_message, guard_losses
+
+    guard_losses(losses, step=lambda: trainer.state.global_step)  # a NaN/inf loss stops the run (no output)
     cfg_fp = cfg.to_dict()
     cfg_fp.get("train", {}).pop("threads", None)  # threads change the speed, not what is learnt
     inputs = {"config": cfg_fp, "limit_queries": limit_queries, "limit_docs": limit_docs,
@@ -326,9 +329,6 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
                     raise EmbedKDError(f"--resume: no interrupted run of {out} ({work} does not exist)")
                 _check_work(work, run_fp, inputs, resume=True)
                 ck = complete_checkpoints(ckpt_dir, remove_partial=True)
-    from embed_kd.training.finite_guard import NonFiniteLossError, diverged_message, guard_losses
-
-    guard_losses(losses, step=lambda: trainer.state.global_step)  # a NaN/inf loss stops the run (no output)
                 if ck:
                     resume_from = str(ck[-1])
                     logger.info("resuming from %s", resume_from)
@@ -375,6 +375,7 @@ def _finish(*, cfg, out, work, overwrite, ckpt_dir, step, student, evaluator, te
     from embed_kd.io import atomic_dir, atomic_write_json
     from embed_kd.models import fingerprint_model
     from embed_kd.training.averaging import finish_checkpoints
+    from embed_kd.training.prologue import OUTPUT_ARTIFACT
 
     ckpts, averaged, dev_final = finish_checkpoints(student, ckpt_dir, step, cfg.average, evaluator)
 
@@ -396,7 +397,6 @@ def _finish(*, cfg, out, work, overwrite, ckpt_dir, step, student, evaluator, te
                     "dim": student_dim, "type": cfg.student.type,
                     "max_seq_length": None if student.max_seq_length == float("inf") else student.max_seq_length,
                     "layers": getattr(getattr(auto, "config", None), "num_hidden_layers", None),
-    from embed_kd.training.prologue import OUTPUT_ARTIFACT
                     "params": int(sum(p.numel() for p in student.parameters()))},
         "examples": {"score": score_ex.stats if score_ex else None, "align": align_stats},
         "training": {"global_step": step, "epochs": trainer.state.epoch, "train_time_s": train_time_s,
