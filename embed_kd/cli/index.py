@@ -88,15 +88,15 @@ def build_command(data, doc_model, output, kind, limit_docs, overwrite, batch_si
     Under torchrun / accelerate launch every process encodes a share of the corpus; rank 0 writes.
     """
     from embed_kd import distributed as dist
-    from embed_kd.index.store import build_index
-    from embed_kd.io import check_writable, refuse_existing
+    from embed_kd.index.store import ARTIFACT, build_index
+    from embed_kd.io import check_writable, claim_output
     from embed_kd.models import load_sentence_transformer
     from embed_kd.students.asym import document_route
 
     setup_logging(verbose, quiet)
     set_threads(threads)
     world = dist.init()
-    refuse_existing(output, overwrite)
+    claim_output(output, ARTIFACT, overwrite=overwrite)
     check_writable(output)  # before the encode
     t0 = time.perf_counter()
     corpus, name, source = _load_docs(data, limit_docs)

@@ -52,11 +52,12 @@ def train_teacher_command(data, split, base, output, overwrite, loss, targets, l
     embed-kd train-teacher --data scifact --split train --base minilm-l6 --output runs/ce
     embed-kd eval --data scifact --model bm25 --rerank runs/ce --rerank-depth 20
     """
-    from embed_kd.io import refuse_existing
+    from embed_kd.io import claim_output
+    from embed_kd.teachers.train_teacher import ARTIFACT
 
     setup_logging(verbose, quiet)
     set_threads(threads)
-    refuse_existing(output, overwrite)
+    claim_output(output, ARTIFACT, overwrite=overwrite)
 
     from embed_kd.data import load_beir, resolve_dataset
     from embed_kd.teachers.train_teacher import TrainTeacherConfig, train_teacher

@@ -338,11 +338,18 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
         report_to="none", seed=config.seed, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
         disable_tqdm=not show_progress, save_only_model=True,
     )
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_data, loss=_make_loss(config, model),
+    from embed_kd.training.finite_guard import NonFiniteLossError, diverged_message, guard_losses
+
+    loss = _make_loss(config, model)
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_data, loss=loss,
                                   evaluator=evaluator, callbacks=callbacks)
+    guard_losses({config.loss: loss}, step=lambda: trainer.state.global_step)  # NaN/inf loss: stop, no output
     t = time.perf_counter()
     try:
-        out = trainer.train()
+        try:
+            out = trainer.train()
+        except NonFiniteLossError as exc:  # the finally below removes the checkpoints: nothing is kept
+            raise NonFiniteLossError(diverged_message(exc, work=str(ckpt), lr=config.learning_rate)) from None
         train_s = time.perf_counter() - t
         after = evaluator(model)
         forget_fingerprint(model)  # the cached fingerprint is the base model's
@@ -367,7 +374,10 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
             "seconds_total": time.perf_counter() - t0,
             "versions": versions(),
         }
-        with atomic_dir(output, overwrite=overwrite) as tmp:
+        from embed_kd.numeric import check_finite_weights
+
+        check_finite_weights(model, f"{output}: the trained cross-encoder")  # never publish NaN weights
+        with atomic_dir(output, overwrite=overwrite, artifact=ARTIFACT) as tmp:
             model.save_pretrained(str(tmp))
             atomic_write_json(tmp / "embed_kd_teacher.json", manifest)
             card = tmp / "README.md"

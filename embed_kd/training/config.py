@@ -219,6 +219,7 @@ class TrainConfig:
                 raise EmbedKDError(f"config: losses.{key} must be >= 0")
         if self.train.lr <= 0 or self.train.batch_size < 1:
             raise EmbedKDError("config: train.lr must be > 0 and train.batch_size >= 1")
+        self._validate_ranges()
         self.student.validate()
         if self.student.type == "sparse":
             self._validate_sparse()

@@ -93,8 +93,8 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     from embed_kd.students.sparse import SparseHeadOptions, build_sparse_student
     from embed_kd.training.averaging import finish_checkpoints, list_checkpoints
     from embed_kd.training.data import build_score_examples, split_dev
-    from embed_kd.training.prologue import prepare_training_run, quiet_trainer_logs, trainer_arguments
-    from embed_kd.training.run import MANIFEST, SCHEMA, _time_budget_callback, git_info
+    from embed_kd.training.prologue import OUTPUT_ARTIFACT, prepare_training_run, quiet_trainer_logs, trainer_arguments
+    from embed_kd.training.run import MANIFEST, SCHEMA, WORK_MANIFEST, WORK_SCHEMA, _time_budget_callback, git_info
     from embed_kd.training.sparse_dev_eval import SparseDevEvaluator, dev_pool
 
     cfg.validate()
@@ -148,7 +148,15 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
                                    loss=loss, evaluator=evaluator, data_collator=collator,
                                    callbacks=[scheduler, budget, trace])
     quiet_trainer_logs(trainer)
+    from embed_kd.training.finite_guard import NonFiniteLossError, diverged_message, guard_losses
+
+    guard_losses(loss, step=lambda: trainer.state.global_step)  # a NaN/inf loss stops the run (no output)
     resume_from = None
+    if not (work / WORK_MANIFEST).is_file():  # marks OUTPUT.work as embed-kd's (the ownership rule)
+        from embed_kd.data.fingerprint import fingerprint_json
+
+        atomic_write_json(work / WORK_MANIFEST, {"schema": WORK_SCHEMA, "fingerprint": fingerprint_json(cfg.to_dict()),
+                                                 "inputs": {"config": cfg.to_dict()}})
     if resume:
         ck = list_checkpoints(ckpt_dir)
         if not ck:
@@ -158,7 +166,14 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     t_train = time.perf_counter()
     ckpts, averaged, dev_final = [], [], None
     if T.max_steps != 0:
-        trainer.train(resume_from_checkpoint=resume_from)
+        try:
+            trainer.train(resume_from_checkpoint=resume_from)
+        except NonFiniteLossError as exc:  # removed, not resumable: the same config would diverge again
+            from embed_kd.io import remove_owned
+            from embed_kd.training.prologue import WORK_ARTIFACT
+
+            remove_owned(work, WORK_ARTIFACT)
+            raise NonFiniteLossError(diverged_message(exc, work=str(work), lr=cfg.train.lr)) from None
         # the final dev evaluation runs once, after the last change to the model (the term-bias stage, if on)
         ckpts, averaged, dev_final = finish_checkpoints(student, ckpt_dir, trainer.state.global_step, cfg.average,
                                                         None if S.term_bias_steps > 0 else evaluator)
@@ -207,7 +222,10 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
         "versions": versions(),
         "git": git_info(),
     }
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    from embed_kd.numeric import check_finite_weights
+
+    check_finite_weights(student, f"{out}: the trained sparse student")  # never publish NaN weights
+    with atomic_dir(out, overwrite=overwrite, artifact=OUTPUT_ARTIFACT) as tmp:
         student.save(str(tmp))
         keep = tmp / "checkpoints"
         keep.mkdir()
