@@ -133,15 +133,12 @@ def init() -> World:
 
 
 def device() -> str:
-    """The device models of this process load on: ``cuda:LOCAL_RANK`` in a multi-process launch
-    with CUDA, ``cpu`` otherwise (embed-kd's single-process default)."""
-    w = get_world()
-    if w.distributed:
-        import torch
+    """The device models of this process load on (:func:`embed_kd.device.current_device`): the
+    selected ``--device``, else ``$EMBED_KD_DEVICE``, else ``auto`` — ``cuda:LOCAL_RANK`` under a
+    launcher with CUDA, ``cuda:0`` / ``mps`` when available, ``cpu`` otherwise."""
+    from embed_kd.device import current_device
 
-        if torch.cuda.is_available():
-            return f"cuda:{w.local_rank % torch.cuda.device_count()}"
-    return "cpu"
+    return current_device()
 
 
 def all_gather_object(obj: Any) -> list[Any]:

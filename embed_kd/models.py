@@ -37,10 +37,10 @@ def _load_errors() -> tuple[type[BaseException], ...]:
 
 
 def _default_device() -> str:
-    """``cpu``, or this process's GPU in a multi-process launch with CUDA (:func:`embed_kd.distributed.device`)."""
-    from embed_kd.distributed import device
+    """The selected device (``--device`` / ``$EMBED_KD_DEVICE`` / auto: :func:`embed_kd.device.current_device`)."""
+    from embed_kd.device import current_device
 
-    return device()
+    return current_device()
 
 
 def load_sentence_transformer(spec: str | os.PathLike, *, device: str | None = None,
@@ -90,7 +90,7 @@ def load_sparse_encoder(spec: str | os.PathLike, *, device: str | None = None, r
         raise EmbedKDError(f"model '{spec}' is a {ms.kind} preset; a sparse encoder is needed for {role}")
     check_role(source, "sparse-encoder", spec=str(spec), role=role)
     try:
-        model = SparseEncoder(str(source), device=device or "cpu")
+        model = SparseEncoder(str(source), device=device or _default_device())
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"sparse model '{spec}' could not be loaded from {source}: {exc}") from None
     model.embed_kd_spec = str(spec)  # type: ignore[attr-defined]

@@ -99,6 +99,13 @@ def verbosity_options(fn):
     return fn
 
 
+def device_option(fn):
+    """``--device``, on every command that loads a model (resolved by :func:`embed_kd.device.select_device`)."""
+    return click.option("--device", metavar="auto|cpu|cuda|cuda:N|mps",
+                        help="Device the models run on (default: $EMBED_KD_DEVICE, else auto: this process's GPU "
+                             "under torchrun, else cuda:0, else mps, else cpu).")(fn)
+
+
 def set_threads(threads: int | None) -> None:
     if threads:
         import torch

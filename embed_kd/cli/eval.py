@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from embed_kd.cli.compress import compression_from_flags, compression_options
-from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosity_options
+from embed_kd.cli.common import device_option, run_command, set_threads, setup_logging, verbosity_options
 
 
 @click.command("eval")
@@ -57,13 +57,14 @@ from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosi
 @click.option("--sts-teacher", help="Reference model for --sts (reported beside, with the ratio; default: an "
               "asymmetric pair's --doc-model).")
 @compression_options
+@device_option
 @verbosity_options
 @run_command
 def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output, overwrite, save_run, index_kind, top_k,
                  batch_size, cache_dir, no_cache, limit_queries, limit_docs, allow_missing_ids,
                  ignore_identical_ids, threads, no_progress, ensemble_config, save_weights, rerank_model,
                  rerank_depth, doc_top_k, query_top_k, loyalty_teacher, allow_teacher_mismatch, sts, sts_split, sts_teacher, verbose, quiet,
-                 truncate_dim=None, precision=None, rescore=None):
+                 truncate_dim=None, precision=None, rescore=None, device=None):
     """Encode, index with FAISS and score with pytrec_eval (nDCG@10, Recall@100, MRR@10).
 
     A SparseEncoder (SPLADE) model is searched exactly on a SciPy sparse inverted index instead
@@ -83,6 +84,8 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
     setup_logging(verbose, quiet)
     set_threads(threads)
     world = dist.init()  # under torchrun: the corpus is encoded data-parallel, rank 0 writes and prints
+    from embed_kd.device import select_device
+    select_device(device)  # --device / $EMBED_KD_DEVICE / auto; logged once
     if model and (query_model or doc_model):
         raise EmbedKDError("pass either --model (symmetric) or --query-model/--doc-model (asymmetric), not both")
     if ensemble_config and (model or query_model or doc_model):

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from embed_kd.cli.compress import compression_from_flags, compression_options
-from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosity_options
+from embed_kd.cli.common import device_option, run_command, set_threads, setup_logging, verbosity_options
 
 
 def _load_docs(spec: str, limit: int | None = None) -> tuple[dict, str, str]:
@@ -79,10 +79,11 @@ def _with_common(fn):
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @_with_common
 @compression_options
+@device_option
 @verbosity_options
 @run_command
 def build_command(data, doc_model, output, kind, limit_docs, overwrite, batch_size, cache_dir, no_cache, threads,
-                  no_progress, verbose, quiet, truncate_dim=None, precision=None, rescore=None):
+                  no_progress, verbose, quiet, truncate_dim=None, precision=None, rescore=None, device=None):
     """Encode a corpus with --doc-model and write an index folder (atomic: all or nothing).
 
     Under torchrun / accelerate launch every process encodes a share of the corpus; rank 0 writes.
@@ -96,6 +97,8 @@ def build_command(data, doc_model, output, kind, limit_docs, overwrite, batch_si
     setup_logging(verbose, quiet)
     set_threads(threads)
     world = dist.init()
+    from embed_kd.device import select_device
+    select_device(device)  # --device / $EMBED_KD_DEVICE / auto; logged once
     claim_output(output, ARTIFACT, overwrite=overwrite)
     check_writable(output)  # before the encode
     t0 = time.perf_counter()
@@ -116,9 +119,10 @@ def build_command(data, doc_model, output, kind, limit_docs, overwrite, batch_si
 @click.option("--doc-model", help="The index's doc model (default: the spec recorded in its manifest); "
                                   "its fingerprint must match.")
 @_with_common
+@device_option
 @verbosity_options
 @run_command
-def add_command(index_dir, docs, doc_model, batch_size, cache_dir, no_cache, threads, no_progress, verbose, quiet):
+def add_command(index_dir, docs, doc_model, batch_size, cache_dir, no_cache, threads, no_progress, verbose, quiet, device=None):
     """Encode new documents and append them to INDEX_DIR (atomic; ids already indexed are refused)."""
     from embed_kd import distributed as dist
     from embed_kd.index.store import add_documents, read_manifest
@@ -128,6 +132,8 @@ def add_command(index_dir, docs, doc_model, batch_size, cache_dir, no_cache, thr
     setup_logging(verbose, quiet)
     set_threads(threads)
     world = dist.init()  # under torchrun: data-parallel encoding, rank 0 appends
+    from embed_kd.device import select_device
+    select_device(device)  # --device / $EMBED_KD_DEVICE / auto; logged once
     t0 = time.perf_counter()
     manifest = read_manifest(index_dir)
     corpus, _, source = _load_docs(docs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from embed_kd.cli.compress import compression_from_flags, compression_options
-from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosity_options
+from embed_kd.cli.common import device_option, run_command, set_threads, setup_logging, verbosity_options
 
 
 @click.command("serve")
@@ -33,11 +33,12 @@ from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosi
 @click.option("--no-verify", is_flag=True, help="Skip the index checksums at startup (large indexes).")
 @click.option("--access-log", is_flag=True, help="Log every request (uvicorn access log).")
 @compression_options
+@device_option
 @verbosity_options
 @run_command
 def serve_command(index_dir, query_model, expect_teacher_fingerprint, allow_teacher_mismatch, host, port,
                   max_batch_size, max_wait_ms, max_k, max_query_chars, max_queries, threads, no_verify, access_log, verbose, quiet,
-                  truncate_dim=None, precision=None, rescore=None):
+                  truncate_dim=None, precision=None, rescore=None, device=None):
     """Serve POST /search, GET /health and GET /info with uvicorn.
 
     \b
@@ -51,6 +52,8 @@ def serve_command(index_dir, query_model, expect_teacher_fingerprint, allow_teac
 
     setup_logging(verbose, quiet)
     set_threads(threads)
+    from embed_kd.device import select_device
+    select_device(device)  # --device / $EMBED_KD_DEVICE / auto; logged once
     check_port(host, port)  # fail in a second, not after loading the model
     engine = SearchEngine.load(index_dir, query_model, expect_teacher_fingerprint=expect_teacher_fingerprint,
                                verify=not no_verify, allow_teacher_mismatch=allow_teacher_mismatch,

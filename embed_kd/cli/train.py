@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosity_options
+from embed_kd.cli.common import device_option, run_command, set_threads, setup_logging, verbosity_options
 
 
 def _layers(text: str | None):
@@ -38,11 +38,12 @@ def _layers(text: str | None):
 @click.option("--threads", type=click.IntRange(1), help="torch CPU threads.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
+@device_option
 @verbosity_options
 @run_command
 def train_command(config, data, split, scores, teacher, student, student_type, student_from_teacher, keep_layers, output, overrides,
                   overwrite, resume, cache_dir, limit_queries, limit_docs, threads, no_progress, print_config,
-                  verbose, quiet):
+                  verbose, quiet, device=None):
     """Train a small query encoder: Margin-MSE / KL on teacher scores + alignment to the teacher's embeddings.
 
     \b
@@ -59,7 +60,7 @@ def train_command(config, data, split, scores, teacher, student, student_type, s
         cfg = TrainConfig.from_yaml(config, student_type=student_type)
     else:  # a static student's train.* defaults apply through the raw mapping
         cfg = TrainConfig.from_dict({"student": {"type": student_type}} if student_type else {}, source="--student-type")
-    cfg = with_cli(cfg, data=data, split=split, scores=scores, teacher=teacher, output=output,
+    cfg = with_cli(cfg, data=data, split=split, device=device, scores=scores, teacher=teacher, output=output,
                    **{"student.model": student, "student.from_teacher": student_from_teacher,
                       "student.keep_layers": _layers(keep_layers)})
     if student:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosity_options
+from embed_kd.cli.common import device_option, run_command, set_threads, setup_logging, verbosity_options
 
 
 @click.command("train-teacher")
@@ -35,17 +35,20 @@ from embed_kd.cli.common import run_command, set_threads, setup_logging, verbosi
 @click.option("--eval-steps", type=click.IntRange(1), help="Evaluate/checkpoint every N steps (default: 4 times per run).")
 @click.option("--early-stopping", "early_stopping_patience", type=click.IntRange(1), help="Stop after N evaluations without dev gain.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Training precision: auto = bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU.")
 @click.option("--limit-queries", type=click.IntRange(1), help="Smoke run: only the first N training queries.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Embedding cache root (default $EMBED_KD_CACHE).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the document-embedding cache.")
 @click.option("--threads", type=click.IntRange(1), help="torch CPU threads.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@device_option
 @verbosity_options
 @run_command
 def train_teacher_command(data, split, base, output, overwrite, loss, targets, label_boost, dense_model, negatives,
                           neg_depth, max_length, epochs, max_steps, max_minutes, learning_rate, batch_size, dev_queries,
-                          eval_queries, eval_depth, eval_steps, early_stopping_patience, seed, limit_queries, cache_dir,
-                          no_cache, threads, no_progress, verbose, quiet):
+                          eval_queries, eval_depth, eval_steps, early_stopping_patience, seed, precision, limit_queries, cache_dir,
+                          no_cache, threads, no_progress, verbose, quiet, device=None):
     """Fine-tune a CrossEncoder teacher (hard negatives from BM25 + dense, dev slice from the split).
 
     \b
@@ -57,6 +60,8 @@ def train_teacher_command(data, split, base, output, overwrite, loss, targets, l
 
     setup_logging(verbose, quiet)
     set_threads(threads)
+    from embed_kd.device import select_device
+    select_device(device)  # --device / $EMBED_KD_DEVICE / auto; logged once
     claim_output(output, ARTIFACT, overwrite=overwrite)
 
     from embed_kd.data import load_beir, resolve_dataset
@@ -67,7 +72,7 @@ def train_teacher_command(data, split, base, output, overwrite, loss, targets, l
         neg_depth=neg_depth, max_length=max_length, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes,
         learning_rate=learning_rate, batch_size=batch_size, dev_queries=dev_queries, seed=seed,
         eval_queries=eval_queries, eval_depth=eval_depth, eval_steps=eval_steps,
-        early_stopping_patience=early_stopping_patience, limit_queries=limit_queries)
+        early_stopping_patience=early_stopping_patience, precision=precision, limit_queries=limit_queries)
     config.validate()
     folder = resolve_dataset(data)
     dataset = load_beir(folder, split, name=Path(folder).name)

@@ -50,6 +50,7 @@ Result JSON (schema ``embed-kd/mteb@1``), written by ``embed-kd eval --mteb … 
       "timings": {"load_models_s", "encode_queries_s", "encode_docs_s", "encode_other_s", "total_s"},
       "throughput": {"queries_per_s", "docs_per_s"},
       "cache": {"docs": ["hit" | "miss", …] (one per document encoding) | "off" | "not used"},
+      "device": {"device", "type", "name"},   # where the models ran (embed_kd.device.device_info)
       "versions": {"embed_kd", "sentence_transformers", "torch", "transformers", "mteb", "python"},
       "created": ISO-8601 UTC
     }
@@ -313,6 +314,7 @@ def run_mteb(tasks: list[ResolvedTask], query_model, doc_model=None, *, batch_si
     """
     import mteb
 
+    from embed_kd.device import device_info
     from embed_kd.evaluation.retrieval_eval import model_info, versions
 
     t0 = time.perf_counter()
@@ -362,6 +364,7 @@ def run_mteb(tasks: list[ResolvedTask], query_model, doc_model=None, *, batch_si
                            if st.seconds["document"] > 0 and "hit" not in encoder.cache_results else None),
         },
         "cache": {"docs": encoder.cache_results or ("off" if cache is None else "not used")},
+        "device": device_info(),
         "versions": {**versions(), "mteb": mteb.__version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

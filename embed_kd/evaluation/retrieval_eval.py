@@ -125,7 +125,10 @@ def dense_run(query_emb: np.ndarray, qids: list[str], doc_emb: np.ndarray, doc_i
     if compression is not None and (compression.active or compression.rescore):
         scores, rows = CompressedSearch.build(doc_emb, compression, normalize=normalize, kind=index).search(query_emb, k)
     else:
-        scores, rows = search_index(build_faiss_index(doc_emb, index), query_emb, k)
+        from embed_kd.index.faiss_index import on_device
+
+        searcher, _ = on_device(build_faiss_index(doc_emb, index))  # exact flat search on a GPU when it can
+        scores, rows = search_index(searcher, query_emb, k)
     return {
         q: {doc_ids[int(r)]: float(s) for r, s in zip(rows[i], scores[i]) if r >= 0}
         for i, q in enumerate(qids)

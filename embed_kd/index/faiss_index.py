@@ -28,6 +28,11 @@ kind          factory string (search parameters)                  when
   keeps full vectors (≈1.8 kB per 384-d vector with M=32), affordable to a few million; beyond,
   IVF-PQ's compressed codes. Measured recall/latency: ``eval/results/scaling.md``.
 
+GPU: :func:`on_device` moves an exact (``Flat``) index to the selected GPU when FAISS was built
+with GPU support (``faiss-gpu``, the ``gpu`` extra: ``faiss.StandardGpuResources`` exists) and the
+device is ``cuda:N``; the search is still exact (same neighbours; scores differ only in float
+rounding). HNSW has no GPU form and IVF-PQ's GPU form has other parameters: both stay on the CPU.
+
 Vectors are added in blocks of ``ADD_BLOCK`` rows so that a memory-mapped matrix is never copied
 whole (the index itself holds what its kind holds: all vectors for flat/HNSW, codes for IVF-PQ).
 
@@ -148,3 +153,32 @@ def search_index(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     if isinstance(index, faiss.IndexHNSWFlat):
         index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+_GPU_RESOURCES: dict[int, object] = {}  # one StandardGpuResources per GPU, kept alive for the process
+
+
+def faiss_has_gpu() -> bool:
+    """Whether the installed FAISS was built with GPU support (``faiss-gpu``) and sees a GPU."""
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def on_device(index, device: str | None = None):
+    """``index`` on the GPU of ``device`` (default: the selected device) when that is ``cuda:N``,
+    FAISS has GPU support and the index is exact (``Flat``); else ``index`` itself. Returns
+    ``(index, "gpu" | "cpu")``."""
+    import faiss
+
+    from embed_kd.device import current_device
+
+    device = device or current_device()
+    if not device.startswith("cuda") or not isinstance(index, faiss.IndexFlat):
+        return index, "cpu"
+    if not faiss_has_gpu():
+        logger.info("FAISS has no GPU support here (pip install 'embed-kd[gpu]' for faiss-gpu): searching on the CPU")
+        return index, "cpu"
+    gpu = int(device.split(":", 1)[1]) if ":" in device else 0
+    res = _GPU_RESOURCES.setdefault(gpu, faiss.StandardGpuResources())
+    return faiss.index_cpu_to_gpu(res, gpu, index), "gpu"

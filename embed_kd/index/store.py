@@ -23,7 +23,8 @@ On-disk layout (schema ``embed-kd/index@1``)::
       "normalize": bool,                         # documents (and queries) are L2-normalised
       "doc_model": {"spec", "fingerprint", "dim", "max_seq_length"},
       "corpus": {"name", "source", "fingerprint", "n_docs"},  # fingerprint over all docs, row order
-      "batches": [{"source", "corpus_fingerprint", "n", "first_row", "added"}],  # build, then each add
+      "batches": [{"source", "corpus_fingerprint", "n", "first_row", "added", "device"}],  # build, then each add
+      "device": {"device", "type", "name"},      # where the build encoded (embed_kd.device.device_info)
       "files": {"index.faiss": sha256, "ids.json": sha256, "docs.jsonl": sha256},
       "compression": {"truncate_dim", "precision", "rescore", "dim", "bytes_per_vector",
                       "ranges": [[min…], [max…]] | null},   # only when built with --truncate-dim /
@@ -79,6 +80,7 @@ from embed_kd import distributed as dist
 from embed_kd.data.fingerprint import fingerprint_corpus
 from embed_kd.errors import ArtifactError, EmbedKDError
 from embed_kd.index.compression import BINARY, CompressedSearch, Compression
+from embed_kd.device import device_info
 from embed_kd.index.faiss_index import KIND_CHOICES, build_faiss_index, factory_string, resolve_kind, search_index
 from embed_kd.io import Artifact, atomic_dir, claim_output, read_json
 
@@ -259,8 +261,8 @@ def write_index(output: str | Path, emb: np.ndarray, corpus: Mapping[str, Mappin
             "doc_model": dict(doc_model),
             "corpus": {"name": name, "source": source, "fingerprint": corpus_fp, "n_docs": len(ids)},
             "batches": [{"source": source, "corpus_fingerprint": corpus_fp, "n": len(ids), "first_row": 0,
-                         "added": created}],
-            "files": files, "versions": _versions(), "created": created, "updated": created,
+                         "added": created, "device": device_info()["device"]}],
+            "device": device_info(), "files": files, "versions": _versions(), "created": created, "updated": created,
         }
         _write_manifest(tmp, manifest)
     logger.info("wrote %s index of %d docs (dim %d) to %s", kind, len(ids), dim, output)
@@ -323,7 +325,8 @@ def append_to_index(path: str | Path, emb: np.ndarray, corpus: Mapping[str, Mapp
                 **m, "n": len(ids), "files": files, "updated": now,
                 "corpus": {**m["corpus"], "fingerprint": fingerprint_corpus(all_docs), "n_docs": len(ids)},
                 "batches": m["batches"] + [{"source": source, "corpus_fingerprint": fingerprint_corpus(corpus),
-                                            "n": len(new_ids), "first_row": current.n, "added": now}],
+                                            "n": len(new_ids), "first_row": current.n, "added": now,
+                                            "device": device_info()["device"]}],
             }
             _write_manifest(tmp, manifest)
     logger.info("added %d docs to %s (now %d)", len(new_ids), path, len(ids))

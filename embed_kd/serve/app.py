@@ -269,6 +269,7 @@ def create_app(engine: "SearchEngine", settings: ServeSettings | None = None) ->
 
     @app.get("/info")
     async def info() -> dict:
+        from embed_kd.device import device_info
         from embed_kd.evaluation.retrieval_eval import versions
 
         return {
@@ -276,6 +277,7 @@ def create_app(engine: "SearchEngine", settings: ServeSettings | None = None) ->
             "limits": {**asdict(s), "max_k_effective": max_k},
             "batching": {"max_batch_size": s.max_batch_size, "max_wait_ms": s.max_wait_ms,
                          **batcher.stats.as_dict()},
+            "device": device_info(),
             "versions": versions(),
         }
 

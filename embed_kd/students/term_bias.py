@@ -141,7 +141,7 @@ def max_logits(model, texts: Sequence[str], *, role: str = "document", batch_siz
         fn = getattr(model, f"encode_{role}")
         pooled = fn(list(texts), batch_size=batch_size, show_progress_bar=show_progress, convert_to_tensor=True,
                     convert_to_sparse_tensor=False)
-        pooled = pooled.to_dense() if getattr(pooled, "is_sparse", False) else pooled
+        pooled = (pooled.to_dense() if getattr(pooled, "is_sparse", False) else pooled).cpu()  # a GPU run's too
         out = torch.expm1(pooled.double()) - PROBE_OFFSET - torch.from_numpy(bias).double()
     finally:
         set_term_bias(model, bias)

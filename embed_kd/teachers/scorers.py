@@ -24,6 +24,8 @@ and pad each batch from the ready token ids. The backend may be
 - ``torch`` (exact: ``predict``'s own scores);
 - ``torch-bf16`` (the same ``predict`` with the model's weights in bfloat16: fast mode on CPUs with
   native bf16 — AVX512-BF16 or AMX — scores drift slightly);
+- ``torch-fp16`` (the same with the weights in float16: the fast mode on a GPU — ``--device cuda``;
+  refused on the CPU; ``torch-bf16`` runs on GPUs with bfloat16 too);
 - ``openvino`` (float32 OpenVINO: the torch scores within ~1e-5, faster than torch on CPU) or
   ``openvino-bf16`` (the recommended fast mode on CPUs with native bf16), see
   :mod:`embed_kd.teachers.openvino_backend`;
@@ -57,7 +59,9 @@ logger = logging.getLogger(__name__)
 _KIND_PREFIX = {"ce": "cross-encoder", "cross-encoder": "cross-encoder", "bi": "bi-encoder",
                 "bi-encoder": "bi-encoder"}
 ACTIVATIONS = (None, "sigmoid")
-BACKENDS = ("torch", "torch-bf16", "openvino", "openvino-bf16", "onnx", "onnx-int8")
+BACKENDS = ("torch", "torch-bf16", "torch-fp16", "openvino", "openvino-bf16", "onnx", "onnx-int8")
+#: backends that run the torch model on the selected device (the others are CPU runtimes)
+TORCH_BACKENDS = ("torch", "torch-bf16", "torch-fp16")
 
 
 @dataclass(frozen=True)
@@ -195,18 +199,21 @@ class CrossEncoderTeacher(Teacher):
         self.activation = activation
         self.batch_size = batch_size
         self.backend = backend
-        self.model = load_cross_encoder(spec.model, max_length=max_length)
+        # the torch backends run on the selected device; OpenVINO / ONNX Runtime convert a CPU copy
+        self.model = load_cross_encoder(spec.model, max_length=max_length,
+                                        device=None if backend in TORCH_BACKENDS else "cpu")
         if self.model.num_labels != 1:
             raise EmbedKDError(f"--teacher {spec.model}: a teacher cross-encoder must output one score "
                                f"(num_labels=1), this one has {self.model.num_labels}")
         self.max_length = int(self.model.max_seq_length)
         self.fingerprint = fingerprint_model(self.model)
         self._runtime = None
-        if backend == "torch-bf16":
+        if backend in ("torch-bf16", "torch-fp16"):
             import torch
 
-            _warn_if_no_native_bf16()
-            self.model.to(torch.bfloat16)  # after fingerprinting: the store names the fp32 model it scored
+            _check_half_precision(backend, str(self.model.device))
+            # after fingerprinting: the store names the fp32 model it scored
+            self.model.to(torch.bfloat16 if backend == "torch-bf16" else torch.float16)
         elif backend != "torch":  # a converted graph, cached by fingerprint, run by OpenVINO or ONNX Runtime
             import torch
 
@@ -289,15 +296,26 @@ class CrossEncoderTeacher(Teacher):
         return [flat[a:b] for a, b in bounds]
 
 
-def _warn_if_no_native_bf16() -> None:
-    """bfloat16 inference is only fast where the CPU multiplies bf16 natively (AVX512-BF16 / AMX)."""
-    import torch
+def _check_half_precision(backend: str, device: str) -> None:
+    """``torch-fp16`` needs a GPU; ``torch-bf16`` is only fast with native bfloat16 (a CPU with
+    AVX512-BF16 / AMX, a GPU that supports it): a warning otherwise."""
+    from embed_kd.device import bf16_supported, is_gpu
 
-    from embed_kd.cpu import native_bf16
+    if backend == "torch-fp16":
+        if not is_gpu(device):
+            raise EmbedKDError(f"--backend torch-fp16 runs the teacher in float16 on a GPU; this run's device is "
+                               f"{device} (pass --device cuda, or use torch-bf16 / openvino-bf16 on the CPU)")
+        return
+    if device.startswith("cuda"):
+        if not bf16_supported(device):
+            logger.warning("--backend torch-bf16: %s has no native bfloat16; torch-fp16 is the fast mode here", device)
+        return
+    if device == "cpu":
+        from embed_kd.cpu import native_bf16
 
-    if not native_bf16("torch") and not torch.cuda.is_available():
-        logger.warning("--backend torch-bf16: this CPU has no native bfloat16 (AVX512-BF16/AMX); bf16 is "
-                       "emulated and likely slower than --backend torch")
+        if not native_bf16("torch"):
+            logger.warning("--backend torch-bf16: this CPU has no native bfloat16 (AVX512-BF16/AMX); bf16 is "
+                           "emulated and likely slower than --backend torch")
 
 
 def build_teacher(spec: TeacherSpec, resources, **ce_options) -> Teacher:

@@ -34,6 +34,7 @@ column                    type      meaning
     {
       "schema": "embed-kd/teacher-scores@1",
       "created": ISO-8601 UTC, "versions": {...},
+      "device": {"device", "type", "name"},   # where the last run scored (embed_kd.device.device_info)
       "dataset": {"name", "split", "corpus_fingerprint", "queries_fingerprint", "qrels_fingerprint",
                   "n_queries", "notes"},
       "candidates": [{"source": "bm25", "name", "k", ...config}, {"source": "dense", "name", "model",
@@ -53,7 +54,7 @@ column                    type      meaning
 
 Only the fields in ``config_fingerprint`` decide the rows; a teacher's ``spec`` and a dense source's
 ``model`` (where a model was loaded from; its weights are in ``fingerprint`` / ``model_fingerprint``),
-``created`` and ``versions`` do not enter it, so the same weights loaded from another folder resume
+``created``, ``versions`` and ``device`` do not enter it, so the same weights loaded from another folder resume
 the same store. A shard ``I/N`` owns the chunks whose number (first query index // chunk_size) is
 ``I mod N``; ``merge_stores`` joins shard folders into one complete store.
 
@@ -193,10 +194,13 @@ def new_manifest(*, dataset: Mapping[str, Any], candidates: Sequence[Mapping[str
     for key in ("name", "split", "corpus_fingerprint", "queries_fingerprint", "qrels_fingerprint", "n_queries"):
         if key not in dataset:
             raise EmbedKDError(f"manifest dataset is missing '{key}'")
+    from embed_kd.device import device_info
+
     m = {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _versions(),
+        "device": device_info(),
         "dataset": dict(dataset),
         "candidates": [dict(c) for c in candidates],
         "include_positives": bool(include_positives),

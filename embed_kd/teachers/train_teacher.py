@@ -38,7 +38,8 @@ Pipeline:
        {"schema", "created", "base", "base_fingerprint", "model_fingerprint", "config": {...},
         "dataset": {"name", "split", "corpus_fingerprint", "n_train_queries", "n_dev_queries",
                     "dev_query_ids_fingerprint"},
-        "examples": n, "train": {"steps", "seconds", "stopped_by_time_budget", "train_loss"},
+        "examples": n, "train": {"steps", "seconds", "stopped_by_time_budget", "train_loss", "precision"},
+        "device": {"device", "type", "name"} (embed_kd.device.device_info),
         "dev": {"ndcg@10 before", "ndcg@10 after", "first_stage ndcg@10"}, "versions"}
 """
 
@@ -335,12 +336,13 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
         warmup_ratio=config.warmup_ratio, eval_strategy="steps", eval_steps=eval_steps, save_strategy="steps",
         save_steps=eval_steps, save_total_limit=2, load_best_model_at_end=True,
         metric_for_best_model="eval_dev_ndcg@10", greater_is_better=True, logging_steps=max(1, eval_steps // 4),
-        report_to="none", seed=config.seed, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+        report_to="none", seed=config.seed, dataloader_num_workers=0, **trainer_device_arguments(device, precision),
         disable_tqdm=not show_progress, save_only_model=True,
     )
     from embed_kd.training.finite_guard import NonFiniteLossError, diverged_message, guard_losses
 
     loss = _make_loss(config, model)
+    pin_trainer_device(args, device)
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_data, loss=loss,
                                   evaluator=evaluator, callbacks=callbacks)
     guard_losses({config.loss: loss}, step=lambda: trainer.state.global_step)  # NaN/inf loss: stop, no output
@@ -365,13 +367,14 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
                         "dev_query_ids_fingerprint": fingerprint_json(sorted(dev_ds.queries))},
             "examples": len(train_data),
             "train": {"steps": int(out.global_step), "seconds": train_s, "train_loss": float(out.training_loss),
-                      "stopped_by_time_budget": bool(budget and budget.stopped),
+                      "stopped_by_time_budget": bool(budget and budget.stopped), "precision": precision,
                       "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
                       "log": [r for r in trainer.state.log_history]},
             "dev": {"eval_queries": len(samples), "eval_depth": config.eval_depth,
                     "before": {k: float(v) for k, v in before.items()},
                     "after": {k: float(v) for k, v in after.items()}},
             "seconds_total": time.perf_counter() - t0,
+            "device": device_info(device),
             "versions": versions(),
         }
         from embed_kd.numeric import check_finite_weights
@@ -399,7 +402,7 @@ def _card_section(m: dict) -> str:
         f"- loss: `{c['loss']}`, targets: `{c['targets']}`, negatives: {c['negatives']} per query from the top "
         f"{c['neg_depth']} of BM25 and `{c['dense_model']}`",
         f"- max_length {c['max_length']}, lr {c['learning_rate']}, batch {c['batch_size']}, "
-        f"steps {m['train']['steps']} ({m['train']['seconds']:.0f} s on CPU)",
+        f"steps {m['train']['steps']} ({m['train']['seconds']:.0f} s on {(m.get('device') or {}).get('name', 'CPU')})",
         f"- dev re-ranking nDCG@10 (top {d['eval_depth']} of BM25+dense fusion, {d['eval_queries']} queries): "
         f"{d['before'].get(key, float('nan')):.4f} before → {d['after'].get(key, float('nan')):.4f} after; "
         f"first stage {d['after'].get('dev_base_ndcg@10', float('nan')):.4f}",

@@ -220,6 +220,9 @@ class TrainConfig:
         if self.train.lr <= 0 or self.train.batch_size < 1:
             raise EmbedKDError("config: train.lr must be > 0 and train.batch_size >= 1")
         self._validate_ranges()
+        from embed_kd.device import resolve_device, training_precision
+
+        training_precision(self.train.precision, resolve_device(self.device, what="device"))  # now, not after loading
         self.student.validate()
         if self.student.type == "sparse":
             self._validate_sparse()

@@ -126,6 +126,10 @@ def prepare_training_run(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     if cfg.split == "test":
         raise EmbedKDError("config: split 'test' — students are trained on train queries only (test queries "
                            "would leak into the benchmark)")
+    from embed_kd.device import select_device, training_precision
+
+    device = select_device(cfg.device, what="device")
+    precision = training_precision(cfg.train.precision, device)
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
     seed_everything(cfg.train.seed)
@@ -140,7 +144,7 @@ def prepare_training_run(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     if sliced:
         dataset = dataset.sliced(limit_queries, limit_docs)
     return TrainingRun(out=out, work=work, world=world, dataset=dataset, full_fps=full_fps, sliced=sliced,
-                       t_start=t_start)
+                       t_start=t_start, device=device, precision=precision)
 
 
 def trainer_arguments(cfg: TrainConfig, ckpt_dir: Path, *, evaluate: bool, show_progress: bool,

@@ -59,10 +59,11 @@ Run manifest ``embed_kd_train.json`` (schema ``embed-kd/train-run@1``)::
       "student": {"init": description, "init_fingerprint", "fingerprint" (final), "dim", "type" (dense | static),
                   "max_seq_length", "layers", "params"},
       "examples": {"score": stats | null, "align": stats | null},   # align: per-source mix (training.align_mix)
-      "training": {"global_step", "epochs", "train_time_s", "stopped_by_time_budget", "world_size",
+      "training": {"global_step", "epochs", "train_time_s", "stopped_by_time_budget", "world_size", "precision",
                    "global_batch_size", "log_history": [trainer logs: loss per dataset, dev metrics, lr]},
       "averaging": {"enabled", "checkpoints": [names], "applied": bool},
       "dev": {"metrics_final": {...}} | null,
+      "device": {"device", "type", "name"} (embed_kd.device.device_info: where it trained),
       "versions": {...}, "git": {"commit", "dirty"},
       "machine": {"cpu", "arch", "cores", "flags": {avx2, avx512f, ...: bool}, "threads", "load_avg": [1, 5,
                   15 min] at the end of the run, "commit"} (embed_kd.cpu.machine_info)
@@ -213,6 +214,7 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     from embed_kd.training.data import (build_align_examples, build_score_examples, split_dev,
                                         teacher_query_embeddings)
     from embed_kd.training.dev_eval import DevRetrievalEvaluator
+    from embed_kd.device import pin_trainer_device
     from embed_kd.training.prologue import prepare_training_run, quiet_trainer_logs, trainer_arguments
 
     cfg.validate()
@@ -300,9 +302,11 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     T = cfg.train
     ckpt_dir = work / "checkpoints"
     args = SentenceTransformerTrainingArguments(
-        **trainer_arguments(cfg, ckpt_dir, evaluate=evaluator is not None, show_progress=show_progress and world.is_main),
-        use_cpu=dist.device() == "cpu", multi_dataset_batch_sampler=T.sampler,
+        **trainer_arguments(cfg, ckpt_dir, evaluate=evaluator is not None, show_progress=show_progress and world.is_main,
+                            device=run.device, precision=run.precision),
+        multi_dataset_batch_sampler=T.sampler,
     )
+    pin_trainer_device(args, run.device)  # one process, one GPU: the selected one (no DataParallel)
     budget = _time_budget_callback(T.max_time_s)
     trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=train_dataset, loss=loss,
                                          evaluator=evaluator, callbacks=[budget])
@@ -312,6 +316,7 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     guard_losses(losses, step=lambda: trainer.state.global_step)  # a NaN/inf loss stops the run (no output)
     cfg_fp = cfg.to_dict()
     cfg_fp.get("train", {}).pop("threads", None)  # threads change the speed, not what is learnt
+    cfg_fp.pop("device", None)  # so does the device (a run resumes on another GPU); precision stays
     inputs = {"config": cfg_fp, "limit_queries": limit_queries, "limit_docs": limit_docs,
               "dataset": full_fps, "scores": None if store is None else store.manifest.get("config_fingerprint"),
               "teacher": fingerprint_model(teacher), "student_init": init_fp}
@@ -367,10 +372,11 @@ def _machine() -> dict:
     return machine_info(threads=torch.get_num_threads())
 
 
-def _finish(*, cfg, out, work, overwrite, ckpt_dir, step, student, evaluator, teacher, dataset, full_fps,
+def _finish(*, cfg, out, work, overwrite, ckpt_dir, step, student, evaluator, teacher, dataset, full_fps, run,
             train_qids, dev_qids, store, init_desc, init_fp, student_dim, score_ex, align_stats, trainer,
             train_time_s, t_start, budget, config_file, overrides, world, **_) -> dict:
     """Rank 0 after training: final checkpoint, averaging, dev metrics, manifest, atomic output."""
+    from embed_kd.device import device_info
     from embed_kd.evaluation.retrieval_eval import model_info, versions
     from embed_kd.io import atomic_dir, atomic_write_json
     from embed_kd.models import fingerprint_model
@@ -402,10 +408,12 @@ def _finish(*, cfg, out, work, overwrite, ckpt_dir, step, student, evaluator, te
         "training": {"global_step": step, "epochs": trainer.state.epoch, "train_time_s": train_time_s,
                      "world_size": world.world_size, "global_batch_size": cfg.train.batch_size * world.world_size,
                      "total_time_s": time.perf_counter() - t_start,
-                     "stopped_by_time_budget": budget.stopped, "log_history": trainer.state.log_history},
+                     "stopped_by_time_budget": budget.stopped, "log_history": trainer.state.log_history,
+                     "precision": run.precision},
         "averaging": {"enabled": cfg.average.enabled, "checkpoints": [p.name for p in averaged],
                       "applied": bool(averaged)},
         "dev": {"metrics_final": dev_final} if dev_final else None,
+        "device": device_info(run.device),
         "versions": versions(),
         "git": git_info(),
         "machine": _machine(),

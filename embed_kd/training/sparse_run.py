@@ -29,7 +29,7 @@ The output folder is a ``SparseEncoder`` folder (``SparseEncoder(OUTPUT)`` loads
 ``embed_kd_train.json`` (schema ``embed-kd/train-run@1``; ``config.student.type == "sparse"``, the
 ``student`` block adds ``type``, ``head_init``, ``query_length``, ``document_length``, ``pooling``,
 ``activation``, ``vocab_size``; ``training.regularizer_weights`` lists ``[step, query weight, document
-weight]`` per step; ``teacher`` is null — there is no embedding teacher), ``README.md``
+weight]`` per step; ``training.precision`` and ``device`` as for dense runs; ``teacher`` is null — there is no embedding teacher), ``README.md``
 and ``checkpoints/`` — see docs/formats.md.
 """
 
@@ -93,6 +93,7 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     from embed_kd.students.sparse import SparseHeadOptions, build_sparse_student
     from embed_kd.training.averaging import finish_checkpoints, list_checkpoints
     from embed_kd.training.data import build_score_examples, split_dev
+    from embed_kd.device import device_info, pin_trainer_device
     from embed_kd.training.prologue import OUTPUT_ARTIFACT, prepare_training_run, quiet_trainer_logs, trainer_arguments
     from embed_kd.training.run import MANIFEST, SCHEMA, WORK_MANIFEST, WORK_SCHEMA, _time_budget_callback, git_info
     from embed_kd.training.sparse_dev_eval import SparseDevEvaluator, dev_pool
@@ -139,9 +140,11 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     T = cfg.train
     ckpt_dir = work / "checkpoints"
     args = SparseEncoderTrainingArguments(
-        **trainer_arguments(cfg, ckpt_dir, evaluate=evaluator is not None, show_progress=show_progress),
-        use_cpu=True, router_mapping=router,
+        **trainer_arguments(cfg, ckpt_dir, evaluate=evaluator is not None, show_progress=show_progress,
+                            device=run.device, precision=run.precision),
+        router_mapping=router,
     )
+    pin_trainer_device(args, run.device)  # the selected device (was always the CPU)
     budget = _time_budget_callback(T.max_time_s)
     trace = _regularizer_trace(loss)
     trainer = SparseEncoderTrainer(model=student, args=args, train_dataset=score_ex.dataset(),
@@ -214,11 +217,13 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
         "training": {"global_step": step, "epochs": trainer.state.epoch, "train_time_s": train_time_s,
                      "total_time_s": time.perf_counter() - t_start,
                      "stopped_by_time_budget": budget.stopped, "log_history": trainer.state.log_history,
+                     "precision": run.precision,
                      "regularizer_weights": trace.rows},
         "averaging": {"enabled": cfg.average.enabled, "checkpoints": [p.name for p in averaged],
                       "applied": bool(averaged)},
         "dev": {"metrics_final": dev_final, "pool_docs": len(evaluator.docs)} if dev_final else None,
         "term_bias": term_bias,
+        "device": device_info(run.device),
         "versions": versions(),
         "git": git_info(),
     }
