@@ -96,6 +96,19 @@ def _schema_of(path: Path) -> tuple[str | None, str]:
     return None, "has no embed-kd schema"
 
 
+def _other_artifact(folder: Path) -> str | None:
+    """The schema of another embed-kd artifact in ``folder`` (its top-level JSON files), for messages."""
+    try:
+        candidates = sorted(q for q in folder.iterdir() if q.suffix == ".json" and q.is_file())[:20]
+    except OSError:
+        return None
+    for q in candidates:
+        schema, _ = _schema_of(q)
+        if schema:
+            return schema
+    return None
+
+
 def ownership_problem(path: str | os.PathLike, artifact: Artifact) -> str | None:
     """Why the existing ``path`` is not an earlier ``artifact`` (None when it is one, or absent, or
     an empty folder). Reads the marker file only."""
@@ -120,7 +133,8 @@ def ownership_problem(path: str | os.PathLike, artifact: Artifact) -> str | None
                         return None
                 except Exception:  # noqa: BLE001 - not recognised
                     pass
-            return f"no {artifact.marker} in it"
+            other = _other_artifact(p)
+            return f"it holds an {other} artifact, not {artifact.schema}" if other else f"no {artifact.marker} in it"
         schema, why = _schema_of(marker)
         if schema is None:
             return f"its {artifact.marker} {why}"

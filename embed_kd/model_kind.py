@@ -126,6 +126,11 @@ _CONSEQUENCE = {"cross-encoder": "; loaded as a cross-encoder its classification
                 "bi-encoder": "; pass it where its kind belongs (a cross-encoder: --teacher ce:MODEL / --rerank)"}
 
 
+def refuse_kind(spec: str, want: str, role: str, kind: str, evidence: str) -> EmbedKDError:
+    """The error for a model of ``kind`` given where ``want`` is needed (raise it)."""
+    return _refuse(spec, want, role, kind, evidence, _CONSEQUENCE[want])
+
+
 def check_role(folder: str | os.PathLike, want: str, *, spec: str, role: str) -> str | None:
     """Refuse a local model folder whose files say it is not ``want`` (see the module table);
     returns the declared kind (None when the files say nothing, e.g. a hub id not cached)."""

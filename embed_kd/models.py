@@ -43,6 +43,11 @@ def _default_device() -> str:
     return current_device()
 
 
+def _evidence(ms) -> str:
+    """Where a model's kind came from, for messages: its preset, or its own files."""
+    return f"preset {ms.preset}" if ms.preset else "its files"
+
+
 def load_sentence_transformer(spec: str | os.PathLike, *, device: str | None = None,
                               role: str = "this command") -> "SentenceTransformer":
     """Load a bi-encoder (``SentenceTransformer``) from a path, hub id or preset.
@@ -51,11 +56,11 @@ def load_sentence_transformer(spec: str | os.PathLike, *, device: str | None = N
     (:func:`embed_kd.model_kind.check_role`)."""
     from sentence_transformers import SentenceTransformer
 
-    from embed_kd.model_kind import check_role
+    from embed_kd.model_kind import check_role, refuse_kind
 
     source, ms = locate_model(spec)
-    if ms.kind == "cross-encoder":
-        raise EmbedKDError(f"model '{spec}' is a cross-encoder; an embedding model is needed here")
+    if ms.kind in ("cross-encoder", "sparse-encoder"):
+        raise refuse_kind(str(spec), "bi-encoder", role, ms.kind, _evidence(ms))
     check_role(source, "bi-encoder", spec=str(spec), role=role)
     try:
         model = SentenceTransformer(source, device=device or _default_device())
@@ -83,11 +88,11 @@ def load_sparse_encoder(spec: str | os.PathLike, *, device: str | None = None, r
     files say it is not one (nor an MLM to build one on) is refused (:mod:`embed_kd.model_kind`)."""
     from sentence_transformers.sparse_encoder import SparseEncoder
 
-    from embed_kd.model_kind import check_role
+    from embed_kd.model_kind import check_role, refuse_kind
 
     source, ms = locate_model(spec)
     if ms.kind in ("cross-encoder", "bi-encoder"):
-        raise EmbedKDError(f"model '{spec}' is a {ms.kind} preset; a sparse encoder is needed for {role}")
+        raise refuse_kind(str(spec), "sparse-encoder", role, ms.kind, _evidence(ms))
     check_role(source, "sparse-encoder", spec=str(spec), role=role)
     try:
         model = SparseEncoder(str(source), device=device or _default_device())
@@ -108,15 +113,12 @@ def load_cross_encoder(spec: str | os.PathLike, *, device: str | None = None, ma
     loading (:mod:`embed_kd.model_kind`): loaded anyway, its head would be random."""
     from sentence_transformers import CrossEncoder
 
-    from embed_kd.model_kind import check_cross_encoder, check_role
+    from embed_kd.model_kind import check_cross_encoder, check_role, refuse_kind
 
     source, ms = locate_model(spec)
     if require_head:
         if ms.kind in ("bi-encoder", "sparse-encoder"):
-            raise EmbedKDError(f"model '{spec}' cannot be the cross-encoder for {role}: it is a {ms.kind} "
-                               f"(preset {ms.preset or ms.spec}; loaded as a cross-encoder its classification head "
-                               "would be newly initialised and score at random); pass a cross-encoder, e.g. the "
-                               "minilm-l6-ce preset")
+            raise refuse_kind(str(spec), "cross-encoder", role, ms.kind, _evidence(ms))
         check_role(source, "cross-encoder", spec=str(spec), role=role)
     try:
         model = CrossEncoder(source, device=device or _default_device(), max_length=max_length, **kwargs)

@@ -9,7 +9,8 @@ The suite (``tests/test_reliability*.py``) records one row per case through pyte
 reads every test case's properties and status, and renders the table and the counts: cases tried,
 clear errors, expected successes (accepted / recovered / resumed), crashes (a traceback, an
 unexpected exception, or a failing test) and data lost (a partial output left, an existing output
-changed, or an interrupted run's rerun differing from a clean run). Nothing is typed by hand.
+changed, or an interrupted run's rerun differing from a clean run), overall and by class (the
+classes of :data:`CLASSES` are always listed). Nothing is typed by hand.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TESTS = ["tests/test_reliability.py", "tests/test_reliability_properties.py", "tests/test_reliability_interrupt.py"]
+TESTS = ["tests/test_reliability.py", "tests/test_reliability_properties.py", "tests/test_reliability_interrupt.py",
+         "tests/test_reliability_round2.py"]
+#: the classes of failure of the second round (issue 21), always listed in the counts by class (0 when absent)
+CLASSES = ["ownership", "model kind", "non-finite", "serving isolation", "recovery advice", "config types",
+           "temp files"]
 
 
 def run_suite(junit: Path) -> tuple[int, float]:
@@ -105,6 +110,15 @@ def render(rows: list[dict], *, rc: int | None, wall_s: float | None) -> str:
     by_cat: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_cat[r.get("category", "other")].append(r)
+    lines += ["## Counts by class", "",
+              "| class | cases | clear errors | expected successes | crashes | unclear | data lost |",
+              "|---|---|---|---|---|---|---|"]
+    for cat in CLASSES + [c for c in by_cat if c not in CLASSES]:
+        items = [r for r in by_cat.get(cat, []) if r.get("outcome") != "skipped"]
+        lines.append(f"| {cat} | {len(items)} | {sum(r in clear for r in items)} | {sum(r in good for r in items)} | "
+                     f"{sum(r in crashes for r in items)} | {sum(r in unclear for r in items)} | "
+                     f"{sum(r in lost for r in items)} |")
+    lines.append("")
     for cat, items in by_cat.items():
         lines += [f"## {cat} ({len(items)})", "", "| case | outcome | exit | message / note |", "|---|---|---|---|"]
         for r in items:

@@ -105,6 +105,8 @@ logger = logging.getLogger(__name__)
 
 SCHEMA = "embed-kd/teacher-scores@1"
 MANIFEST = "manifest.json"
+#: the advice for a damaged chunk; it works: a deleted chunk is pending again (ScoreStoreWriter.create)
+RECOMPUTE = "delete it and rerun the same score-teacher command to recompute it"
 #: what :func:`embed_kd.io.claim_output` checks before a store is replaced or resumed
 ARTIFACT = Artifact(SCHEMA, MANIFEST, "teacher-score store")
 SHARDS = "shards"
@@ -403,7 +405,7 @@ class ScoreStoreWriter:
             try:
                 rows += pq.read_metadata(p).num_rows
             except Exception as exc:  # noqa: BLE001 - any read failure means a corrupt chunk
-                raise ArtifactError(f"{p}: unreadable chunk ({exc}); delete it to recompute it") from None
+                raise ArtifactError(f"{p}: unreadable chunk ({' '.join(str(exc).split())}); {RECOMPUTE}") from None
             queries += b - a + 1
             chunks += 1
             if p.name not in sums:
@@ -469,8 +471,9 @@ def _check_finite_scores(table, where: str) -> None:
     from embed_kd.numeric import check_finite_array
 
     qids = None
-    for name in table.schema.names:
-        if name != "score" and not name.startswith("score__"):
+    names = [n for n in table.schema.names if n.startswith("score__")] + ["score"]  # a teacher first: the cause
+    for name in names:
+        if name not in table.schema.names:
             continue
         col = table.column(name).to_numpy(zero_copy_only=False)
         if col.size and not np.isfinite(col).all():
@@ -598,7 +601,7 @@ class ScoreStore:
             try:
                 t = pq.read_table(p, columns=list(columns) if columns else None)
             except Exception as exc:  # noqa: BLE001
-                raise ArtifactError(f"{p}: unreadable chunk ({exc})") from None
+                raise ArtifactError(f"{p}: unreadable chunk ({' '.join(str(exc).split())}); {RECOMPUTE}") from None
             _check_finite_read(t, p)
             tables.append(t)
         return pa.concat_tables(tables)
@@ -621,7 +624,35 @@ class ScoreStore:
             except ArtifactError:
                 raise
             except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-                raise ArtifactError(f"{p}: unreadable chunk ({exc})") from None
+                raise ArtifactError(f"{p}: unreadable chunk ({' '.join(str(exc).split())}); {RECOMPUTE}") from None
+
+    @property
+    def score_kind(self) -> str:
+        """``absolute`` or ``margin`` (see the module docstring)."""
+        return score_kind(self.manifest)
+
+    @property
+    def texts_dir(self) -> Path | None:
+        """The folder of query and document texts an import stored beside the scores (or None)."""
+        rel = self.manifest.get("texts")
+        return self.path / rel if rel else None
+
+    def iter_margins(self, column: str = "score") -> Iterator[tuple[str, list[tuple[str, str, float]]]]:
+        """A ``margin`` store's ``(qid, [(pos_id, neg_id, margin), ...])`` per query in split order (streams)."""
+        if self.score_kind != "margin":
+            raise EmbedKDError(f"{self.path}: holds absolute scores, not margins (use iter_queries)")
+        self._check_column(column)
+        cur_q, cur = None, []
+        for batch in self.iter_batches(["query_id", "pos_id", "doc_id", column]):
+            cols = [batch.column(i).to_pylist() for i in range(4)]
+            for q, p, d, m in zip(*cols):
+                if q != cur_q:
+                    if cur:
+                        yield cur_q, cur
+                    cur_q, cur = q, []
+                cur.append((p, d, float(m)))
+        if cur:
+            yield cur_q, cur
 
     def iter_queries(self, column: str = "score") -> Iterator[tuple[str, list[tuple[str, float, int]]]]:
         """``(qid, [(doc_id, score, label), ...])`` per query in split order, candidates in store order.
@@ -736,7 +767,7 @@ def open_scores(path: str | os.PathLike, *, allow_incomplete: bool = False) -> S
         try:
             schema = pq.read_schema(p)
         except Exception as exc:  # noqa: BLE001
-            raise ArtifactError(f"{p}: unreadable chunk ({exc})") from None
+            raise ArtifactError(f"{p}: unreadable chunk ({' '.join(str(exc).split())}); {RECOMPUTE}") from None
         if p.name in sums and _sha256_file(p) != sums[p.name]:
             raise ArtifactError(f"{p}: checksum does not match {MANIFEST} (modified or corrupt); delete it and rerun "
                                 "the same score-teacher command to recompute it")
@@ -754,6 +785,7 @@ def merge_stores(shard_folders: Iterable[str | os.PathLike], out: str | os.PathL
     """
     from embed_kd.io import atomic_dir
 
+    claim_output(out, ARTIFACT, overwrite=overwrite)  # the output first: a refusal should not cost the checks
     stores = [open_scores(f, allow_incomplete=True) for f in shard_folders]
     if not stores:
         raise EmbedKDError("merge needs at least one shard folder")
