@@ -269,7 +269,9 @@ def _sts_only(sts, split, *, model, query_model, doc_model, sts_teacher, output,
         raise EmbedKDError("--save-run/--rerank/--loyalty-teacher are retrieval options; --sts without --data "
                            "measures STS only")
     if output:
-        refuse_existing(output, overwrite)
+        from embed_kd.evaluation.outputs import STS_RESULT
+
+        refuse_existing(output, overwrite, artifact=STS_RESULT)  # only an earlier STS result is replaced
         check_writable(output)
     result = sts_document(evaluate_sts_specs(sts, split, model=model, query_model=query_model, doc_model=doc_model,
                                              teacher=sts_teacher, batch_size=batch_size,

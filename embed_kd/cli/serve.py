@@ -22,7 +22,7 @@ from embed_kd.cli.common import device_option, run_command, set_threads, setup_l
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 @click.option("--max-batch-size", default=32, show_default=True, type=click.IntRange(1),
               help="Most queries encoded together (micro-batching).")
-@click.option("--max-wait-ms", default=2.0, show_default=True, type=click.FloatRange(0),
+@click.option("--max-wait-ms", default=2.0, show_default=True, type=click.FloatRange(0, 60_000),  # not inf/nan
               help="Longest wait for more queries before encoding a batch.")
 @click.option("--max-k", default=1000, show_default=True, type=click.IntRange(1), help="Largest k a request may ask.")
 @click.option("--max-query-chars", default=2000, show_default=True, type=click.IntRange(1),

@@ -6,7 +6,8 @@
 flag                artifact                             recognised by
 ==================  ===================================  ============================================
 ``eval -o``         ``embed-kd/eval@1`` result JSON      its ``"schema"`` field (``embed-kd/mteb@1``
-                                                         with ``--mteb``)
+                                                         with ``--mteb``, ``embed-kd/sts@1`` with
+                                                         ``--sts`` and no ``--data``)
 ``--save-run``      a run ``{qid: {doc_id: score}}``     a JSON object of objects of numbers
 ``--save-weights``  ``embed-kd/ensemble-weights@1``      its ``"schema"`` field
 ``report --plot``   a PNG that ``report --plot`` drew    the PNG ``Software`` text chunk
@@ -65,6 +66,7 @@ def is_plot_file(path: Path) -> bool:
 
 EVAL_RESULT = Artifact("embed-kd/eval@1", None, "eval result")
 MTEB_RESULT = Artifact("embed-kd/mteb@1", None, "MTEB result")
+STS_RESULT = Artifact("embed-kd/sts@1", None, "STS result")
 RUN = Artifact("embed-kd/run", None, "run file (--save-run)", recognise=is_run_file)
 ENSEMBLE_WEIGHTS = Artifact("embed-kd/ensemble-weights@1", None, "ensemble-weights file")
 PLOT = Artifact("embed-kd/plot", None, "report plot (PNG)", recognise=is_plot_file)
