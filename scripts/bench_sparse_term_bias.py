@@ -54,7 +54,7 @@ def _name(model: str) -> str:
 
 def cache(args) -> None:
     from embed_kd.data import load_beir, resolve_dataset
-    from embed_kd.io import atomic_dir
+    from embed_kd.io import Artifact, atomic_dir
     from embed_kd.models import fingerprint_model
     from embed_kd.students.term_bias import max_logits
 
@@ -64,7 +64,8 @@ def cache(args) -> None:
     out = Path(args.work) / _name(args.model)
     doc_ids = list(train.corpus)
     t0 = time.perf_counter()
-    with atomic_dir(out, overwrite=args.overwrite) as tmp:
+    with atomic_dir(out, overwrite=args.overwrite, artifact=Artifact("embed-kd/sparse-max-logits@1", "meta.json",
+                                                                         "max-logits cache")) as tmp:
         parts = {"train_queries": (list(train.queries), [train.queries[q] for q in train.queries], "query"),
                  "test_queries": (list(test.queries), [test.queries[q] for q in test.queries], "query"),
                  "corpus": (doc_ids, [train.doc_text(d) for d in doc_ids], "document")}
@@ -153,10 +154,11 @@ def fit(args) -> None:
     for r in rows:
         r.pop("_bias", None)
     if args.save:
-        from embed_kd.io import atomic_dir
+        from embed_kd.io import Artifact, atomic_dir
 
         set_term_bias(model, bias)
-        with atomic_dir(Path(args.save), overwrite=args.overwrite) as tmp:
+        artifact = Artifact("embed-kd/term-bias-fit@1", "embed_kd_term_bias.json", "term-bias fit")
+        with atomic_dir(Path(args.save), overwrite=args.overwrite, artifact=artifact) as tmp:
             model.save_pretrained(str(tmp))
             (tmp / "embed_kd_term_bias.json").write_text(json.dumps({
                 "schema": "embed-kd/term-bias-fit@1", "base": args.model, "head_before": how, "selected": best,

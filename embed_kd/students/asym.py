@@ -225,11 +225,12 @@ def build_asym(query_model, doc_model, output: str | os.PathLike, *, overwrite: 
     """
     from sentence_transformers import SentenceTransformer
 
-    from embed_kd.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable, refuse_existing
+    from embed_kd.io import Artifact, atomic_dir, atomic_write_json, atomic_write_text, check_writable, refuse_existing
     from embed_kd.models import fingerprint_model
 
     output = Path(output)
-    refuse_existing(output, overwrite)
+    artifact = Artifact(SCHEMA, MANIFEST, "asym model")  # the ownership rule: --overwrite replaces only one of these
+    refuse_existing(output, overwrite, artifact=artifact)
     check_writable(output)
     q = query_route(_as_model(query_model, "query model"))
     d = document_route(_as_model(doc_model, "doc model"))
@@ -247,7 +248,7 @@ def build_asym(query_model, doc_model, output: str | os.PathLike, *, overwrite: 
                                 prompts=prompts or None)
     manifest = {"schema": SCHEMA, "query": q_info, "document": d_info, "similarity_fn_name": d.similarity_fn_name,
                 "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    with atomic_dir(output, overwrite=overwrite) as tmp:
+    with atomic_dir(output, overwrite=overwrite, artifact=artifact) as tmp:
         model.save(str(tmp))
         atomic_write_json(tmp / MANIFEST, manifest)
         atomic_write_json(tmp / TEACHER_MANIFEST, {"embedding_teacher": {"spec": d_info["spec"],
