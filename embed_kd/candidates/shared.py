@@ -49,7 +49,7 @@ class SharedResources:
         from embed_kd.models import load_sentence_transformer
 
         if spec not in self._bi:
-            self._bi[spec] = load_sentence_transformer(spec)
+            self._bi[spec] = load_sentence_transformer(spec, role=f"a dense source / teacher ({spec})")
         return self._bi[spec]
 
     def doc_embeddings(self, model) -> tuple[np.ndarray, list[str], dict[str, int]]:

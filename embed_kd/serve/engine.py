@@ -172,7 +172,7 @@ class SearchEngine:
         index_s = time.perf_counter() - t
         spec = query_model or index.doc_model["spec"]
         t = time.perf_counter()
-        model = query_route(load_sentence_transformer(spec))  # an asym model: its query route
+        model = query_route(load_sentence_transformer(spec, role="serve --query-model"))  # asym: its query route
         model_s = time.perf_counter() - t
         info = model_info(model)
         alignment = query_model_alignment(spec, info, index.doc_model,

@@ -236,7 +236,7 @@ class FirstStageMember:
             from embed_kd.index.cache import EmbeddingCache
             from embed_kd.models import fingerprint_model, load_sentence_transformer
 
-            self.model = model or load_sentence_transformer(spec.model)
+            self.model = model or load_sentence_transformer(spec.model, role=f"ensemble member '{spec.name}'")
             if spec.max_length:
                 self.model.max_seq_length = spec.max_length
             self.info["model_fingerprint"] = fingerprint_model(self.model)
@@ -319,7 +319,8 @@ def _score_rerankers(config: EnsembleConfig, rerankers: Mapping[str, object], da
 def load_rerankers(config: EnsembleConfig) -> dict[str, object]:
     from embed_kd.models import load_cross_encoder
 
-    return {m.name: load_cross_encoder(m.model, max_length=m.max_length) for m in config.rerankers}
+    return {m.name: load_cross_encoder(m.model, max_length=m.max_length, role=f"ensemble re-ranker '{m.name}'")
+            for m in config.rerankers}
 
 
 # ---- weight fitting ----------------------------------------------------------------------------------

@@ -200,7 +200,7 @@ class CrossEncoderTeacher(Teacher):
         self.batch_size = batch_size
         self.backend = backend
         # the torch backends run on the selected device; OpenVINO / ONNX Runtime convert a CPU copy
-        self.model = load_cross_encoder(spec.model, max_length=max_length,
+        self.model = load_cross_encoder(spec.model, max_length=max_length, role=f"--teacher ce:{spec.model}",
                                         device=None if backend in TORCH_BACKENDS else "cpu")
         if self.model.num_labels != 1:
             raise EmbedKDError(f"--teacher {spec.model}: a teacher cross-encoder must output one score "

@@ -230,7 +230,7 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
 
         store, by_query = load_training_scores(cfg, dataset, full_fps, sliced, stream=True)  # corpus scale
 
-    teacher = load_sentence_transformer(cfg.teacher)
+    teacher = load_sentence_transformer(cfg.teacher, role="train --teacher (the embedding teacher)")
     normalize = uses_cosine(teacher)
     cache = EmbeddingCache(cache_dir)
     doc_emb, doc_ids, _ = encode_corpus(teacher, dataset, cache=cache, normalize=normalize,
