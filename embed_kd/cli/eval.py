@@ -15,6 +15,7 @@ from embed_kd.cli.common import device_option, run_command, set_threads, setup_l
 @click.option("--data", help="BEIR folder, or a dataset name resolved under $EMBED_KD_DATA / downloaded "
               "(required, except with --mteb where it replaces a retrieval task's hub data).")
 @click.option("--split", default="test", show_default=True, help="qrels split to evaluate.")
+@click.option("--corpus", "corpus_file", help="Corpus file (JSONL/TSV/plain text, .gz, hf:) replacing --data's corpus.")
 @click.option("--model", help="Symmetric mode: one bi-encoder for queries and documents ('bm25' for BM25).")
 @click.option("--query-model", help="Asymmetric mode: the model that encodes queries (the student).")
 @click.option("--doc-model", help="Asymmetric mode: the model that encodes documents (the teacher).")
@@ -60,7 +61,7 @@ from embed_kd.cli.common import device_option, run_command, set_threads, setup_l
 @device_option
 @verbosity_options
 @run_command
-def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output, overwrite, save_run, index_kind, top_k,
+def eval_command(data, split, corpus_file, model, query_model, doc_model, mteb_tasks, output, overwrite, save_run, index_kind, top_k,
                  batch_size, cache_dir, no_cache, limit_queries, limit_docs, allow_missing_ids,
                  ignore_identical_ids, threads, no_progress, ensemble_config, save_weights, rerank_model,
                  rerank_depth, doc_top_k, query_top_k, loyalty_teacher, allow_teacher_mismatch, sts, sts_split, sts_teacher, verbose, quiet,
@@ -139,7 +140,12 @@ def eval_command(data, split, model, query_model, doc_model, mteb_tasks, output,
 
     t = time.perf_counter()
     folder = resolve_dataset(data)
-    dataset = load_beir(folder, split, name=Path(folder).name, allow_missing_ids=allow_missing_ids)
+    if corpus_file:
+        from embed_kd.data.inputs import load_inputs
+
+        dataset = load_inputs(data=folder, split=split, corpus=corpus_file, allow_missing_ids=allow_missing_ids)
+    else:
+        dataset = load_beir(folder, split, name=Path(folder).name, allow_missing_ids=allow_missing_ids)
     if limit_queries or limit_docs:
         dataset = dataset.sliced(limit_queries, limit_docs)
     load_data_s = time.perf_counter() - t

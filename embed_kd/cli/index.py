@@ -13,15 +13,19 @@ from embed_kd.cli.common import device_option, run_command, set_threads, setup_l
 
 
 def _load_docs(spec: str, limit: int | None = None) -> tuple[dict, str, str]:
-    """``(corpus, name, source)`` from a corpus.jsonl file, a BEIR folder or a dataset name."""
+    """``(corpus, name, source)`` from a corpus file (JSONL / TSV / plain text, ``.gz``; an HF dataset or
+    Parquet source: :mod:`embed_kd.data.inputs`), a BEIR folder or a dataset name."""
     from embed_kd.data import load_corpus, resolve_dataset
+    from embed_kd.data.beir import corpus_path
+    from embed_kd.data.inputs import input_kind, read_corpus
 
     p = Path(spec).expanduser()
-    if p.is_file():
-        corpus, name, source = load_corpus(p), p.parent.name, str(p)
+    if p.is_file() or input_kind(spec) == "table":
+        name = p.parent.name if p.is_file() else p.name
+        corpus, source = read_corpus(spec if input_kind(spec) == "table" else p), str(spec)
     else:
         folder = resolve_dataset(spec)
-        corpus, name, source = load_corpus(folder / "corpus.jsonl"), Path(folder).name, str(folder)
+        corpus, name, source = load_corpus(corpus_path(folder)), Path(folder).name, str(folder)
     if limit:
         corpus = dict(list(corpus.items())[:limit])
     return corpus, name, source

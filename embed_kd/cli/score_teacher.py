@@ -49,8 +49,12 @@ def _parse_shard(ctx, param, value):
 
 
 @score_teacher_group.command("run")
-@click.option("--data", required=True, help="BEIR folder, or a dataset name resolved under $EMBED_KD_DATA.")
-@click.option("--split", default="train", show_default=True, help="qrels split whose queries are scored.")
+@click.option("--data", help="BEIR folder, or a dataset name resolved under $EMBED_KD_DATA.")
+@click.option("--split", default="train", show_default=True,
+              help="qrels split whose queries are scored (with --queries: the store's split label).")
+@click.option("--queries", "queries_file", help="Score these queries instead (no judgments, no positives added): "
+                                                "JSONL {_id,text}, TSV id<TAB>text, or one query a line; .gz; hf:.")
+@click.option("--corpus", "corpus_file", help="Corpus file (JSONL/TSV/plain text, .gz, hf:) instead of --data's.")
 @click.option("--candidates", "candidates", multiple=True, required=True,
               help="Candidate source, repeatable: bm25:K or dense:MODEL:K (optionally NAME=...).")
 @click.option("--teacher", "teachers", multiple=True, required=True,
@@ -83,12 +87,11 @@ def _parse_shard(ctx, param, value):
 @device_option
 @verbosity_options
 @run_command
-def run_command_(data, split, candidates, teachers, output, overwrite, ensemble_norm, weights, activation,
+def run_command_(data, split, queries_file, corpus_file, candidates, teachers, output, overwrite, ensemble_norm, weights, activation,
                  max_length, backend, chunk_size, batch_size, shard, limit, no_positives,
                  allow_missing_ids, cache_dir, no_cache, threads, no_progress, verbose, quiet, device=None):
     """Score candidates of a split with one or more teachers into a score store (resumes by default)."""
     from embed_kd import distributed as dist
-    from embed_kd.data import load_beir, resolve_dataset
     from embed_kd.errors import EmbedKDError
     from embed_kd.teachers.combine import parse_weights
     from embed_kd.teachers.parallel import score_teacher_distributed
@@ -108,8 +111,10 @@ def run_command_(data, split, candidates, teachers, output, overwrite, ensemble_
         file_norm = read_json(weights, "ensemble weights file").get("norm")
         if file_norm and file_norm != ensemble_norm:
             raise EmbedKDError(f"{weights}: weights were fitted with norm '{file_norm}'; pass --ensemble {file_norm}")
-    folder = resolve_dataset(data)
-    dataset = load_beir(folder, split, name=Path(folder).name, allow_missing_ids=allow_missing_ids)
+    from embed_kd.data.inputs import load_inputs
+
+    dataset = load_inputs(data=data, split=split, corpus=corpus_file, queries=queries_file,
+                          allow_missing_ids=allow_missing_ids)
     opts = ScoreOptions(chunk_size=chunk_size, batch_size=batch_size, shard=shard, limit=limit, overwrite=overwrite,
                         include_positives=not no_positives, activation=None if activation == "none" else activation,
                         max_length=max_length, backend=backend,
@@ -134,6 +139,60 @@ def run_command_(data, split, candidates, teachers, output, overwrite, ensemble_
     click.echo(f"{s['out']}: {s['rows']} rows, complete={s['complete']}; this run scored {s['queries_scored']} "
                f"queries / {s['pairs']} pairs ({rate}), skipped {s['chunks_skipped']} committed chunk(s); "
                f"{s['total_s']:.1f}s", err=True)
+
+
+def _parse_columns(ctx, param, value):
+    out = {}
+    for item in filter(None, (x.strip() for x in (value or "").split(","))):
+        role, eq, col = item.partition("=")
+        if not eq or not role.strip() or not col.strip():
+            raise click.BadParameter(f"expected role=column[,role=column...], got {item!r}")
+        out[role.strip()] = col.strip()
+    return out
+
+
+@score_teacher_group.command("import")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--format", "fmt", required=True,
+              type=click.Choice(["margin-mse-tsv", "st-scores-pkl", "hf-columns", "listwise", "flag-jsonl"]),
+              help="margin-mse-tsv: pos_score neg_score qid pos_id neg_id; st-scores-pkl: pickled {qid: {pid: score}}; "
+                   "hf-columns: HF dataset / Parquet (query_id, passage_id, score, or query_id, positive_id, "
+                   "negative_id, margin); listwise: query_id, document_ids[], scores[]; flag-jsonl: FlagEmbedding "
+                   "{query, pos, neg, pos_scores, neg_scores} (schemas: docs/formats.md).")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Score store folder to write.")
+@click.option("--data", help="BEIR folder or name whose ids the file uses (its --split gives the query order).")
+@click.option("--split", default="train", show_default=True, help="Split of --data (or a label for --queries).")
+@click.option("--corpus", "corpus_file", help="Corpus file instead of (or replacing) --data's: JSONL/TSV/text, .gz, hf:.")
+@click.option("--queries", "queries_file", help="Queries file (no judgments): JSONL/TSV/text, .gz, hf:.")
+@click.option("--columns", callback=_parse_columns, help="hf-columns / listwise: role=column pairs, e.g. "
+                                                          "query_id=qid,passage_id=pid,score=ce_score.")
+@click.option("--candidates", "candidates_file", type=click.Path(dir_okay=False),
+              help="st-scores-pkl: msmarco-hard-negatives.jsonl(.gz) candidate lists (keeps only their pairs).")
+@click.option("--teacher-name", default="imported", show_default=True, help="Name of the score column (score__NAME).")
+@click.option("--allow-missing-ids", is_flag=True, help="Drop (and count) rows naming ids the dataset lacks.")
+@click.option("--overwrite", is_flag=True, help="Replace --output if it is a score store.")
+@verbosity_options
+@run_command
+def import_command(files, fmt, output, data, split, corpus_file, queries_file, columns, candidates_file, teacher_name,
+                   allow_missing_ids, overwrite, verbose, quiet):
+    """Import teacher scores someone already computed into a score store (train reads it like any other).
+
+    \b
+    embed-kd score-teacher import --format margin-mse-tsv --data msmarco -o scores/hofstaetter triples.tsv.gz
+    embed-kd score-teacher import --format flag-jsonl -o scores/flag train.jsonl
+    """
+    from embed_kd.teachers.importers import ImportOptions, import_scores
+
+    setup_logging(verbose, quiet)
+    s = import_scores(files, output, ImportOptions(
+        fmt=fmt, data=data, split=split, corpus=corpus_file, queries=queries_file, columns=columns,
+        candidates=candidates_file, teacher_name=teacher_name, allow_missing_ids=allow_missing_ids,
+        overwrite=overwrite))
+    imp = s["imported"]
+    miss = imp["missing_ids"]
+    click.echo(f"{s['out']}: {s['rows']} {s['score_kind']} rows for {s['queries_with_rows']}/{s['n_queries']} queries "
+               f"from {imp['rows_read']} input rows ({fmt}); labels: {imp['labels']}; duplicates merged "
+               f"{imp['duplicates']}; rows dropped for unknown ids {miss['rows_dropped']}; {s['total_s']:.1f}s", err=True)
 
 
 @score_teacher_group.command("merge")

@@ -20,6 +20,8 @@ def _layers(text: str | None):
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--data", help="BEIR folder or dataset name (its train split; overrides the config).")
 @click.option("--split", help="qrels split whose queries train the student (default train; never test).")
+@click.option("--queries", "queries_file", help="Queries file without judgments (JSONL/TSV/text, .gz, hf:); dev: loyalty.")
+@click.option("--corpus", "corpus_file", help="Corpus file (JSONL/TSV/plain text, .gz, hf:) instead of --data's.")
 @click.option("--scores", type=click.Path(file_okay=False), help="Score store from `embed-kd score-teacher` on the same split.")
 @click.option("--teacher", help="Embedding teacher (alignment targets + frozen documents), e.g. minilm-l6.")
 @click.option("--student", help="Student model: path, hub id or preset.")
@@ -41,7 +43,7 @@ def _layers(text: str | None):
 @device_option
 @verbosity_options
 @run_command
-def train_command(config, data, split, scores, teacher, student, student_type, student_from_teacher, keep_layers, output, overrides,
+def train_command(config, data, split, queries_file, corpus_file, scores, teacher, student, student_type, student_from_teacher, keep_layers, output, overrides,
                   overwrite, resume, cache_dir, limit_queries, limit_docs, threads, no_progress, print_config,
                   verbose, quiet, device=None):
     """Train a small query encoder: Margin-MSE / KL on teacher scores + alignment to the teacher's embeddings.
@@ -60,7 +62,7 @@ def train_command(config, data, split, scores, teacher, student, student_type, s
         cfg = TrainConfig.from_yaml(config, student_type=student_type)
     else:  # a static student's train.* defaults apply through the raw mapping
         cfg = TrainConfig.from_dict({"student": {"type": student_type}} if student_type else {}, source="--student-type")
-    cfg = with_cli(cfg, data=data, split=split, device=device, scores=scores, teacher=teacher, output=output,
+    cfg = with_cli(cfg, data=data, split=split, queries=queries_file, corpus=corpus_file, device=device, scores=scores, teacher=teacher, output=output,
                    **{"student.model": student, "student.from_teacher": student_from_teacher,
                       "student.keep_layers": _layers(keep_layers)})
     if student:
@@ -100,8 +102,13 @@ def train_command(config, data, split, scores, teacher, student, student_type, s
     if m["dev"]:
         d = m["dev"]["metrics_final"]
         mode = "re-ranking a candidate pool" if m["student"].get("type") == "sparse" else "asymmetric"
-        click.echo(f"dev ({len(m['dataset']['dev_queries'])} held-out train queries, {mode}): "
-                   f"nDCG@10 {d.get('dev_ndcg_at_10', float('nan')):.4f}")
+        if "dev_ndcg_at_10" in d:
+            click.echo(f"dev ({len(m['dataset']['dev_queries'])} held-out train queries, {mode}): "
+                       f"nDCG@10 {d['dev_ndcg_at_10']:.4f}")
+        if "dev_top10_overlap" in d:  # unjudged queries: loyalty to the teacher instead of nDCG
+            click.echo(f"dev ({len(m['dataset']['dev_queries'])} held-out unjudged train queries, loyalty to the "
+                       f"teacher): top-10 overlap {d['dev_top10_overlap']:.4f}, Spearman "
+                       f"{d.get('dev_spearman', float('nan')):.4f}")
         if "dev_query_nnz" in d:
             click.echo(f"dev sparsity: query non-zeros {d['dev_query_nnz']:.1f}, document non-zeros "
                        f"{d['dev_doc_nnz']:.1f} (pool of {m['dev'].get('pool_docs')} docs)")

@@ -7,7 +7,8 @@ with Cross-Architecture Knowledge Distillation" — their published teacher file
 
 one line per (query, positive, negative): positives are the candidates with ``label > 0``,
 negatives those with ``label == 0``, highest teacher score first (``negatives_per_positive`` keeps
-the N hardest). Scores come from one store column (``score`` by default).
+the N hardest). Scores come from one store column (``score`` by default), written with 9
+significant digits (a float32 reads back exactly: ``score-teacher import`` of the file gives the same scores).
 
 **Hugging Face datasets** (``datasets.Dataset.save_to_disk`` folders, plus ``embed_kd_export.json``
 — schema ``embed-kd/score-export@1``: ``kind``, ``column``, ``store``, ``config_fingerprint``,
@@ -78,7 +79,7 @@ def export_margin_mse_tsv(store, path, *, column: str = "score", negatives_per_p
     n = 0
     with atomic_open(path, overwrite=overwrite) as fh:
         for qid, rows in store.iter_queries(column):
-            lines = [f"{ps:.7g}\t{ns:.7g}\t{q}\t{pid}\t{nid}\n"
+            lines = [f"{ps:.9g}\t{ns:.9g}\t{q}\t{pid}\t{nid}\n"
                      for ps, ns, q, pid, nid in margin_triples(qid, rows, negatives_per_positive)]
             fh.write("".join(lines))
             n += len(lines)

@@ -63,7 +63,9 @@ def dataset_entry(dataset) -> dict:
             "corpus_fingerprint": fingerprint_corpus(dataset.corpus),
             "queries_fingerprint": fingerprint_queries(dataset.queries),
             "qrels_fingerprint": fingerprint_qrels(dataset.qrels),
-            "n_queries": len(dataset.queries), "notes": list(dataset.notes)}
+            "n_queries": len(dataset.queries), "notes": list(dataset.notes),
+            # false for queries without relevance judgments (--queries FILE): labels are then 0
+            "judged": bool(dataset.qrels), "sources": dict(getattr(dataset, "sources", None) or {})}
 
 
 def score_teacher(dataset, candidates: Sequence[str], teachers: Sequence[str], out: str | os.PathLike,
@@ -93,7 +95,7 @@ def score_teacher(dataset, candidates: Sequence[str], teachers: Sequence[str], o
 
         claim_output(out, ARTIFACT, overwrite=opt.overwrite)  # a folder that is not a store: refused now
     if not dataset.queries:
-        raise DataError(f"{dataset.path}: split '{dataset.split}' has no judged queries to score")
+        raise DataError(f"{dataset.path}: split '{dataset.split}' has no queries to score (pass --queries FILE)")
     if opt.shard is not None:
         i, n = opt.shard
         if not (n >= 1 and 0 <= i < n):

@@ -115,6 +115,7 @@ _CHUNK_RE = re.compile(r"^chunk-(\d{6,})-(\d{6,})\.parquet$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ENSEMBLE_NORMS = ("zscore", "minmax", "none", "mean")
 BASE_COLUMNS = ("query_id", "doc_id", "label", "score")
+SCORE_KINDS = ("absolute", "margin")
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -134,15 +135,30 @@ def source_names(manifest: Mapping[str, Any]) -> list[str]:
     return [c.get("name") or c["source"] for c in manifest["candidates"]]
 
 
-def arrow_schema(teachers: Sequence[str], sources: Sequence[str]):
-    """The Parquet schema of a store with these teacher and candidate-source names."""
+def arrow_schema(teachers: Sequence[str], sources: Sequence[str], score_kind: str = "absolute"):
+    """The Parquet schema of a store with these teacher and candidate-source names (a ``margin``
+    store has a ``pos_id`` column after ``score``)."""
     import pyarrow as pa
 
     fields = [pa.field("query_id", pa.string(), nullable=False), pa.field("doc_id", pa.string(), nullable=False),
               pa.field("label", pa.int32(), nullable=False), pa.field("score", pa.float32(), nullable=False)]
+    if score_kind == "margin":
+        fields.append(pa.field("pos_id", pa.string(), nullable=False))
+    elif score_kind != "absolute":
+        raise EmbedKDError(f"score_kind must be one of {SCORE_KINDS}, got {score_kind!r}")
     fields += [pa.field(f"score__{t}", pa.float32(), nullable=False) for t in teachers]
     fields += [pa.field(f"rank__{s}", pa.int32(), nullable=False) for s in sources]
     return pa.schema(fields)
+
+
+def score_kind(manifest: Mapping[str, Any]) -> str:
+    """``absolute`` (one score per (query, doc); every store before imports) or ``margin``."""
+    return manifest.get("score_kind") or "absolute"
+
+
+def store_schema(manifest: Mapping[str, Any]):
+    """The Parquet schema of the store ``manifest`` describes."""
+    return arrow_schema(teacher_names(manifest), source_names(manifest), score_kind(manifest))
 
 
 def config_fingerprint(manifest: Mapping[str, Any]) -> str:
@@ -150,7 +166,7 @@ def config_fingerprint(manifest: Mapping[str, Any]) -> str:
     ds = manifest["dataset"]
     teachers = [{k: v for k, v in t.items() if k != "spec"} for t in manifest["teachers"]]
     candidates = [{k: v for k, v in c.items() if k != "model"} for c in manifest["candidates"]]
-    return fingerprint_json({
+    content = {
         "schema": SCHEMA,
         "dataset": {k: ds.get(k) for k in ("split", "corpus_fingerprint", "queries_fingerprint",
                                            "qrels_fingerprint", "n_queries")},
@@ -158,7 +174,10 @@ def config_fingerprint(manifest: Mapping[str, Any]) -> str:
         "include_positives": bool(manifest.get("include_positives", True)),
         "teachers": teachers,
         "ensemble": manifest.get("ensemble"),
-    })
+    }
+    if score_kind(manifest) != "absolute":  # absent from older stores: their fingerprints stay as they were
+        content["score_kind"] = score_kind(manifest)
+    return fingerprint_json(content)
 
 
 def _versions() -> dict:
@@ -174,7 +193,8 @@ def _versions() -> dict:
 
 def new_manifest(*, dataset: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]],
                  teachers: Sequence[Mapping[str, Any]], ensemble: Mapping[str, Any] | None,
-                 include_positives: bool = True, shard: Mapping[str, int] | None = None) -> dict:
+                 include_positives: bool = True, shard: Mapping[str, int] | None = None,
+                 score_kind: str = "absolute") -> dict:
     """Build a manifest (progress empty, ``complete`` false) and its config fingerprint.
 
     Raises :class:`EmbedKDError` on a malformed teacher/source list or ensemble.
@@ -214,6 +234,10 @@ def new_manifest(*, dataset: Mapping[str, Any], candidates: Sequence[Mapping[str
         "progress": {"queries_done": 0, "rows": 0, "chunks": 0},
         "complete": False,
     }
+    if score_kind != "absolute":
+        if score_kind not in SCORE_KINDS:
+            raise EmbedKDError(f"score_kind must be one of {SCORE_KINDS}, got {score_kind!r}")
+        m["score_kind"] = score_kind
     m["config_fingerprint"] = config_fingerprint(m)
     return m
 
@@ -296,7 +320,7 @@ class ScoreStoreWriter:
         self.folder = folder
         self.manifest = manifest
         self._lock_fd = lock_fd
-        self.schema = arrow_schema(teacher_names(manifest), source_names(manifest))
+        self.schema = store_schema(manifest)
 
     # -- opening
     @staticmethod
@@ -593,7 +617,7 @@ class ScoreStore:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        schema = arrow_schema(self.teachers, self.sources)
+        schema = store_schema(self.manifest)
         if not self.chunks:
             return schema.empty_table() if columns is None else schema.empty_table().select(list(columns))
         tables = []
@@ -657,8 +681,12 @@ class ScoreStore:
     def iter_queries(self, column: str = "score") -> Iterator[tuple[str, list[tuple[str, float, int]]]]:
         """``(qid, [(doc_id, score, label), ...])`` per query in split order, candidates in store order.
 
-        Streams: one Parquet batch and one query's candidates are held at a time.
+        Streams: one Parquet batch and one query's candidates are held at a time. A ``margin`` store
+        has no score per document: it is refused (read it with :meth:`iter_margins`).
         """
+        if self.score_kind == "margin":
+            raise EmbedKDError(f"{self.path}: holds teacher margins s(q, pos) - s(q, neg), not one score per "
+                               "document; it trains Margin-MSE / KL students but has no per-document ranking")
         self._check_column(column)
         cur_q, cur = None, []
         for batch in self.iter_batches(["query_id", "doc_id", column, "label"]):
@@ -761,7 +789,7 @@ def open_scores(path: str | os.PathLike, *, allow_incomplete: bool = False) -> S
         for (a1, b1, _), (a2, _, p2) in zip(chunks, chunks[1:]):
             if a2 != b1 + 1:
                 raise ArtifactError(f"{p2}: gap before this chunk (queries {b1 + 1}-{a2 - 1} missing)")
-    expected = arrow_schema(teacher_names(m), source_names(m))
+    expected = store_schema(m)
     sums = m.get("chunk_sha256") or {}
     for _, _, p in chunks:
         try:

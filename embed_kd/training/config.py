@@ -5,6 +5,8 @@ A config file (``yaml.safe_load``; unknown keys are refused, naming the key) mir
 
     data: scifact                    # BEIR folder or dataset name (train split queries only)
     split: train
+    queries: null                    # or a queries file without judgments (embed_kd.training.inputs)
+    corpus: null                     # or a corpus file (JSONL / TSV / plain text / hf:)
     scores: path/to/score-store      # `embed-kd score-teacher` output on the same split
     teacher: minilm-l6               # embedding teacher (alignment targets, frozen documents)
     output: runs/scifact-l3
@@ -148,6 +150,8 @@ class SparseConfig:
 class TrainConfig:
     data: str = ""
     split: str = "train"
+    corpus: str | None = None           # a corpus file (JSONL/TSV/text, .gz, hf:) instead of / replacing data's
+    queries: str | None = None          # a queries file without judgments (dev slice: loyalty to the teacher)
     scores: str | None = None
     teacher: str = "minilm-l6"
     output: str = ""
@@ -206,8 +210,8 @@ class TrainConfig:
             raise EmbedKDError("config: losses.score and losses.align are both 'none'; nothing to train")
         if self.losses.score != "none" and not self.scores:
             raise EmbedKDError("config: losses.score needs a score store (scores: PATH / --scores)")
-        if not self.data:
-            raise EmbedKDError("config: data is required (--data)")
+        if not (self.data or self.corpus or self.scores):
+            raise EmbedKDError("config: data is required (--data, or --corpus FILE [--queries FILE])")
         if not self.output:
             raise EmbedKDError("config: output is required (--output)")
         if self.examples.negatives < 1:

@@ -135,8 +135,12 @@ def prepare_training_run(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     seed_everything(cfg.train.seed)
     t_start = time.perf_counter()
 
-    folder = resolve_dataset(cfg.data)
-    dataset = load_beir(folder, cfg.split, name=Path(folder).name)
+    from embed_kd.training.inputs import load_training_dataset
+
+    dataset = load_training_dataset(cfg)  # data / corpus / queries, or an import's stored texts
+    if cfg.student.type == "sparse" and not dataset.qrels:
+        raise EmbedKDError("a sparse student's dev slice re-ranks judged queries; train it on a judged split "
+                           "(--data D --split S), or train a dense student on unjudged queries")
     full_fps = {"corpus_fingerprint": fingerprint_corpus(dataset.corpus),
                 "queries_fingerprint": fingerprint_queries(dataset.queries),
                 "qrels_fingerprint": fingerprint_qrels(dataset.qrels)}

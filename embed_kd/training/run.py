@@ -236,10 +236,18 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     doc_emb, doc_ids, _ = encode_corpus(teacher, dataset, cache=cache, normalize=normalize,
                                         show_progress=show_progress)
 
-    train_qids, dev_qids = split_dev(list(dataset.queries), cfg.examples.dev_queries, cfg.train.seed)
+    train_qids, dev_qids = (split_dev(list(dataset.queries), cfg.examples.dev_queries, cfg.train.seed)
+                            if dataset.queries else ([], []))  # a corpus alone: alignment on its texts
     doc_row = {d: i for i, d in enumerate(doc_ids)}
     score_ex = None
-    if by_query is not None:
+    if by_query is not None and store.score_kind == "margin":  # imported margins: trained on as margins
+        from embed_kd.training.margin_examples import build_margin_examples
+
+        score_ex = build_margin_examples(
+            store, dataset, train_qids, negatives=cfg.examples.negatives, sampling=cfg.examples.sampling,
+            rounds=cfg.examples.rounds, score_norm=cfg.examples.score_norm, documents=cfg.losses.score_documents,
+            doc_row=doc_row, seed=cfg.train.seed, keep_docs=dataset.corpus if sliced else None)
+    elif by_query is not None:
         score_ex = build_score_examples(
             by_query, dataset, train_qids, negatives=cfg.examples.negatives, sampling=cfg.examples.sampling,
             rounds=cfg.examples.rounds, score_norm=cfg.examples.score_norm, documents=cfg.losses.score_documents,
@@ -295,7 +303,14 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
         train_dataset, loss = datasets, losses
 
     evaluator = None
-    if dev_qids:
+    if dev_qids and not dataset.qrels:  # no judgments: the dev slice measures loyalty to the teacher
+        from embed_kd.training.dev_loyalty import DevLoyaltyEvaluator
+
+        evaluator = DevLoyaltyEvaluator({q: dataset.queries[q] for q in dev_qids},
+                                        teacher_query_embeddings(teacher, dataset.queries, dev_qids, cache=cache,
+                                                                 show_progress=False),
+                                        doc_emb, doc_ids, normalize=normalize)
+    elif dev_qids:
         evaluator = DevRetrievalEvaluator({q: dataset.queries[q] for q in dev_qids},
                                           {q: dataset.qrels[q] for q in dev_qids}, doc_emb, doc_ids,
                                           normalize=normalize)
