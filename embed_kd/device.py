@@ -226,6 +226,7 @@ def pin_trainer_device(args, device: str) -> None:
         return
     import torch
 
-    _ = args.device  # let transformers set up its state first (accelerate's PartialState)
+    _ = args.device  # let transformers set up its state first (accelerate's PartialState; it sets cuda:0 current)
     args.__dict__["_setup_devices"] = torch.device(device)  # the cached_property behind args.device
     args._n_gpu = 1
+    torch.cuda.set_device(torch.device(device))  # accelerate's "cuda" is the current GPU: make it this one

@@ -274,3 +274,26 @@ def test_faiss_stays_on_the_cpu_without_gpu_support():
         assert on_device(index, "cuda:0") == (index, "cpu")
     hnsw = build_faiss_index(np.eye(4, dtype="float32"), "hnsw")
     assert on_device(hnsw, "cuda:0") == (hnsw, "cpu")  # no GPU form of HNSW: never moved
+
+
+def test_pin_trainer_device_single_process(monkeypatch):
+    """One process on a (faked) 2-GPU box: the trainer's device becomes cuda:1, no DataParallel, and
+    cuda:1 is the current GPU (accelerate places on the current one)."""
+    fake(monkeypatch, gpus=2)
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(str(d)))
+
+    class Args:  # what pin_trainer_device touches of a TrainingArguments: the cached device and n_gpu
+        _n_gpu = 2
+
+        @property
+        def device(self):
+            return self.__dict__.get("_setup_devices", torch.device("cuda:0"))
+
+    args = Args()
+    dev.pin_trainer_device(args, "cuda:1")
+    assert str(args.device) == "cuda:1" and args._n_gpu == 1 and current[-1] == "cuda:1"
+    monkeypatch.setenv("LOCAL_RANK", "0")  # under a launcher: transformers' DDP setup decides, untouched
+    other = Args()
+    dev.pin_trainer_device(other, "cuda:1")
+    assert str(other.device) == "cuda:0" and other._n_gpu == 2
