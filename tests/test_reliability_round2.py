@@ -613,7 +613,7 @@ def test_index_build_no_cache_matrix_does_not_outlive_kill_9(tiny_model, tmp_pat
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": " ".join(rng.choice(words)
                                                                                      for _ in range(20))}) + "\n"
-                              for i in range(15000)))
+                              for i in range(6000)))
     tmpdir = tmp_path / "tmpdir"
     tmpdir.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TMPDIR": str(tmpdir)}
