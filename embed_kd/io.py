@@ -78,6 +78,10 @@ class Artifact:
         return self.marker is not None
 
 
+#: the name of an atomic write's temporary (``.<name>.pid<PID>-<random>.tmp``, see :func:`sweep_stale`)
+_TEMP_RE = re.compile(r"^\..+\.pid\d+-[^/]*\.tmp$")
+
+
 def _article(what: str) -> str:
     return "an" if what[:1].lower() in "aeiou" else "a"
 
@@ -121,8 +125,8 @@ def ownership_problem(path: str | os.PathLike, artifact: Artifact) -> str | None
         if not p.is_dir():
             return "it is a file, not a folder"
         try:
-            if not any(p.iterdir()):
-                return None
+            if not any(not _TEMP_RE.match(e.name) for e in p.iterdir()):
+                return None  # empty, or only the temporaries of a write killed before its first file landed
         except OSError as exc:
             return f"it cannot be listed ({exc.strerror or exc})"
         marker = p / artifact.marker
@@ -173,7 +177,7 @@ def claim_output(path: str | os.PathLike, artifact: Artifact, *, overwrite: bool
                             "it away yourself)")
     if not p.exists():
         return False
-    if p.is_dir() and not any(p.iterdir()):
+    if p.is_dir() and not any(not _TEMP_RE.match(e.name) for e in p.iterdir()):
         return False
     if not overwrite:
         raise EmbedKDError(f"{p}: already exists; refusing to overwrite it (pass {flag} to replace it)")

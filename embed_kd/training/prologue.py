@@ -122,7 +122,7 @@ def prepare_training_run(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     with dist.step("clearing the previous run"):
         if work.exists() and not resume and world.is_main:
             if not remove_owned(work, WORK_ARTIFACT):
-                work.rmdir()  # an empty folder
+                shutil.rmtree(work)  # free: empty, or only the temporaries of a run killed before run.json
     if cfg.split == "test":
         raise EmbedKDError("config: split 'test' — students are trained on train queries only (test queries "
                            "would leak into the benchmark)")
