@@ -408,7 +408,7 @@ def test_broken_eval_results_for_report(tmp_path, record_property):
 def test_existing_outputs_are_not_clobbered(tiny_beir, store, tmp_path, record_property):
     case = Case(record_property, "outputs", "output exists (file / store of another config / a file where a folder goes)")
     out = tmp_path / "r.json"
-    out.write_text("precious")
+    out.write_text('{"schema": "embed-kd/eval@1", "note": "an earlier result"}')  # a user's file: round 2's cases
     code, err, exc, _ = invoke("eval", "--data", tiny_beir, "--model", "bm25", "-o", out)
     case.error(code, err, ["r.json", "already exists", "--overwrite"], unchanged={out: snapshot(out)}, exception=exc)
     other = _copy(store, tmp_path / "store")
