@@ -12,7 +12,7 @@ query; random float32 scores; chunks of 1,000 queries) is written through the re
   candidate list in RAM, what the builder read before streaming), for the slope;
 - ``export``: ``export_margin_mse_tsv`` (``score-teacher export --format margin-mse-tsv``).
 
-Each subprocess reports its own peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) and its RSS before
+Each subprocess reports its own peak RSS (``VmHWM``, /proc/self/status) and its RSS before
 reading (after imports and the synthetic dataset: 100k documents, the queries), and the wall time
 of the read. Fixed work (the whole store), not a time budget. Writes
 ``eval/results/store-scale.{json,md}`` (the .md's reading is the raw table; edit by hand after).
@@ -43,7 +43,13 @@ IN_MEMORY_MAX = 3_000_000
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    """This process's peak RSS: ``VmHWM`` of /proc/self/status. (``getrusage``'s ``ru_maxrss`` would
+    carry the parent's RSS at fork across the exec on Linux, hiding a child smaller than its parent.)"""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # pragma: no cover - not Linux
 
 
 def _current_rss_mb() -> float:
@@ -144,7 +150,7 @@ def markdown(res: dict) -> str:
              "`python scripts/bench_store_scale.py` (under `flock /tmp/embed_kd_heavy.lock`). Synthetic store, "
              f"{CANDIDATES} candidates per query, written through the real `ScoreStoreWriter` in chunks of "
              f"{CHUNK_QUERIES} queries; each reader runs in a fresh subprocess, which reports its own peak RSS "
-             "(`ru_maxrss`) and its RSS before the read (imports + the synthetic dataset of "
+             "(`VmHWM`) and its RSS before the read (imports + the synthetic dataset of "
              f"{N_DOCS:,} documents and the queries). Time = wall time of the read only.", "",
              f"Machine: {describe(res['machine'])}.", "",
              "| pairs | queries | store MB | write s | reader | RSS before MB | peak RSS MB | time s | output |",
