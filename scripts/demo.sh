@@ -26,7 +26,8 @@ bash scripts/setup.sh
 if [ -z "${EMBED_KD_DATA:-}" ] && [ -d ../shared/data ]; then export EMBED_KD_DATA="$(cd ../shared/data && pwd)"; fi
 export TOKENIZERS_PARALLELISM=false
 OUT=demo-output
-mkdir -p "$OUT"
+LOG="$OUT/logs"  # each step's own summary (stdout) goes here: the terminal shows the bars and the final table
+mkdir -p "$OUT" "$LOG"
 DATA=${DEMO_DATA:-scifact}
 SECONDS=0
 
@@ -37,23 +38,24 @@ if python -c "from embed_kd.teachers.store import open_scores; open_scores('$OUT
 else  # a missing or interrupted store: score-teacher (re)starts and resumes committed chunks
   embed-kd score-teacher run --data "$DATA" --split train \
     --candidates bm25:30 --candidates dense:minilm-l6:30 \
-    --teacher bm25 --teacher minilm-l6 --ensemble zscore -o "$OUT/teacher-scores" -q
+    --teacher bm25 --teacher minilm-l6 --ensemble zscore -o "$OUT/teacher-scores" -q > "$LOG/score-teacher.txt"
 fi
 
 STEPS=$(python -c "import yaml; print(yaml.safe_load(open('eval/configs/demo.yaml'))['train']['max_steps'])")
 echo "==> [2/3] train: 3-layer student cut out of MiniLM-L6 (Margin-MSE + embedding alignment, $STEPS steps)"
 embed-kd train eval/configs/demo.yaml --data "$DATA" --scores "$OUT/teacher-scores" \
-  -o "$OUT/student" --overwrite -q
+  -o "$OUT/student" --overwrite -q > "$LOG/train.txt"
 
 echo "==> [3/3] eval on the test split"
-embed-kd eval --data "$DATA" --split test --model bm25 -o "$OUT/bm25.json" --overwrite -q
-embed-kd eval --data "$DATA" --split test --model minilm-l6 -o "$OUT/teacher-minilm-l6.json" --overwrite -q
+embed-kd eval --data "$DATA" --split test --model bm25 -o "$OUT/bm25.json" --overwrite -q > "$LOG/eval-bm25.txt"
+embed-kd eval --data "$DATA" --split test --model minilm-l6 -o "$OUT/teacher-minilm-l6.json" --overwrite -q \
+  > "$LOG/eval-teacher-minilm-l6.txt"
 embed-kd eval --data "$DATA" --split test --ensemble eval/configs/ensemble-bm25-minilm.yaml \
-  -o "$OUT/teacher-ensemble.json" --overwrite -q
+  -o "$OUT/teacher-ensemble.json" --overwrite -q > "$LOG/eval-teacher-ensemble.txt"
 embed-kd eval --data "$DATA" --split test --query-model "$OUT/student" --doc-model minilm-l6 \
-  --loyalty-teacher minilm-l6 -o "$OUT/student-asym.json" --overwrite -q
+  --loyalty-teacher minilm-l6 -o "$OUT/student-asym.json" --overwrite -q > "$LOG/eval-student-asym.txt"
 
 echo
-echo "==> results (SciFact test; demo took ${SECONDS}s)"
+echo "==> results (SciFact test; demo took ${SECONDS}s; each step's summary is in $LOG/)"
 embed-kd report "$OUT"/bm25.json "$OUT"/teacher-minilm-l6.json "$OUT"/teacher-ensemble.json "$OUT"/student-asym.json \
   --teacher "$OUT"/teacher-minilm-l6.json -q
