@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from embed_kd.cli.backend import backend_option
 from embed_kd.cli.compress import compression_from_flags, compression_options
 from embed_kd.cli.common import device_option, run_command, set_threads, setup_logging, verbosity_options
 
@@ -58,14 +59,15 @@ from embed_kd.cli.common import device_option, run_command, set_threads, setup_l
 @click.option("--sts-teacher", help="Reference model for --sts (reported beside, with the ratio; default: an "
               "asymmetric pair's --doc-model).")
 @compression_options
+@backend_option
 @device_option
 @verbosity_options
 @run_command
 def eval_command(data, split, corpus_file, model, query_model, doc_model, mteb_tasks, output, overwrite, save_run, index_kind, top_k,
                  batch_size, cache_dir, no_cache, limit_queries, limit_docs, allow_missing_ids,
                  ignore_identical_ids, threads, no_progress, ensemble_config, save_weights, rerank_model,
-                 rerank_depth, doc_top_k, query_top_k, loyalty_teacher, allow_teacher_mismatch, sts, sts_split, sts_teacher, verbose, quiet,
-                 truncate_dim=None, precision=None, rescore=None, device=None):
+                 rerank_depth, doc_top_k, query_top_k, loyalty_teacher, allow_teacher_mismatch, sts, sts_split, sts_teacher, verbose, quiet, device=None,
+                 truncate_dim=None, precision=None, rescore=None, backend="torch"):
     """Encode, index with FAISS and score with pytrec_eval (nDCG@10, Recall@100, MRR@10).
 
     A SparseEncoder (SPLADE) model is searched exactly on a SciPy sparse inverted index instead
@@ -187,6 +189,11 @@ def eval_command(data, split, corpus_file, model, query_model, doc_model, mteb_t
             qm, dm = split_routes(load_sentence_transformer(model))
         else:
             qm, dm = query_route(load_sentence_transformer(query_model)), document_route(load_sentence_transformer(doc_model))
+        if backend != "torch":  # converted once (cached), the same weights: the fingerprints stay
+            from embed_kd.teachers.bi_backend import with_backend
+
+            conv = Path(cache_dir) if cache_dir else None
+            qm, dm = (with_backend(m, backend, threads=threads, cache_root=conv) for m in (qm, dm))
         opts.timings["load_models_s"] = time.perf_counter() - t
         in_memory.update({model or query_model: qm, doc_model or model: dm})
         alignment = None

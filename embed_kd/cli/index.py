@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from embed_kd.cli.backend import backend_option
 from embed_kd.cli.compress import compression_from_flags, compression_options
 from embed_kd.cli.common import device_option, run_command, set_threads, setup_logging, verbosity_options
 
@@ -83,11 +84,13 @@ def _with_common(fn):
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @_with_common
 @compression_options
+@backend_option
 @device_option
 @verbosity_options
 @run_command
 def build_command(data, doc_model, output, kind, limit_docs, overwrite, batch_size, cache_dir, no_cache, threads,
-                  no_progress, verbose, quiet, truncate_dim=None, precision=None, rescore=None, device=None):
+                  no_progress, verbose, quiet, device=None, truncate_dim=None, precision=None, rescore=None,
+                  backend="torch"):
     """Encode a corpus with --doc-model and write an index folder (atomic: all or nothing).
 
     Under torchrun / accelerate launch every process encodes a share of the corpus; rank 0 writes.
@@ -108,6 +111,10 @@ def build_command(data, doc_model, output, kind, limit_docs, overwrite, batch_si
     t0 = time.perf_counter()
     corpus, name, source = _load_docs(data, limit_docs)
     model = document_route(load_sentence_transformer(doc_model))  # an asym model: its document route
+    if backend != "torch":
+        from embed_kd.teachers.bi_backend import with_backend
+
+        model = with_backend(model, backend, threads=threads, cache_root=Path(cache_dir) if cache_dir else None)
     manifest = build_index(output, corpus, model, kind=kind, cache=_cache(cache_dir, no_cache), batch_size=batch_size,
                            name=name, source=source, overwrite=overwrite, show_progress=not no_progress,
                            compression=compression_from_flags(truncate_dim, precision, rescore))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from embed_kd.cli.backend import backend_option
 from embed_kd.cli.compress import compression_from_flags, compression_options
 from embed_kd.cli.common import device_option, run_command, set_threads, setup_logging, verbosity_options
 
@@ -33,12 +34,13 @@ from embed_kd.cli.common import device_option, run_command, set_threads, setup_l
 @click.option("--no-verify", is_flag=True, help="Skip the index checksums at startup (large indexes).")
 @click.option("--access-log", is_flag=True, help="Log every request (uvicorn access log).")
 @compression_options
+@backend_option
 @device_option
 @verbosity_options
 @run_command
 def serve_command(index_dir, query_model, expect_teacher_fingerprint, allow_teacher_mismatch, host, port,
-                  max_batch_size, max_wait_ms, max_k, max_query_chars, max_queries, threads, no_verify, access_log, verbose, quiet,
-                  truncate_dim=None, precision=None, rescore=None, device=None):
+                  max_batch_size, max_wait_ms, max_k, max_query_chars, max_queries, threads, no_verify, access_log, verbose, quiet, device=None,
+                  truncate_dim=None, precision=None, rescore=None, backend="torch"):
     """Serve POST /search, GET /health and GET /info with uvicorn.
 
     \b
@@ -57,7 +59,7 @@ def serve_command(index_dir, query_model, expect_teacher_fingerprint, allow_teac
     check_port(host, port)  # fail in a second, not after loading the model
     engine = SearchEngine.load(index_dir, query_model, expect_teacher_fingerprint=expect_teacher_fingerprint,
                                verify=not no_verify, allow_teacher_mismatch=allow_teacher_mismatch,
-                               compression=compression_from_flags(truncate_dim, precision, rescore))
+                               compression=compression_from_flags(truncate_dim, precision, rescore), backend=backend)
     settings = ServeSettings(max_k=max_k, max_query_chars=max_query_chars, max_queries=max_queries,
                              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
     app = create_app(engine, settings)

@@ -93,6 +93,8 @@ def model_info(model) -> dict:
     }
     if getattr(model, "embed_kd_route", None):  # one tower of an asym model (embed_kd.students.asym)
         info["route"] = model.embed_kd_route
+    if getattr(model, "embed_kd_backend", None):  # --backend openvino|onnx (embed_kd.teachers.bi_backend)
+        info["backend"] = model.embed_kd_backend
     return info
 
 
@@ -108,7 +110,7 @@ def encode_corpus(model, dataset: BeirDataset, *, cache: EmbeddingCache, batch_s
 
     normalize = uses_cosine(model) if normalize is None else normalize
     key = cache.make_key(fingerprint_model(model), fingerprint_corpus(dataset.corpus),
-                         getattr(model, "max_seq_length", None), normalize)
+                         getattr(model, "max_seq_length", None), normalize, getattr(model, "embed_kd_backend", None))
     res = encode_corpus_streamed(model, dataset.corpus, key, cache=cache, batch_size=batch_size, normalize=normalize,
                                  show_progress=show_progress, model_label=model_name(model))
     return res.embeddings, res.ids, res

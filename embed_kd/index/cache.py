@@ -13,7 +13,8 @@ On-disk layout (schema ``embed-kd/embeddings@1``)::
                         "model", "created"}
 
 ``key`` = first 16 hex digits of sha256 over (model fingerprint, corpus fingerprint,
-max_seq_length, normalize). Entries are written into a temporary folder and renamed into place;
+max_seq_length, normalize[, backend]) — ``backend`` (also in ``meta.json``) only for an entry
+encoded by a graph runtime (``--backend openvino|onnx``: ``"openvino-f32"`` / ``"onnx-f32"``). Entries are written into a temporary folder and renamed into place;
 on read, the shape and the sha256 of ``embeddings.npy`` are checked, and an entry that fails
 (truncated, edited, partially deleted) is logged, removed and rebuilt — never trusted. A cache that
 cannot be written (full disk, read-only) is logged and skipped: the run goes on with its embeddings.
@@ -79,13 +80,18 @@ class EmbeddingCache:
         self.enabled = enabled
 
     @staticmethod
-    def make_key(model_fingerprint: str, corpus_fingerprint: str, max_seq_length: int | None, normalize: bool) -> dict:
+    def make_key(model_fingerprint: str, corpus_fingerprint: str, max_seq_length: int | None, normalize: bool,
+                 backend: str | None = None) -> dict:
+        """The key fields of an entry; ``backend`` (``openvino-f32`` / ``onnx-f32``, :mod:`embed_kd.teachers.bi_backend`)
+        is a field only when the encoder was not torch, so torch entries keep their keys."""
         fields = {
             "model_fingerprint": model_fingerprint,
             "corpus_fingerprint": corpus_fingerprint,
             "max_seq_length": max_seq_length,
             "normalize": bool(normalize),
         }
+        if backend and backend != "torch":
+            fields["backend"] = backend
         return {"key": fingerprint_json(fields), **fields}
 
     def entry_path(self, key: str) -> Path:

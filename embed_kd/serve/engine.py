@@ -152,11 +152,12 @@ class SearchEngine:
     @classmethod
     def load(cls, index_dir: str | Path, query_model: str | None = None, *,
              expect_teacher_fingerprint: str | None = None, verify: bool = True,
-             allow_teacher_mismatch: bool = False, compression=None) -> "SearchEngine":
+             allow_teacher_mismatch: bool = False, compression=None, backend: str = "torch") -> "SearchEngine":
         """Open the index, load the query model (default: the index's doc model) and check they match.
 
         ``compression`` (:class:`embed_kd.index.compression.Compression`): search the index truncated /
-        quantized (:meth:`embed_kd.index.store.PersistedIndex.compress`).
+        quantized (:meth:`embed_kd.index.store.PersistedIndex.compress`). ``backend``: the query encoder's
+        runtime (:func:`embed_kd.teachers.bi_backend.with_backend`; the fingerprint, so the alignment check, stays).
         """
         from embed_kd.evaluation.retrieval_eval import model_info
         from embed_kd.index.store import open_index
@@ -173,6 +174,10 @@ class SearchEngine:
         spec = query_model or index.doc_model["spec"]
         t = time.perf_counter()
         model = query_route(load_sentence_transformer(spec, role="serve --query-model"))  # asym: its query route
+        if backend != "torch":
+            from embed_kd.teachers.bi_backend import with_backend
+
+            model = with_backend(model, backend)
         model_s = time.perf_counter() - t
         info = model_info(model)
         alignment = query_model_alignment(spec, info, index.doc_model,
