@@ -19,7 +19,8 @@ Heavy: run under the shared lock::
 
     flock /tmp/embed_kd_heavy.lock .venv/bin/python scripts/bench_generality.py
 
-Output ``--out`` (``eval/results/scifact-generality.json``, schema ``embed-kd/bench-generality@1``)::
+Output ``--out`` (``eval/results/scifact-generality.json``, schema ``embed-kd/bench-generality@1``; the
+table also goes to ``--out`` with ``.table.md``)::
 
     {"schema", "created", "machine": embed_kd.cpu.machine_info(), "dev_queries": n,
      "rows": [{"variant", "description", "model" (folder or spec), "averaged": [checkpoint names] | null,
@@ -49,6 +50,29 @@ RUN_VARIANTS = (  # (name, run folder under --runs, description)
 
 def _load() -> float:
     return round(os.getloadavg()[0], 2)
+
+
+def markdown(rows: list[dict]) -> str:
+    """The ablation table: dev columns (chosen on), then test columns with the ratio to the teacher.
+
+    >>> print(markdown([{"variant": "t", "description": "teacher", "dev": {"stsb_dev_spearman": 0.87},
+    ...                  "test": {"stsb_test_spearman": 0.82}, "ratios": {"stsb_test_spearman": 1.0}}]))
+    | variant | what | dev asym nDCG@10 | STSb dev | test asym nDCG@10 | ×T | test sym nDCG@10 | ×T | STSb test | ×T |
+    |---|---|---|---|---|---|---|---|---|---|
+    | t | teacher | — | 0.8700 | — | — | — | — | 0.8200 | 1.000 |
+    """
+    f = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
+    g = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+    out = ["| variant | what | dev asym nDCG@10 | STSb dev | test asym nDCG@10 | ×T | test sym nDCG@10 | ×T | "
+           "STSb test | ×T |", "|---" * 10 + "|"]
+    for r in rows:
+        d, te, ra = r["dev"], r["test"], r["ratios"]
+        out.append(f"| {r['variant']} | {r['description']} | {f(d.get('scifact_dev_asym_ndcg_at_10'))} | "
+                   f"{f(d.get('stsb_dev_spearman'))} | {f(te.get('scifact_asym_ndcg_at_10'))} | "
+                   f"{g(ra.get('scifact_asym_ndcg_at_10'))} | {f(te.get('scifact_sym_ndcg_at_10'))} | "
+                   f"{g(ra.get('scifact_sym_ndcg_at_10'))} | {f(te.get('stsb_test_spearman'))} | "
+                   f"{g(ra.get('stsb_test_spearman'))} |")
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -182,16 +206,11 @@ def main() -> None:
     doc = {"schema": "embed-kd/bench-generality@1", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": machine_info(args.threads), "dev_queries": len(dev_ids), "rows": rows, "missing": missing}
     atomic_write_json(args.out, doc)
-    hdr = "| variant | dev asym | STSb dev | test asym | ×T | test sym | ×T | STSb test | ×T |"
-    print(hdr + "\n" + "|---" * 9 + "|")
-    f = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
-    g = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
-    for r in rows:
-        d, te, ra = r["dev"], r["test"], r["ratios"]
-        print(f"| {r['variant']} | {f(d.get('scifact_dev_asym_ndcg_at_10'))} | {f(d.get('stsb_dev_spearman'))} | "
-              f"{f(te.get('scifact_asym_ndcg_at_10'))} | {g(ra.get('scifact_asym_ndcg_at_10'))} | "
-              f"{f(te.get('scifact_sym_ndcg_at_10'))} | {g(ra.get('scifact_sym_ndcg_at_10'))} | "
-              f"{f(te.get('stsb_test_spearman'))} | {g(ra.get('stsb_test_spearman'))} |")
+    from embed_kd.io import atomic_write_text
+
+    table = markdown(rows)
+    atomic_write_text(str(Path(args.out).with_suffix("")) + ".table.md", table + "\n")
+    print(table)
     if missing:
         print("not finished yet:", ", ".join(missing))
 
