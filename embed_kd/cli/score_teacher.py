@@ -192,7 +192,8 @@ def import_command(files, fmt, output, data, split, corpus_file, queries_file, c
     miss = imp["missing_ids"]
     click.echo(f"{s['out']}: {s['rows']} {s['score_kind']} rows for {s['queries_with_rows']}/{s['n_queries']} queries "
                f"from {imp['rows_read']} input rows ({fmt}); labels: {imp['labels']}; duplicates merged "
-               f"{imp['duplicates']}; rows dropped for unknown ids {miss['rows_dropped']}; {s['total_s']:.1f}s", err=True)
+               f"{imp['duplicates']}; rows dropped for unknown ids {miss['rows_dropped']}; {s['total_s']:.1f}s ("
+               + ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in s["timings"].items()) + ")", err=True)
 
 
 @score_teacher_group.command("merge")

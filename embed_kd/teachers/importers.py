@@ -78,7 +78,7 @@ import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -124,12 +124,14 @@ def sha256_file(path: str | Path) -> str:
 
 @dataclass
 class RawRows:
-    """One file's rows before the ids are checked: absolute ``(q, d, s, role)`` or margin
-    ``(q, p, n, s)`` columns (pyarrow), and ``row`` = the 0-based data row each came from."""
+    """One file's rows before the ids are checked, as batches (dicts of pyarrow arrays): absolute
+    ``q, d, s[, role]`` or margin ``q, p, n, s``, and ``row`` = the 0-based data row each came from.
+    ``batches`` may be a generator (a big TSV is parsed block by block while it is consumed);
+    ``n_rows`` is final once it is consumed."""
 
     kind: str                      # absolute | margin
-    columns: dict                  # name -> pyarrow (Chunked)Array
-    where: "callable"              # row index -> "file:line" text for messages
+    batches: Iterable[dict]
+    where: Callable[[int], str]    # row index -> "file:line" text for messages
     n_rows: int                    # data rows read from the file
     extra: dict = field(default_factory=dict)
 
@@ -185,17 +187,24 @@ def _diagnose_tsv(path: Path, n_fields: int, float_fields: Sequence[int], exc: E
 
 
 def read_margin_mse_tsv(path: str | Path, opts: ImportOptions) -> RawRows:
-    """``pos_score neg_score qid pos_id neg_id`` lines → absolute rows (two per line)."""
+    """``pos_score neg_score qid pos_id neg_id`` lines → absolute rows (two per line), block by block."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    raw = RawRows("absolute", [], _text_row_locator(path), 0)
+    raw.batches = _tsv_batches(path, raw)
+    return raw
+
+
+def _tsv_batches(path: Path, raw: RawRows) -> Iterator[dict]:
     import pyarrow as pa
     import pyarrow.compute as pc
     from pyarrow import csv
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     types = {"pos_score": pa.float32(), "neg_score": pa.float32(), "query_id": pa.string(),
              "pos_id": pa.string(), "neg_id": pa.string()}
-    batches = []
+    where = raw.where
+    row = 0
     try:
         stream = pa.input_stream(str(path), compression="gzip" if is_gzip(path) else None)
         reader = csv.open_csv(
@@ -204,30 +213,30 @@ def read_margin_mse_tsv(path: str | Path, opts: ImportOptions) -> RawRows:
                                            newlines_in_values=False),
             convert_options=csv.ConvertOptions(column_types=types, null_values=[], strings_can_be_null=False,
                                                quoted_strings_can_be_null=False))
-        for batch in reader:
-            batches.append(batch)
+        while True:
+            try:
+                t = reader.read_next_batch()
+            except StopIteration:
+                break
+            n = t.num_rows
+            for name in ("pos_score", "neg_score"):
+                _check_finite(t.column(name), lambda i, r=row: where(r + i), name)
+            for name in ("query_id", "pos_id", "neg_id"):
+                empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(t.column(name))), 0)
+                if pc.any(empty).as_py():
+                    raise DataError(f"{where(row + int(pc.index(empty, True).as_py()))}: empty {name}")
+            rows = pa.array(np.arange(row, row + n, dtype=np.int64))
+            yield {"q": pa.chunked_array([t.column("query_id"), t.column("query_id")]),
+                   "d": pa.chunked_array([t.column("pos_id"), t.column("neg_id")]),
+                   "s": pa.chunked_array([t.column("pos_score"), t.column("neg_score")]),
+                   "role": pa.chunked_array([pa.array(np.ones(n, np.int8)), pa.array(np.zeros(n, np.int8))]),
+                   "row": pa.chunked_array([rows, rows])}
+            row += n
+            raw.n_rows = row
     except (pa.ArrowInvalid, pa.ArrowException, OSError, *GZIP_ERRORS) as exc:
         raise _diagnose_tsv(path, 5, (0, 1), exc) from None
-    if not batches:
+    if not row:
         raise DataError(f"{path}: no rows")
-    t = pa.Table.from_batches(batches)
-    where = _text_row_locator(path)
-    for name in ("pos_score", "neg_score"):
-        _check_finite(t.column(name), where, name)
-    for name in ("query_id", "pos_id", "neg_id"):
-        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(t.column(name))), 0)
-        if pc.any(empty).as_py():
-            raise DataError(f"{where(int(pc.index(empty, True).as_py()))}: empty {name}")
-    n = t.num_rows
-    rows = pa.chunked_array([pa.array(np.arange(n, dtype=np.int64))])
-    cols = {
-        "q": pa.chunked_array(t.column("query_id").chunks + t.column("query_id").chunks),
-        "d": pa.chunked_array(t.column("pos_id").chunks + t.column("neg_id").chunks),
-        "s": pa.chunked_array(t.column("pos_score").chunks + t.column("neg_score").chunks),
-        "role": pa.chunked_array([pa.array(np.ones(n, np.int8)), pa.array(np.zeros(n, np.int8))]),
-        "row": pa.chunked_array(rows.chunks + rows.chunks),
-    }
-    return RawRows("absolute", cols, where, n)
 
 
 # st-scores-pkl -------------------------------------------------------------------------------
@@ -317,7 +326,7 @@ def read_st_scores_pkl(path: str | Path, opts: ImportOptions) -> RawRows:
     cols = {"q": pa.chunked_array([pa.array(q, pa.string())]), "d": pa.chunked_array([pa.array(d, pa.string())]),
             "s": pa.chunked_array([pa.array(s, pa.float32())]), "role": pa.chunked_array([pa.array(role, pa.int8())]),
             "row": pa.chunked_array([pa.array(np.arange(n, dtype=np.int64))])}
-    return RawRows("absolute", cols, lambda row: f"{path}: query {q[row]!r}, doc {d[row]!r}", n,
+    return RawRows("absolute", [cols], lambda row: f"{path}: query {q[row]!r}, doc {d[row]!r}", n,
                    {"unscored_candidates": unscored})
 
 
@@ -392,7 +401,7 @@ def read_hf_columns(source: str, opts: ImportOptions) -> RawRows:
         row += n
     if not row:
         raise DataError(f"{base}: no rows")
-    return RawRows(kind, {k: pa.chunked_array(v) for k, v in parts.items()}, where, row)
+    return RawRows(kind, [{k: pa.chunked_array(v) for k, v in parts.items()}], where, row)
 
 
 def _as_list(value, where: str, what: str) -> list:
@@ -469,7 +478,7 @@ def read_listwise(source: str, opts: ImportOptions) -> RawRows:
                 "role": pa.chunked_array([pa.array(np.zeros(len(q), np.int8))]),
                 "row": pa.chunked_array([pa.array(np.arange(len(q), dtype=np.int64))])}
     where = (lambda row: f"{base}: row {lines[row]}") if table else (lambda row: f"{base}:{lines[row]}")
-    return RawRows("absolute", cols_out, where, n)
+    return RawRows("absolute", [cols_out], where, n)
 
 
 # flag-jsonl ----------------------------------------------------------------------------------
@@ -519,7 +528,7 @@ def read_flag_jsonl(path: str | Path, opts: ImportOptions, texts: dict) -> RawRo
     cols = {"q": pa.chunked_array([pa.array(q, pa.string())]), "d": pa.chunked_array([pa.array(d, pa.string())]),
             "s": pa.chunked_array([pa.array(s, pa.float32())]), "role": pa.chunked_array([pa.array(role, pa.int8())]),
             "row": pa.chunked_array([pa.array(np.arange(len(q), dtype=np.int64))])}
-    return RawRows("absolute", cols, lambda row: f"{path}:{lines[row]}", n)
+    return RawRows("absolute", [cols], lambda row: f"{path}:{lines[row]}", n)
 
 
 READERS = {"margin-mse-tsv": read_margin_mse_tsv, "st-scores-pkl": read_st_scores_pkl,
@@ -535,42 +544,69 @@ def _positions(values, ids_array) -> np.ndarray:
     idx = pc.index_in(values, value_set=ids_array)
     if isinstance(idx, pa.ChunkedArray):
         idx = idx.combine_chunks() if idx.num_chunks != 1 else idx.chunk(0)
-    return idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
 
 
-@dataclass
-class _Assembled:
-    q: np.ndarray          # query index per row (sorted by query, then first appearance)
-    cols: dict             # d (doc index) [, p (pos doc index)], s (float32), role
-    duplicates: int
-    max_spread: float
+def _group(key_cols: list[np.ndarray], sizes: list[int], seq: np.ndarray, scores: np.ndarray, role: np.ndarray):
+    """Merge rows whose key columns (query, doc[, doc]) are all equal: mean score, max role; the merged
+    rows in (query, first appearance in the files) order.
 
-
-def _group(keys: np.ndarray, seq: np.ndarray, scores: np.ndarray, role: np.ndarray, q: np.ndarray):
-    """Merge rows with the same key (mean score, max role); order by (query, first appearance in the files).
-
-    ``seq`` is each row's place in the input (file, row, positive before negative). Returns
-    ``(representative row per key, mean score, role, rows merged away, max spread of merged scores)``.
+    ``seq`` is each row's place in the input (file, row, a line's positive first). Returns
+    ``(unique key columns, mean score, role, rows merged away, max spread of merged scores)``.
+    One argsort of an int64 composite key when the id space allows (the key columns are freed as
+    soon as it is built: ``key_cols`` is emptied), else a lexsort of the columns.
     """
-    order = np.lexsort((seq, keys))
-    k_sorted = keys[order]
-    starts = np.flatnonzero(np.r_[True, k_sorted[1:] != k_sorted[:-1]])
-    counts = np.diff(np.r_[starts, len(k_sorted)])
-    s_sorted = scores[order].astype(np.float64)
-    mean = (np.add.reduceat(s_sorted, starts) / counts).astype(np.float32)
+    if float(np.prod([float(x) for x in sizes])) < 2.0 ** 62:
+        key = key_cols.pop(0).astype(np.int64)
+        for n in sizes[1:]:
+            key *= n
+            key += key_cols.pop(0)
+        order = np.argsort(key)
+        key.sort()                                  # in place: no second key-sized array
+        new = np.empty(len(key), bool)
+        new[0] = True
+        np.not_equal(key[1:], key[:-1], out=new[1:])
+        starts = np.flatnonzero(new)
+        del new
+        ukey = key[starts]
+        del key
+        uniq = []
+        for n in reversed(sizes[1:]):
+            uniq.insert(0, (ukey % n).astype(np.int32))
+            ukey //= n
+        uniq.insert(0, ukey.astype(np.int32))
+    else:
+        order = np.lexsort(key_cols[::-1])
+        new = np.zeros(len(order), bool)
+        new[0] = True
+        for c in key_cols:
+            cs = c[order]
+            new[1:] |= cs[1:] != cs[:-1]
+            del cs
+        starts = np.flatnonzero(new)
+        del new
+        uniq = [c[order][starts] for c in key_cols]
+        key_cols.clear()
+    counts = np.diff(np.r_[starts, len(order)])
+    sc = scores[order]
+    mean = (np.add.reduceat(sc, starts, dtype=np.float64) / counts).astype(np.float32)
     spread = 0.0
     if (counts > 1).any():
-        spread = float((np.maximum.reduceat(s_sorted, starts) - np.minimum.reduceat(s_sorted, starts)).max())
-    first = order[starts]                       # the earliest row of each key
+        spread = float((np.maximum.reduceat(sc, starts) - np.minimum.reduceat(sc, starts)).max())
+    del sc
+    first_seq = np.minimum.reduceat(seq[order], starts)
     rl = np.maximum.reduceat(role[order], starts)
-    final = np.lexsort((seq[first], q[first]))
-    return first[final], mean[final], rl[final], int(len(keys) - len(starts)), spread
+    del order
+    final = np.lexsort((first_seq, uniq[0]))
+    return [u[final] for u in uniq], mean[final], rl[final], int(len(seq) - len(starts)), spread
 
 
 def import_scores(files: Sequence[str | os.PathLike], out: str | os.PathLike, opts: ImportOptions) -> dict:
     """Read ``files`` in format ``opts.fmt`` and write a complete score store at ``out`` (atomic).
 
-    Returns a summary ``{"out", "rows", "queries_with_rows", "n_queries", "score_kind", "imported", "total_s"}``.
+    Returns a summary ``{"out", "rows", "queries_with_rows", "n_queries", "score_kind", "imported", "total_s",
+    "timings": {"load_s" (dataset + whole-file readers), "read_s" (streamed parsing + id lookup), "group_s",
+    "write_s"}}``.
     Raises :class:`~embed_kd.errors.DataError` / :class:`EmbedKDError` before anything is written.
     """
     import pyarrow as pa
@@ -616,6 +652,7 @@ def import_scores(files: Sequence[str | os.PathLike], out: str | os.PathLike, op
         if not dataset.queries:
             raise EmbedKDError("score-teacher import: the dataset has no queries (pass --queries FILE or --data)")
         raws = [READERS[opts.fmt](f, opts) for f in sources]
+    t_read = time.perf_counter()
     kinds = {r.kind for r in raws}
     if len(kinds) > 1:
         raise DataError(f"{', '.join(sources)}: some files hold margins and others absolute scores; import them apart")
@@ -624,41 +661,41 @@ def import_scores(files: Sequence[str | os.PathLike], out: str | os.PathLike, op
     qids = list(dataset.queries)
     dids = list(dataset.corpus)
     q_arr, d_arr = pa.array(qids, pa.string()), pa.array(dids, pa.string())
-    per_file, parts = [], []
+    per_file = []
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("q", *(("p", "n") if kind == "margin" else ("d",)),
+                                                          "s", "role", "seq")}
     missing_q = missing_d = dropped = 0
     first_missing = None
+    doc_keys = ("p", "n") if kind == "margin" else ("d",)
     for fi, (src, raw) in enumerate(zip(sources, raws)):
-        cols = raw.columns
-        qi = _positions(cols["q"], q_arr)
-        doc_keys = ("p", "n") if kind == "margin" else ("d",)
-        di = {k: _positions(cols[k], d_arr) for k in doc_keys}
-        row = cols["row"].to_numpy() if hasattr(cols["row"], "to_numpy") else np.asarray(cols["row"])
-        bad_q = qi < 0
-        bad_d = np.zeros(len(qi), bool)
-        for k in doc_keys:
-            bad_d |= di[k] < 0
-        bad = bad_q | bad_d
-        if bad.any():
-            missing_q += len(np.unique(row[bad_q])) if bad_q.any() else 0
-            missing_d += int(bad_d.sum())
-            dropped += len(np.unique(row[bad]))
-            if first_missing is None:
-                i = int(np.flatnonzero(bad)[0])
-                what = (f"query id {cols['q'][i].as_py()!r} is not in the dataset's queries" if bad_q[i] else
-                        f"document id {next(cols[k][i].as_py() for k in doc_keys if di[k][i] < 0)!r} "
-                        "is not in the corpus")
-                first_missing = (raw.where(int(row[i])), what)
-            keep = ~bad
-            qi, row = qi[keep], row[keep]
-            di = {k: v[keep] for k, v in di.items()}
-        else:
-            keep = None
-        s = cols["s"].to_numpy() if hasattr(cols["s"], "to_numpy") else np.asarray(cols["s"])
-        s = np.asarray(s, np.float32)
-        role = np.asarray(cols["role"].to_numpy(), np.int8) if "role" in cols else np.zeros(len(s), np.int8)
-        if keep is not None:
-            s, role = s[keep], role[keep]
-        parts.append((fi, qi, di, s, role, row))
+        for cols in raw.batches:  # a big TSV: one parsed block at a time, strings dropped once indexed
+            qi = _positions(cols["q"], q_arr)
+            di = {k: _positions(cols[k], d_arr) for k in doc_keys}
+            row = _numpy(cols["row"], np.int64)
+            s = _numpy(cols["s"], np.float32)
+            role = _numpy(cols["role"], np.int8) if "role" in cols else np.zeros(len(s), np.int8)
+            bad_q = qi < 0
+            bad = bad_q.copy()
+            for k in doc_keys:
+                bad |= di[k] < 0
+            if bad.any():
+                missing_q += len(np.unique(row[bad_q]))
+                missing_d += int(sum((di[k] < 0).sum() for k in doc_keys))
+                dropped += len(np.unique(row[bad]))
+                if first_missing is None:
+                    i = int(np.flatnonzero(bad)[0])
+                    what = (f"query id {cols['q'][i].as_py()!r} is not in the dataset's queries" if bad_q[i] else
+                            f"document id {next(cols[k][i].as_py() for k in doc_keys if di[k][i] < 0)!r} "
+                            "is not in the corpus")
+                    first_missing = (raw.where(int(row[i])), what)
+                keep = ~bad
+                qi, row, s, role = qi[keep], row[keep], s[keep], role[keep]
+                di = {k: v[keep] for k, v in di.items()}
+            seq = (np.int64(fi) << 40) + row * 2 + (1 - role)  # file, row, a line's positive first
+            for k, v in (("q", qi), *di.items(), ("s", s), ("role", role), ("seq", seq)):
+                parts[k].append(v)
+            del cols
+        raw.batches = []
         per_file.append({"path": str(src), "sha256": _source_sha(src), "rows": raw.n_rows})
     if first_missing is not None and not opts.allow_missing_ids:
         where, what = first_missing
@@ -668,31 +705,24 @@ def import_scores(files: Sequence[str | os.PathLike], out: str | os.PathLike, op
     if dropped:
         logger.warning("dropped %d row(s) naming ids the dataset lacks (--allow-missing-ids)", dropped)
 
-    fi_all = np.concatenate([np.full(len(p[1]), p[0], np.int64) for p in parts])
-    q = np.concatenate([p[1] for p in parts])
-    s = np.concatenate([p[3] for p in parts])
-    role = np.concatenate([p[4] for p in parts])
-    row = np.concatenate([p[5] for p in parts])
-    seq = (fi_all << 40) + row * 2 + (1 - role)     # file order, row order, a line's positive first
-    if not len(q):
-        raise DataError(f"{', '.join(sources)}: no rows left after dropping unknown ids")
     n_docs = len(dids)
+    t_group = time.perf_counter()
+    def concat(name):  # one array at a time, each part freed as it is joined
+        out = np.concatenate(parts[name]) if parts[name] else np.zeros(0, np.int32)
+        parts[name].clear()
+        return out
+
+    key_cols = [concat("q")] + [concat(k) for k in doc_keys]
+    s, role, seq = concat("s"), concat("role"), concat("seq")
+    if not len(s):
+        raise DataError(f"{', '.join(sources)}: no rows left after dropping unknown ids")
+    uniq, score, role_g, dups, spread = _group(key_cols, [len(qids)] + [n_docs] * len(doc_keys), seq, s, role)
+    del s, seq, role
+    q_sel = uniq[0].astype(np.int64)
     if kind == "margin":
-        p_idx = np.concatenate([p[2]["p"] for p in parts])
-        n_idx = np.concatenate([p[2]["n"] for p in parts])
-        if n_docs < (1 << 20) and len(qids) < (1 << 22):  # (q, pos, neg) fits one int64 key
-            keys = (q * n_docs + p_idx) * n_docs + n_idx
-        else:  # big id spaces: number the distinct triples instead
-            keys = np.unique(np.stack([q, p_idx, n_idx], 1), axis=0, return_inverse=True)[1].ravel()
-        sel, score, _, dups, spread = _group(keys, seq, s, role, q)
-        cols_idx = {"d": n_idx[sel], "p": p_idx[sel]}
+        cols_idx = {"p": uniq[1], "d": uniq[2]}
     else:
-        d_idx = np.concatenate([p[2]["d"] for p in parts])
-        keys = q * n_docs + d_idx
-        sel, score, role_g, dups, spread = _group(keys, seq, s, role, q)
-        cols_idx = {"d": d_idx[sel], "role": role_g}
-    q_sel = q[sel]
-    del keys, s, row, seq, fi_all
+        cols_idx = {"d": uniq[1], "role": role_g}
 
     # labels: the qrels when the dataset is judged, else the file's positives
     if dataset.qrels:
@@ -738,6 +768,7 @@ def import_scores(files: Sequence[str | os.PathLike], out: str | os.PathLike, op
         manifest["texts"] = "texts"
 
     n_q = len(qids)
+    t_write = time.perf_counter()
     chunk_size = max(1, int(n_q * opts.chunk_rows / max(len(q_sel), 1)))
     bounds = np.searchsorted(q_sel, np.arange(0, n_q + chunk_size, chunk_size))
     score_col = pa.array(score, pa.float32())
@@ -767,7 +798,16 @@ def import_scores(files: Sequence[str | os.PathLike], out: str | os.PathLike, op
     logger.info("imported %d %s rows (%d of %d queries) from %d file(s) into %s", len(q_sel), kind, with_rows, n_q,
                 len(sources), out)
     return {"out": str(out), "rows": int(len(q_sel)), "queries_with_rows": with_rows, "n_queries": n_q,
-            "score_kind": kind, "imported": imported, "total_s": time.perf_counter() - t0}
+            "score_kind": kind, "imported": imported, "total_s": time.perf_counter() - t0,
+            "timings": {"load_s": t_read - t0, "read_s": t_group - t_read, "group_s": t_write - t_group,
+                        "write_s": time.perf_counter() - t_write}}
+
+
+def _numpy(arr, dtype) -> np.ndarray:
+    """A pyarrow (chunked) array or a sequence as a numpy array of ``dtype``."""
+    if hasattr(arr, "to_numpy"):
+        return np.asarray(arr.to_numpy(), dtype)
+    return np.asarray(arr, dtype)
 
 
 def _source_sha(src: str) -> str:
