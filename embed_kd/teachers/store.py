@@ -29,6 +29,13 @@ column                    type      meaning
                                     the qrels has -1 everywhere unless a source retrieved it)
 ========================  ========  =====================================================================
 
+**Margin stores** (``score_kind: "margin"``; written only by ``score-teacher import`` of a file
+that holds nothing but margins, :mod:`embed_kd.teachers.importers`): one row per (query, positive,
+negative) triple; ``doc_id`` is the negative, a ``pos_id`` string column follows ``score``, and
+``score`` / ``score__<teacher>`` hold the margin s(q, pos) − s(q, neg). No absolute score is made
+up: :meth:`ScoreStore.iter_queries` refuses such a store and :meth:`ScoreStore.iter_margins`
+reads it.
+
 ``manifest.json``::
 
     {
@@ -49,8 +56,13 @@ column                    type      meaning
       "shard": null | {"index": I, "count": N},
       "progress": {"queries_done", "rows", "chunks"},
       "chunk_sha256": {chunk file name: sha256 of its bytes},
-      "complete": bool
+      "complete": bool,
+      "score_kind": "absolute" | "margin"        (absent = absolute; fingerprinted only when "margin"),
+      "imported": {...}                          (imports only: format, files + sha256, counts),
+      "texts": "texts"                           (imports of texts: OUT/texts/{queries,corpus}.jsonl)
     }
+
+``dataset`` also records ``judged`` (false for queries without judgments) and ``sources``.
 
 Only the fields in ``config_fingerprint`` decide the rows; a teacher's ``spec`` and a dense source's
 ``model`` (where a model was loaded from; its weights are in ``fingerprint`` / ``model_fingerprint``),
