@@ -149,3 +149,14 @@ def test_eval_with_a_corpus_file_matches_the_folder(tmp_path, tiny_beir, tiny_mo
     assert res[0] == res[1]
     ds = load_inputs(data=tiny_beir, split="test", corpus=tsv)
     assert ds.judged and ds.sources["corpus"] == str(tsv)
+
+
+def test_index_build_from_a_plain_text_corpus(tmp_path, tiny_beir, tiny_model, cache_dir):
+    docs = [json.loads(x) for x in (tiny_beir / "corpus.jsonl").read_text().splitlines()]
+    texts = tmp_path / "texts.txt.gz"
+    texts.write_bytes(gzip.compress("".join(f"{d['title']} {d['text']}\n" for d in docs).encode()))
+    r = CliRunner().invoke(main, ["index", "build", "--data", str(texts), "--doc-model", str(tiny_model),
+                                  "-o", str(tmp_path / "idx"), "--cache-dir", str(cache_dir), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert m["n"] == len(docs)

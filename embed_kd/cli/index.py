@@ -73,7 +73,7 @@ def _with_common(fn):
 
 
 @index_group.command("build")
-@click.option("--data", required=True, help="BEIR folder, dataset name, or a corpus.jsonl file.")
+@click.option("--data", required=True, help="BEIR folder, dataset name, or a corpus file (JSONL/TSV/plain text, .gz, hf:).")
 @click.option("--doc-model", "--model", "doc_model", required=True,
               help="The model that encodes the documents (the teacher; an asym model: its document route).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Index folder to create.")
