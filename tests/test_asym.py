@@ -142,3 +142,26 @@ def test_mteb_with_asym_model_equals_two_folder(asym, student, tiny_model, tiny_
     assert one["mode"] == two["mode"] == "asymmetric"
     assert one["metrics"] == two["metrics"]
     assert one["doc_model"]["fingerprint"] == two["doc_model"]["fingerprint"]
+
+
+def test_static_query_tower(tiny_model, tmp_path):
+    """A static (embedding-bag) student as the query route: no transformer layers, its own tokenizer."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, StaticEmbedding
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import tiny_tokenizer
+
+    torch.manual_seed(0)
+    static = SentenceTransformer(modules=[StaticEmbedding(tiny_tokenizer(), embedding_dim=32), Normalize()],
+                                 device="cpu")
+    out = tmp_path / "static-asym"
+    m = build_asym(static, str(tiny_model), out)
+    assert m["query"]["layers"] == 0 and m["query"]["modules"][0] == "StaticEmbedding"
+    assert m["query"]["max_seq_length"] is None or isinstance(m["query"]["max_seq_length"], int)
+    loaded = SentenceTransformer(str(out), device="cpu")
+    np.testing.assert_allclose(loaded.encode_query(TEXTS), static.encode(TEXTS), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(loaded.encode_document(TEXTS), SentenceTransformer(str(tiny_model), device="cpu")
+                               .encode(TEXTS), atol=1e-6, rtol=0)
+    assert "static (no transformer layers)" in (out / "README.md").read_text()
