@@ -39,16 +39,22 @@ embed_kd.errors.ArtifactError: /.../app: was not written by embed-kd as an index
 True
 >>> claim_output(root / "new", INDEX, overwrite=False)
 False
+
+Every artifact's provenance uses the same three helpers: :func:`utc_now` (the ``created`` field),
+:func:`versions` (the ``versions`` field) and :func:`sha256_file` (file checksums in manifests).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -417,3 +423,45 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise ArtifactError(f"{p}: {what} not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{p}: {what} is not valid JSON ({exc})") from None
+
+
+def utc_now() -> str:
+    """The ``created`` timestamp of every artifact: ISO-8601 UTC to the second.
+
+    >>> import re; bool(re.fullmatch(r"\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\dZ", utc_now()))
+    True
+    """
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB blocks.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x"; _ = p.write_bytes(b"abc")
+    >>> sha256_file(p)[:16]
+    'ba7816bf8f01cfea'
+    """
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def versions() -> dict:
+    """The ``versions`` field of every artifact: Python and the installed versions of embed-kd and
+    the libraries whose versions change its outputs (absent when not installed).
+
+    >>> sorted(k for k in versions() if k in ("python", "embed_kd"))
+    ['embed_kd', 'python']
+    """
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("embed-kd", "sentence-transformers", "torch", "faiss-cpu", "transformers"):
+        try:
+            out[pkg.replace("-", "_")] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out

@@ -1,4 +1,4 @@
-"""Load models by spec (path, hub id or preset) and fingerprint them.
+"""Load models by spec (path, hub id or preset), fingerprint and describe them.
 
 A model fingerprint hashes what decides its outputs: every parameter and buffer (name, shape,
 bytes), the module stack, and the maximum sequence length. Two folders with the same weights get
@@ -8,10 +8,13 @@ the same fingerprint, wherever they live.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from embed_kd.encode import embedding_dim
 from embed_kd.errors import EmbedKDError, ModelNotFoundError
 from embed_kd.presets import locate_model
 
@@ -70,10 +73,19 @@ def load_sentence_transformer(spec: str | os.PathLike, *, device: str | None = N
     return model
 
 
+def is_sparse_folder(source: str | os.PathLike) -> bool:
+    """True when ``source`` is a saved sentence-transformers ``SparseEncoder`` folder."""
+    cfg = Path(source) / "config_sentence_transformers.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8")).get("model_type") == "SparseEncoder"
+    except (OSError, ValueError):
+        return False
+
+
 def is_sparse_model(spec: str | os.PathLike) -> bool:
     """True when ``spec`` resolves to a saved sentence-transformers ``SparseEncoder`` folder."""
-    from embed_kd.students.sparse import is_sparse_folder
-
     if str(spec) == "bm25":
         return False
     try:
@@ -133,6 +145,27 @@ def load_cross_encoder(spec: str | os.PathLike, *, device: str | None = None, ma
 def model_name(model) -> str:
     """A human-readable name: the spec it was loaded from, else its class."""
     return getattr(model, "embed_kd_spec", None) or type(model).__name__
+
+
+def _finite(length):
+    """A model's max_seq_length for JSON: None when it has no limit (a StaticEmbedding model's ``inf``)."""
+    return None if length is None or length == float("inf") else length
+
+
+def model_info(model) -> dict:
+    """How every artifact names a model it used: ``{"spec", "fingerprint", "dim", "max_seq_length"}``
+    (plus ``"route"`` for one tower of an asym model, :mod:`embed_kd.students.asym`)."""
+    info = {
+        "spec": model_name(model),
+        "fingerprint": fingerprint_model(model),
+        "dim": embedding_dim(model),
+        "max_seq_length": _finite(getattr(model, "max_seq_length", None)),
+    }
+    if getattr(model, "embed_kd_route", None):
+        info["route"] = model.embed_kd_route
+    if getattr(model, "embed_kd_backend", None):  # --backend openvino|onnx (embed_kd.teachers.bi_backend)
+        info["backend"] = model.embed_kd_backend
+    return info
 
 
 def fingerprint_module(module: "torch.nn.Module", extra: str = "") -> str:

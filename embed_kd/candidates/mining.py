@@ -126,7 +126,7 @@ class CandidateMiner:
 
     def mine(self, qids: Sequence[str]) -> list[QueryCandidates]:
         """Candidates of ``qids`` (deterministic: depends only on the queries, not on chunking)."""
-        from embed_kd.evaluation.retrieval_eval import dense_run
+        from embed_kd.index.search import dense_run
 
         ds = self.res.dataset
         per_source: dict[str, dict[str, list[str]]] = {}

@@ -2,7 +2,7 @@
 
 ``score-teacher --candidates bm25:100 --teacher bm25`` fits BM25 once; ``dense:minilm-l6:30`` plus a
 ``minilm-l6`` bi-encoder teacher load MiniLM once, read its document embeddings once from the
-embedding cache of ``embed-kd eval`` (:func:`~embed_kd.evaluation.retrieval_eval.encode_corpus`)
+embedding cache of ``embed-kd eval`` (:func:`~embed_kd.index.encoding.encode_corpus`)
 and encode each query of a chunk once.
 """
 
@@ -54,7 +54,7 @@ class SharedResources:
 
     def doc_embeddings(self, model) -> tuple[np.ndarray, list[str], dict[str, int]]:
         """``(embeddings, doc_ids, row_of_doc)`` for the whole corpus, from the embedding cache if valid."""
-        from embed_kd.evaluation.retrieval_eval import encode_corpus
+        from embed_kd.index.encoding import encode_corpus
 
         fp = fingerprint_model(model)
         if fp not in self._docs:

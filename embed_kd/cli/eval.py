@@ -198,7 +198,7 @@ def eval_command(data, split, corpus_file, model, query_model, doc_model, mteb_t
         in_memory.update({model or query_model: qm, doc_model or model: dm})
         alignment = None
         if not model:
-            from embed_kd.evaluation.retrieval_eval import model_info
+            from embed_kd.models import model_info
             from embed_kd.serve.engine import query_model_alignment
 
             q_info, d_info = model_info(qm), model_info(dm)

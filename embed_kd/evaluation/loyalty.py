@@ -91,7 +91,9 @@ def evaluate_loyalty(dataset, query_model, doc_model, teacher, *, options=None, 
     it is recomputed when omitted. Document embeddings come from the shared cache.
     """
     from embed_kd.encode import encode_texts, uses_cosine
-    from embed_kd.evaluation.retrieval_eval import EvalOptions, dense_run, encode_corpus
+    from embed_kd.evaluation.retrieval_eval import EvalOptions
+    from embed_kd.index.encoding import encode_corpus
+    from embed_kd.index.search import dense_run
     from embed_kd.index.cache import EmbeddingCache
     from embed_kd.models import fingerprint_model, model_name
 

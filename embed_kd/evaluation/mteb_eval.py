@@ -135,7 +135,7 @@ def routed_encoder(query_model, doc_model=None, *, cache=None):
             if corpus is not None and _default_prompts_only(self.doc_st):
                 from types import SimpleNamespace
 
-                from embed_kd.evaluation.retrieval_eval import encode_corpus
+                from embed_kd.index.encoding import encode_corpus
 
                 emb, _, res = encode_corpus(self.doc_st, SimpleNamespace(corpus=corpus), cache=self.cache,
                                             batch_size=kwargs.get("batch_size", 32),
@@ -315,7 +315,8 @@ def run_mteb(tasks: list[ResolvedTask], query_model, doc_model=None, *, batch_si
     import mteb
 
     from embed_kd.device import device_info
-    from embed_kd.evaluation.retrieval_eval import model_info, versions
+    from embed_kd.io import versions
+    from embed_kd.models import model_info
 
     t0 = time.perf_counter()
     asym = doc_model is not None and doc_model is not query_model

@@ -33,22 +33,25 @@ Result JSON (schema ``embed-kd/eval@1``), written by ``embed-kd eval --output``:
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from embed_kd.candidates.bm25 import BM25Config, BM25Retriever
 from embed_kd.data.beir import BeirDataset
 from embed_kd.data.fingerprint import fingerprint_corpus
-from embed_kd.encode import embedding_dim, encode_texts, uses_cosine
+from embed_kd.device import device_info
+from embed_kd.encode import encode_texts, uses_cosine
 from embed_kd.errors import EmbedKDError
 from embed_kd.evaluation.metrics import evaluate_run
 from embed_kd.index.cache import EmbeddingCache
-from embed_kd.index.compression import Compression, CompressedSearch, bytes_per_vector
-from embed_kd.index.faiss_index import build_faiss_index, search_index
-from embed_kd.models import fingerprint_model, model_name
+from embed_kd.index.compression import Compression, bytes_per_vector
+from embed_kd.index.encoding import encode_corpus
+from embed_kd.index.search import dense_run
+from embed_kd.io import utc_now, versions
+from embed_kd.models import model_info
 
 logger = logging.getLogger(__name__)
 SCHEMA = "embed-kd/eval@1"
@@ -65,76 +68,6 @@ class EvalOptions:
     show_progress: bool = True
     timings: dict = field(default_factory=dict)  # pre-measured timings (e.g. model loading) to include
     compression: Compression | None = None  # --truncate-dim / --precision / --rescore (embed_kd.index.compression)
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("embed-kd", "sentence-transformers", "torch", "faiss-cpu", "transformers"):
-        try:
-            out[pkg.replace("-", "_")] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def _finite(length):
-    """A model's max_seq_length for JSON: None when it has no limit (a StaticEmbedding model's ``inf``)."""
-    return None if length is None or length == float("inf") else length
-
-
-def model_info(model) -> dict:
-    info = {
-        "spec": model_name(model),
-        "fingerprint": fingerprint_model(model),
-        "dim": embedding_dim(model),
-        "max_seq_length": _finite(getattr(model, "max_seq_length", None)),
-    }
-    if getattr(model, "embed_kd_route", None):  # one tower of an asym model (embed_kd.students.asym)
-        info["route"] = model.embed_kd_route
-    if getattr(model, "embed_kd_backend", None):  # --backend openvino|onnx (embed_kd.teachers.bi_backend)
-        info["backend"] = model.embed_kd_backend
-    return info
-
-
-def encode_corpus(model, dataset: BeirDataset, *, cache: EmbeddingCache, batch_size: int = 32,
-                  normalize: bool | None = None, show_progress: bool = True):
-    """Document embeddings for ``dataset.corpus`` (row i = ``list(corpus)[i]``), from the cache if valid.
-
-    Encoded block by block into a memory-mapped cache entry, data-parallel under ``torchrun``
-    (:mod:`embed_kd.index.stream_encode`). Returns ``(embeddings, doc_ids, cache_result)``; the
-    embeddings are a copy-on-write memory map.
-    """
-    from embed_kd.index.stream_encode import encode_corpus_streamed
-
-    normalize = uses_cosine(model) if normalize is None else normalize
-    key = cache.make_key(fingerprint_model(model), fingerprint_corpus(dataset.corpus),
-                         getattr(model, "max_seq_length", None), normalize, getattr(model, "embed_kd_backend", None))
-    res = encode_corpus_streamed(model, dataset.corpus, key, cache=cache, batch_size=batch_size, normalize=normalize,
-                                 show_progress=show_progress, model_label=model_name(model))
-    return res.embeddings, res.ids, res
-
-
-def dense_run(query_emb: np.ndarray, qids: list[str], doc_emb: np.ndarray, doc_ids: list[str], *,
-              k: int = 100, index: str = "flat", compression: Compression | None = None,
-              normalize: bool = True) -> dict[str, dict[str, float]]:
-    """Search ``doc_emb`` with FAISS and return a TREC-style run.
-
-    ``compression``: truncate / quantize documents and queries first (:mod:`embed_kd.index.compression`;
-    ``normalize``: renormalise truncated vectors).
-    """
-    if compression is not None and (compression.active or compression.rescore):
-        scores, rows = CompressedSearch.build(doc_emb, compression, normalize=normalize, kind=index).search(query_emb, k)
-    else:
-        from embed_kd.index.faiss_index import on_device
-
-        searcher, _ = on_device(build_faiss_index(doc_emb, index))  # exact flat search on a GPU when it can
-        scores, rows = search_index(searcher, query_emb, k)
-    return {
-        q: {doc_ids[int(r)]: float(s) for r, s in zip(rows[i], scores[i]) if r >= 0}
-        for i, q in enumerate(qids)
-    }
 
 
 def evaluate_dense(dataset: BeirDataset, query_model, doc_model=None, *, options: EvalOptions | None = None) -> dict:
@@ -176,7 +109,7 @@ def evaluate_dense(dataset: BeirDataset, query_model, doc_model=None, *, options
     timings = {**opt.timings, "encode_docs_s": encode_docs_s, "encode_queries_s": encode_queries_s,
                "search_s": search_s, "evaluate_s": evaluate_s}
     timings["total_s"] = time.perf_counter() - t0 + sum(opt.timings.values())
-    result = _result(
+    result = eval_result(
         "asymmetric" if asym else "symmetric", dataset, scored, timings,
         query_model=q_info, doc_model=d_info or q_info,
         index={"kind": opt.index, "top_k": opt.top_k, "normalize": normalize, **comp.to_dict(),
@@ -192,8 +125,6 @@ def evaluate_dense(dataset: BeirDataset, query_model, doc_model=None, *, options
 
 
 def evaluate_bm25(dataset: BeirDataset, *, options: EvalOptions | None = None, config=None) -> dict:
-    from embed_kd.candidates.bm25 import BM25Config, BM25Retriever
-
     opt = options or EvalOptions()
     t0 = time.perf_counter()
     config = config or BM25Config()
@@ -207,15 +138,16 @@ def evaluate_bm25(dataset: BeirDataset, *, options: EvalOptions | None = None, c
     timings = {**opt.timings, "index_docs_s": index_s, "search_s": search_s,
                "evaluate_s": time.perf_counter() - t}
     timings["total_s"] = time.perf_counter() - t0 + sum(opt.timings.values())
-    result = _result("bm25", dataset, scored, timings, query_model=None, doc_model=None,
-                     index={"kind": "bm25s", "top_k": opt.top_k, **config.__dict__}, cache={"docs": "off"})
+    result = eval_result("bm25", dataset, scored, timings, query_model=None, doc_model=None,
+                         index={"kind": "bm25s", "top_k": opt.top_k, **config.__dict__}, cache={"docs": "off"})
     result["run"] = run
     return result
 
 
-def _result(mode, dataset: BeirDataset, scored: dict, timings: dict, *, query_model, doc_model, index, cache) -> dict:
-    from embed_kd.device import device_info
-
+def eval_result(mode, dataset: BeirDataset, scored: dict, timings: dict, *, query_model, doc_model, index,
+                cache) -> dict:
+    """The ``embed-kd/eval@1`` document (schema above) of one evaluation; every evaluation mode
+    (dense, BM25, sparse, ensemble) builds its result here and adds its own blocks."""
     return {
         "schema": SCHEMA,
         "mode": mode,
@@ -233,5 +165,5 @@ def _result(mode, dataset: BeirDataset, scored: dict, timings: dict, *, query_mo
         "cache": cache,
         "device": device_info(),
         "versions": versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": utc_now(),
     }

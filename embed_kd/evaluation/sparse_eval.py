@@ -225,7 +225,7 @@ def evaluate_sparse(dataset: BeirDataset, model, *, options=None, doc_top_k: int
     caller can evaluate several prunings from one encoding.
     """
     from embed_kd.evaluation.metrics import evaluate_run
-    from embed_kd.evaluation.retrieval_eval import EvalOptions, _result
+    from embed_kd.evaluation.retrieval_eval import EvalOptions, eval_result
 
     opt = options or EvalOptions()
     t0 = time.perf_counter()
@@ -257,9 +257,9 @@ def evaluate_sparse(dataset: BeirDataset, model, *, options=None, doc_top_k: int
                "search_s": search_s, "evaluate_s": evaluate_s}
     timings["total_s"] = time.perf_counter() - t0 + sum(opt.timings.values())
     info = sparse_model_info(model)
-    result = _result("sparse", dataset, scored, timings, query_model=info, doc_model=info,
-                     index={"kind": "scipy-csr", "top_k": opt.top_k, "normalize": False},
-                     cache={"docs": "off"})
+    result = eval_result("sparse", dataset, scored, timings, query_model=info, doc_model=info,
+                         index={"kind": "scipy-csr", "top_k": opt.top_k, "normalize": False},
+                         cache={"docs": "off"})
     result["sparse"] = {**sparse_stats(queries, docs, docs_unpruned=doc_matrix if doc_top_k else None),
                         "doc_top_k": doc_top_k, "query_top_k": query_top_k,
                         "query_length": info["query_length"], "document_length": info["document_length"]}

@@ -75,7 +75,7 @@ def evaluate_sts(pairs: StsPairs, model, *, teacher=None, spec: str | None = Non
     ``asymmetric_doc_spec``: the document model of an asymmetric pair, named in ``encoding`` (it does
     not encode anything here; pass it as ``teacher`` to get the reference numbers).
     """
-    from embed_kd.evaluation.retrieval_eval import model_info
+    from embed_kd.models import model_info
 
     t0 = time.perf_counter()
     info = model_info(model)
@@ -106,7 +106,7 @@ def evaluate_sts(pairs: StsPairs, model, *, teacher=None, spec: str | None = Non
 
 def sts_document(result: dict) -> dict:
     """The standalone ``embed-kd/sts@1`` file content for a result of :func:`evaluate_sts`."""
-    from embed_kd.evaluation.retrieval_eval import versions
+    from embed_kd.io import versions
 
     return {"schema": SCHEMA, **result, "versions": versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -270,7 +270,7 @@ def create_app(engine: "SearchEngine", settings: ServeSettings | None = None) ->
     @app.get("/info")
     async def info() -> dict:
         from embed_kd.device import device_info
-        from embed_kd.evaluation.retrieval_eval import versions
+        from embed_kd.io import versions
 
         return {
             **engine.info(),

@@ -159,7 +159,7 @@ class SearchEngine:
         quantized (:meth:`embed_kd.index.store.PersistedIndex.compress`). ``backend``: the query encoder's
         runtime (:func:`embed_kd.teachers.bi_backend.with_backend`; the fingerprint, so the alignment check, stays).
         """
-        from embed_kd.evaluation.retrieval_eval import model_info
+        from embed_kd.models import model_info
         from embed_kd.index.store import open_index
         from embed_kd.models import load_sentence_transformer
         from embed_kd.students.asym import query_route

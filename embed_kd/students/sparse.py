@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embed_kd.errors import EmbedKDError
+from embed_kd.models import is_sparse_folder
 
 logger = logging.getLogger(__name__)
 
@@ -106,17 +107,6 @@ def init_tied_mlm_head(mlm, head_bias: float) -> None:
             preds.decoder.bias.fill_(float(head_bias))
     if mlm.get_output_embeddings().weight is not words.weight:
         raise EmbedKDError("sparse student: the MLM decoder could not be tied to the word embeddings")
-
-
-def is_sparse_folder(source: str | Path) -> bool:
-    """True when ``source`` is a saved sentence-transformers ``SparseEncoder`` folder."""
-    cfg = Path(source) / "config_sentence_transformers.json"
-    if not cfg.is_file():
-        return False
-    try:
-        return json.loads(cfg.read_text(encoding="utf-8")).get("model_type") == "SparseEncoder"
-    except (OSError, ValueError):
-        return False
 
 
 def _is_mlm_checkpoint(source: str | Path) -> bool:

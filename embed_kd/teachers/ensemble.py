@@ -232,7 +232,7 @@ class FirstStageMember:
             self.retriever = retriever or BM25Retriever.fit(dataset.corpus, show_progress=show_progress)
             self.info["config"] = dict(self.retriever.config.__dict__)
         else:
-            from embed_kd.evaluation.retrieval_eval import encode_corpus
+            from embed_kd.index.encoding import encode_corpus
             from embed_kd.index.cache import EmbeddingCache
             from embed_kd.models import fingerprint_model, load_sentence_transformer
 
@@ -260,7 +260,7 @@ class FirstStageMember:
         k = k or self.spec.k
         if self.spec.kind == "bm25":
             return self.retriever.retrieve(queries, k=k)
-        from embed_kd.evaluation.retrieval_eval import dense_run
+        from embed_kd.index.search import dense_run
 
         return dense_run(self._query_embeddings(queries), list(queries), self.doc_emb, self.doc_ids, k=k)
 
@@ -451,7 +451,7 @@ def evaluate_ensemble(config: EnsembleConfig, dataset: BeirDataset, *, fit_datas
     With ``config.fit == "dev"``, ``fit_dataset`` (the train split) is required and must not be the
     evaluated split's queries: weights come from its dev slice only.
     """
-    from embed_kd.evaluation.retrieval_eval import _result
+    from embed_kd.evaluation.retrieval_eval import eval_result
 
     t0 = time.perf_counter()
     timings = dict(timings or {})
@@ -499,9 +499,9 @@ def evaluate_ensemble(config: EnsembleConfig, dataset: BeirDataset, *, fit_datas
         member_info.append({"name": spec.name, "kind": spec.kind, "model": spec.model,
                             "model_fingerprint": info["fingerprint"], "max_length": info["max_length"]})
     label = {"spec": f"ensemble: {config.describe()}"}
-    result = _result("ensemble", dataset, scored, timings, query_model=label, doc_model=label,
-                     index={"kind": "ensemble", "top_k": max(m.k for m in config.first_stage)},
-                     cache={"docs": "on" if use_cache else "off"})
+    result = eval_result("ensemble", dataset, scored, timings, query_model=label, doc_model=label,
+                         index={"kind": "ensemble", "top_k": max(m.k for m in config.first_stage)},
+                         cache={"docs": "on" if use_cache else "off"})
     n_cand = [len(v) for v in next(iter(parts["scores"].values())).values()]
     result["ensemble"] = {
         "config": config.source,

@@ -96,7 +96,7 @@ def export_cross_encoder(model, variant: str, cache_root: Path | None = None) ->
         for p in tmp.glob("*.onnx"):
             if p != final:
                 p.unlink()
-        from embed_kd.evaluation.retrieval_eval import versions
+        from embed_kd.io import versions
 
         (tmp / "meta.json").write_text(json.dumps({
             "schema": SCHEMA, "model_fingerprint": fp, "variant": variant, "inputs": names, "optimized": optimized,

@@ -90,7 +90,7 @@ def export_cross_encoder(model, cache_root: Path | None = None) -> Path:
         port.get_tensor().set_names({name})
     with atomic_dir(folder, overwrite=True, artifact=Artifact(SCHEMA, "meta.json", "OpenVINO export")) as tmp:
         ov.save_model(graph, str(tmp / "model.xml"), compress_to_fp16=False)
-        from embed_kd.evaluation.retrieval_eval import versions
+        from embed_kd.io import versions
 
         (tmp / "meta.json").write_text(json.dumps({
             "schema": SCHEMA, "model_fingerprint": fp, "inputs": names, "versions": versions(),

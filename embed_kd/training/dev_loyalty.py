@@ -30,7 +30,7 @@ class DevLoyaltyEvaluator(SentenceEvaluator):
     def __init__(self, queries: dict[str, str], teacher_q: np.ndarray, doc_emb: np.ndarray, doc_ids: list[str], *,
                  name: str = "dev", batch_size: int = 64, normalize: bool = True, depth: int = 100):
         super().__init__()
-        from embed_kd.evaluation.retrieval_eval import dense_run
+        from embed_kd.index.search import dense_run
 
         self.queries, self.teacher_q = queries, teacher_q
         self.doc_emb, self.doc_ids = doc_emb, doc_ids
@@ -42,7 +42,7 @@ class DevLoyaltyEvaluator(SentenceEvaluator):
     def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         from embed_kd.encode import encode_texts
         from embed_kd.evaluation.loyalty import _mean_cosine, spearman_same_candidates, top_k_overlap
-        from embed_kd.evaluation.retrieval_eval import dense_run
+        from embed_kd.index.search import dense_run
 
         qids = list(self.queries)
         s_q = encode_texts(model, [self.queries[q] for q in qids], batch_size=self.batch_size,

@@ -207,7 +207,7 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
     from embed_kd.encode import uses_cosine
-    from embed_kd.evaluation.retrieval_eval import encode_corpus
+    from embed_kd.index.encoding import encode_corpus
     from embed_kd.index.cache import EmbeddingCache
     from embed_kd.models import fingerprint_model, load_sentence_transformer
     from embed_kd.students.build import build_student
@@ -392,9 +392,8 @@ def _finish(*, cfg, out, work, overwrite, ckpt_dir, step, student, evaluator, te
             train_time_s, t_start, budget, config_file, overrides, world, **_) -> dict:
     """Rank 0 after training: final checkpoint, averaging, dev metrics, manifest, atomic output."""
     from embed_kd.device import device_info
-    from embed_kd.evaluation.retrieval_eval import model_info, versions
-    from embed_kd.io import atomic_dir, atomic_write_json
-    from embed_kd.models import fingerprint_model
+    from embed_kd.io import atomic_dir, atomic_write_json, versions
+    from embed_kd.models import fingerprint_model, model_info
     from embed_kd.training.averaging import finish_checkpoints
     from embed_kd.training.prologue import OUTPUT_ARTIFACT
 

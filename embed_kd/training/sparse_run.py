@@ -87,7 +87,7 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     from sentence_transformers.sparse_encoder.data_collator import SparseEncoderDataCollator
 
     from embed_kd.data.beir import doc_text
-    from embed_kd.evaluation.retrieval_eval import versions
+    from embed_kd.io import versions
     from embed_kd.io import atomic_dir, atomic_write_json
     from embed_kd.models import fingerprint_model
     from embed_kd.students.sparse import SparseHeadOptions, build_sparse_student
