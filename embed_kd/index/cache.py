@@ -23,11 +23,9 @@ cannot be written (full disk, read-only) is logged and skipped: the run goes on 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -37,18 +35,10 @@ import numpy as np
 from embed_kd.data.fingerprint import fingerprint_json
 from embed_kd.data.resolve import cache_root
 from embed_kd.errors import ArtifactError
-from embed_kd.io import Artifact, atomic_dir
+from embed_kd.io import Artifact, atomic_dir, sha256_file, utc_now
 
 logger = logging.getLogger(__name__)
 SCHEMA = "embed-kd/embeddings@1"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -66,8 +56,8 @@ def write_entry_meta(folder: Path, key_fields: dict, ids: Sequence[str], shape: 
     (folder / "ids.json").write_text(json.dumps(list(ids)), encoding="utf-8")
     meta = {
         "schema": SCHEMA, **key_fields, "n": int(shape[0]), "dim": int(shape[1]),
-        "sha256": _sha256_file(folder / "embeddings.npy"), "model": model,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "sha256": sha256_file(folder / "embeddings.npy"), "model": model,
+        "created": utc_now(),
     }
     (folder / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
@@ -118,7 +108,7 @@ class EmbeddingCache:
                 problem = "meta.json does not match its key"
             elif cached_ids != list(ids):
                 problem = "document ids differ"
-            elif verify and _sha256_file(path / "embeddings.npy") != meta.get("sha256"):
+            elif verify and sha256_file(path / "embeddings.npy") != meta.get("sha256"):
                 problem = "embeddings.npy checksum mismatch (truncated or modified)"
             else:
                 emb = np.load(path / "embeddings.npy", allow_pickle=False, mmap_mode="c" if mmap else None)

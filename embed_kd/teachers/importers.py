@@ -84,6 +84,7 @@ import numpy as np
 
 from embed_kd.data.lines import GZIP_ERRORS, is_gzip, iter_lines, open_binary
 from embed_kd.errors import DataError, EmbedKDError
+from embed_kd.io import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -110,14 +111,6 @@ class ImportOptions:
 def flag_id(prefix: str, text: str) -> str:
     """The id of a text in a ``flag-jsonl`` import: ``prefix`` + 16 hex digits of its sha256."""
     return prefix + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------ raw rows

@@ -104,14 +104,14 @@ import logging
 import os
 import re
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from embed_kd.data.fingerprint import fingerprint_json
 from embed_kd.errors import ArtifactError, EmbedKDError
-from embed_kd.io import Artifact, atomic_write_bytes, atomic_write_json, claim_output, read_json
+from embed_kd.io import (Artifact, atomic_write_bytes, atomic_write_json, claim_output, read_json, sha256_file,
+                         utc_now, versions)
 
 logger = logging.getLogger(__name__)
 
@@ -193,8 +193,6 @@ def config_fingerprint(manifest: Mapping[str, Any]) -> str:
 
 
 def _versions() -> dict:
-    from embed_kd.evaluation.retrieval_eval import versions
-
     out = versions()
     with contextlib.suppress(Exception):
         import importlib.metadata as md
@@ -232,7 +230,7 @@ def new_manifest(*, dataset: Mapping[str, Any], candidates: Sequence[Mapping[str
 
     m = {
         "schema": SCHEMA,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": utc_now(),
         "versions": _versions(),
         "device": device_info(),
         "dataset": dict(dataset),
@@ -445,7 +443,7 @@ class ScoreStoreWriter:
             queries += b - a + 1
             chunks += 1
             if p.name not in sums:
-                sums[p.name] = _sha256_file(p)
+                sums[p.name] = sha256_file(p)
         self.manifest["progress"] = {"queries_done": queries, "rows": rows, "chunks": chunks}
 
     # -- writing
@@ -550,14 +548,6 @@ def _table_from_columns(columns: Mapping[str, Sequence], schema):
     if len(set(lengths.values())) > 1:
         raise EmbedKDError(f"chunk columns have different lengths: {lengths}")
     return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _lock(folder: Path) -> int:
@@ -808,7 +798,7 @@ def open_scores(path: str | os.PathLike, *, allow_incomplete: bool = False) -> S
             schema = pq.read_schema(p)
         except Exception as exc:  # noqa: BLE001
             raise ArtifactError(f"{p}: unreadable chunk ({' '.join(str(exc).split())}); {RECOMPUTE}") from None
-        if p.name in sums and _sha256_file(p) != sums[p.name]:
+        if p.name in sums and sha256_file(p) != sums[p.name]:
             raise ArtifactError(f"{p}: checksum does not match {MANIFEST} (modified or corrupt); delete it and rerun "
                                 "the same score-teacher command to recompute it")
         if schema.names != expected.names:
