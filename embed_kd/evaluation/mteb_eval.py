@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from embed_kd.errors import EmbedKDError
+from embed_kd.io import utc_now
 
 logger = logging.getLogger(__name__)
 SCHEMA = "embed-kd/mteb@1"
@@ -367,7 +368,7 @@ def run_mteb(tasks: list[ResolvedTask], query_model, doc_model=None, *, batch_si
         "cache": {"docs": encoder.cache_results or ("off" if cache is None else "not used")},
         "device": device_info(),
         "versions": {**versions(), "mteb": mteb.__version__},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": utc_now(),
     }
     for task in out_tasks:
         if task["type"] == "Retrieval":

@@ -37,6 +37,7 @@ import time
 
 from embed_kd.data.sts import StsPairs
 from embed_kd.errors import EmbedKDError
+from embed_kd.io import utc_now
 
 SCHEMA = "embed-kd/sts@1"
 METRICS = ("spearman_cosine", "pearson_cosine")
@@ -109,7 +110,7 @@ def sts_document(result: dict) -> dict:
     from embed_kd.io import versions
 
     return {"schema": SCHEMA, **result, "versions": versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "created": utc_now()}
 
 
 def sts_table(results: list[dict]) -> str:

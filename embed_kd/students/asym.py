@@ -56,10 +56,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 from embed_kd.errors import ArtifactError, EmbedKDError
+from embed_kd.io import utc_now, versions
 
 logger = logging.getLogger(__name__)
 
@@ -190,19 +190,6 @@ def tower_info(model) -> dict:
             "modules": [type(m).__name__ for m in model.children()]}
 
 
-def _versions() -> dict:
-    import importlib.metadata as md
-    import platform
-
-    out = {"python": platform.python_version()}
-    for pkg in ("embed-kd", "sentence-transformers", "torch", "transformers"):
-        try:
-            out[pkg.replace("-", "_")] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def _as_model(model, what: str):
     from embed_kd.models import load_sentence_transformer, is_sparse_model
 
@@ -247,7 +234,7 @@ def build_asym(query_model, doc_model, output: str | os.PathLike, *, overwrite: 
     model = SentenceTransformer(modules=[router], device=str(d.device), similarity_fn_name=d.similarity_fn_name,
                                 prompts=prompts or None)
     manifest = {"schema": SCHEMA, "query": q_info, "document": d_info, "similarity_fn_name": d.similarity_fn_name,
-                "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                "versions": versions(), "created": utc_now()}
     with atomic_dir(output, overwrite=overwrite, artifact=artifact) as tmp:
         model.save(str(tmp))
         atomic_write_json(tmp / MANIFEST, manifest)

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from embed_kd.errors import EmbedKDError
+from embed_kd.io import utc_now
 
 logger = logging.getLogger(__name__)
 BACKENDS = ("torch", "openvino", "onnx")
@@ -101,7 +102,7 @@ def export(model, backend: str, cache_root: Path | None = None) -> tuple[Path, l
                                             "last_hidden_state": {0: "batch", 1: "seq"}})
         (tmp / "meta.json").write_text(json.dumps({
             "schema": SCHEMA, "model_fingerprint": fp, "backend": backend, "inputs": names, "versions": _versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created": utc_now(),
             "export_s": round(time.perf_counter() - t0, 2)}, indent=2), encoding="utf-8")
     return graph, names
 

@@ -64,6 +64,7 @@ import numpy as np
 from embed_kd.data.beir import BeirDataset
 from embed_kd.errors import EmbedKDError, describe_parse_error
 from embed_kd.evaluation.metrics import evaluate_run, top_k
+from embed_kd.io import utc_now
 from embed_kd.teachers.dev_split import DEFAULT_DEV_QUERIES, DEFAULT_SEED, carve_dev_slice, check_fit_split
 from embed_kd.teachers.fusion import METHODS, NORMS, fuse_runs
 
@@ -415,7 +416,7 @@ def weights_document(config: EnsembleConfig, weights: Mapping[str, float], fit: 
     """The ``embed-kd/ensemble-weights@1`` JSON document."""
     return {
         "schema": WEIGHTS_SCHEMA,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": utc_now(),
         "norm": config.norm, "fusion": config.fusion, "rrf_k": config.rrf_k, "rerank_depth": config.rerank_depth,
         "members": member_info,
         "weights": flat_weights(config, weights),

@@ -31,6 +31,7 @@ from typing import Mapping
 import numpy as np
 
 from embed_kd.errors import EmbedKDError
+from embed_kd.io import utc_now
 
 logger = logging.getLogger(__name__)
 VARIANTS = ("onnx", "onnx-int8")
@@ -100,7 +101,7 @@ def export_cross_encoder(model, variant: str, cache_root: Path | None = None) ->
 
         (tmp / "meta.json").write_text(json.dumps({
             "schema": SCHEMA, "model_fingerprint": fp, "variant": variant, "inputs": names, "optimized": optimized,
-            "opset": OPSET, "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "opset": OPSET, "versions": versions(), "created": utc_now(),
             "export_s": round(time.perf_counter() - t0, 2)}, indent=2))
     return folder / "model.onnx"
 

@@ -38,6 +38,7 @@ from typing import Mapping
 import numpy as np
 
 from embed_kd.errors import EmbedKDError
+from embed_kd.io import utc_now
 
 logger = logging.getLogger(__name__)
 VARIANTS = {"openvino": "f32", "openvino-bf16": "bf16"}
@@ -94,7 +95,7 @@ def export_cross_encoder(model, cache_root: Path | None = None) -> Path:
 
         (tmp / "meta.json").write_text(json.dumps({
             "schema": SCHEMA, "model_fingerprint": fp, "inputs": names, "versions": versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created": utc_now(),
             "export_s": round(time.perf_counter() - t0, 2)}, indent=2))
     return folder / "model.xml"
 

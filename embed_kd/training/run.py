@@ -83,6 +83,7 @@ import numpy as np
 
 from embed_kd import distributed as dist
 from embed_kd.errors import ArtifactError, EmbedKDError
+from embed_kd.io import utc_now
 from embed_kd.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -403,7 +404,7 @@ def _finish(*, cfg, out, work, overwrite, ckpt_dir, step, student, evaluator, te
     auto = getattr(student[0], "auto_model", None)
     manifest = {
         "schema": SCHEMA,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": utc_now(),
         "config": cfg.to_dict(), "config_file": config_file, "overrides": list(overrides or []),
         "dataset": {"name": dataset.name, "path": str(dataset.path), "split": dataset.split, **full_fps,
                     "n_queries": len(dataset.queries), "train_queries": len(train_qids), "dev_queries": dev_qids,

@@ -41,6 +41,7 @@ import shutil
 import time
 
 from embed_kd.errors import EmbedKDError
+from embed_kd.io import utc_now
 from embed_kd.training.config import TrainConfig
 from embed_kd.training.data import load_training_scores
 
@@ -196,7 +197,7 @@ def train_sparse_student(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     auto = student[0].model if hasattr(student[0], "model") else getattr(student[0], "auto_model", None)
     manifest = {
         "schema": SCHEMA,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": utc_now(),
         "config": cfg.to_dict(), "config_file": config_file, "overrides": list(overrides or []),
         "dataset": {"name": dataset.name, "path": str(dataset.path), "split": dataset.split, **full_fps,
                     "n_queries": len(dataset.queries), "train_queries": len(train_qids), "dev_queries": dev_qids,
