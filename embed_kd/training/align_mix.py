@@ -51,6 +51,7 @@ import numpy as np
 
 from embed_kd.data.fingerprint import fingerprint_json
 from embed_kd.errors import DataError, EmbedKDError
+from embed_kd.index.encoding import query_embeddings
 
 IN_DOMAIN = ("corpus", "queries")
 GENERAL = ("stsb-train",)
@@ -223,14 +224,12 @@ def general_align_embeddings(teacher, value, *, cache, show_progress: bool = Tru
                              ) -> dict[str, tuple[list[str], np.ndarray]]:
     """``{source: (texts, teacher embeddings)}`` for the declared sources outside the training dataset,
     through the shared embedding cache (keyed by the teacher's and the texts' fingerprints)."""
-    from embed_kd.training.data import teacher_query_embeddings
-
     out = {}
     for src in parse_align_texts(value):
         if src.in_domain:
             continue
         texts = general_texts(src)
         ids = [f"{src.name}#{i}" for i in range(len(texts))]
-        emb = teacher_query_embeddings(teacher, dict(zip(ids, texts)), ids, cache=cache, show_progress=show_progress)
+        emb = query_embeddings(teacher, dict(zip(ids, texts)), ids, cache=cache, show_progress=show_progress)
         out[src.name] = (texts, emb)
     return out

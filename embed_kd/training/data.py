@@ -45,9 +45,9 @@ from typing import TYPE_CHECKING, Container, Iterator, Mapping
 import numpy as np
 
 from embed_kd.data.beir import BeirDataset, doc_text
-from embed_kd.data.fingerprint import fingerprint_queries
 from embed_kd.errors import ArtifactError, EmbedKDError
 from embed_kd.teachers.fusion import normalize_scores
+from embed_kd.training.align_mix import mix_align, parse_align_texts
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow
@@ -240,23 +240,6 @@ def build_score_examples(candidates: Mapping[str, list[tuple[str, float, int]]] 
     return ScoreExamples(pa.concat_tables(tables), stats)
 
 
-def teacher_query_embeddings(teacher, queries: dict[str, str], qids: list[str], *, cache, batch_size: int = 64,
-                             show_progress: bool = True) -> np.ndarray:
-    """Teacher embeddings of ``qids`` (row order), through the shared embedding cache."""
-    from embed_kd.encode import encode_texts, uses_cosine
-    from embed_kd.models import fingerprint_model, model_name
-
-    normalize = uses_cosine(teacher)
-    sub = {q: queries[q] for q in qids}
-    key = cache.make_key(fingerprint_model(teacher), "queries:" + fingerprint_queries(sub),
-                         getattr(teacher, "max_seq_length", None), normalize)
-    res = cache.get_or_encode(key, qids, lambda: encode_texts(teacher, [sub[q] for q in qids], batch_size=batch_size,
-                                                                normalize=normalize, role="query",
-                                                                show_progress=show_progress),
-                              model=model_name(teacher))
-    return res.embeddings
-
-
 def build_align_examples(dataset: BeirDataset, doc_emb: np.ndarray, doc_ids: list[str], train_qids: list[str],
                          query_emb: np.ndarray | None, *, texts: list, max_texts: int | None, seed: int,
                          general: dict[str, tuple[list[str], np.ndarray]] | None = None
@@ -264,8 +247,6 @@ def build_align_examples(dataset: BeirDataset, doc_emb: np.ndarray, doc_ids: lis
     """Alignment texts and their teacher embeddings from the ``texts`` sources (``examples.align_texts``:
     corpus documents, train queries, and the ``general`` sources' ``(texts, teacher embeddings)``), mixed by
     their weights (:mod:`embed_kd.training.align_mix`)."""
-    from embed_kd.training.align_mix import mix_align, parse_align_texts
-
     parts = []
     for src in parse_align_texts(texts):
         if src.name == "corpus":

@@ -208,12 +208,11 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
     from embed_kd.encode import uses_cosine
-    from embed_kd.index.encoding import encode_corpus
+    from embed_kd.index.encoding import encode_corpus, query_embeddings
     from embed_kd.index.cache import EmbeddingCache
     from embed_kd.models import fingerprint_model, load_sentence_transformer
     from embed_kd.students.build import build_student
-    from embed_kd.training.data import (build_align_examples, build_score_examples, split_dev,
-                                        teacher_query_embeddings)
+    from embed_kd.training.data import build_align_examples, build_score_examples, split_dev
     from embed_kd.training.dev_eval import DevRetrievalEvaluator
     from embed_kd.device import pin_trainer_device
     from embed_kd.training.prologue import prepare_training_run, quiet_trainer_logs, trainer_arguments
@@ -264,10 +263,10 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
         if "queries" in source_names(cfg.examples.align_texts):  # rank 0 first (it fills the cache), then the others
             with dist.step("teacher query embeddings"):
                 if world.is_main:
-                    q_emb = teacher_query_embeddings(teacher, dataset.queries, train_qids, cache=cache,
+                    q_emb = query_embeddings(teacher, dataset.queries, train_qids, cache=cache,
                                                      show_progress=show_progress)
             if not world.is_main:
-                q_emb = teacher_query_embeddings(teacher, dataset.queries, train_qids, cache=cache,
+                q_emb = query_embeddings(teacher, dataset.queries, train_qids, cache=cache,
                                                  show_progress=False)
         with dist.step("teacher embeddings of general alignment texts"):  # stsb-train, file:PATH (same order)
             general = general_align_embeddings(teacher, cfg.examples.align_texts, cache=cache,
@@ -308,7 +307,7 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
         from embed_kd.training.dev_loyalty import DevLoyaltyEvaluator
 
         evaluator = DevLoyaltyEvaluator({q: dataset.queries[q] for q in dev_qids},
-                                        teacher_query_embeddings(teacher, dataset.queries, dev_qids, cache=cache,
+                                        query_embeddings(teacher, dataset.queries, dev_qids, cache=cache,
                                                                  show_progress=False),
                                         doc_emb, doc_ids, normalize=normalize)
     elif dev_qids:
