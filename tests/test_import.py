@@ -294,3 +294,18 @@ def test_other_formats_refuse_bad_values(tmp_path, tiny_beir):
     r = _import(["--format", "st-scores-pkl", "--data", str(tiny_beir), str(pkl)], tmp_path / "o3")
     assert r.exit_code == 2 and "refusing to construct builtins.print" in r.output, r.output
     assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3))
+
+
+def test_export_hf_of_a_flag_import_reads_the_stored_texts(tmp_path):
+    import datasets
+
+    path = tmp_path / "flag.jsonl"
+    path.write_text(json.dumps({"query": "cat ?", "pos": ["cats purr"], "neg": ["dogs bark", "sun light"],
+                                "pos_scores": [3.0], "neg_scores": [1.0, -2.0]}) + "\n")
+    assert _import(["--format", "flag-jsonl", str(path)], tmp_path / "imp").exit_code == 0
+    r = CliRunner().invoke(main, ["score-teacher", "export", str(tmp_path / "imp"), "--format", "hf-margin-mse",
+                                  "-o", str(tmp_path / "hf")])
+    assert r.exit_code == 0, r.output
+    ds = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert sorted(zip(ds["negative"], ds["label"])) == [("dogs bark", 2.0), ("sun light", 5.0)]
+    assert set(ds["query"]) == {"cat ?"} and set(ds["positive"]) == {"cats purr"}

@@ -92,9 +92,21 @@ def _texts(store, data: str | None):
     from embed_kd.data import load_beir, resolve_dataset
     from embed_kd.data.fingerprint import fingerprint_corpus
 
+    from embed_kd.data.inputs import load_inputs
+
     ds_meta = store.manifest["dataset"]
-    folder = resolve_dataset(data or ds_meta.get("path") or ds_meta["name"])
-    ds = load_beir(folder, ds_meta["split"], allow_missing_ids=True)
+    src = ds_meta.get("sources") or {}
+    texts = getattr(store, "texts_dir", None)
+    if data is None and texts is not None:  # an import that stored its texts (flag-jsonl)
+        folder = texts
+        ds = load_inputs(corpus=texts / "corpus.jsonl", queries=texts / "queries.jsonl", split=ds_meta["split"])
+    elif data is None and (src.get("queries") or src.get("corpus")):  # made from --queries / --corpus files
+        folder = src.get("corpus") or src.get("data")
+        ds = load_inputs(data=src.get("data"), split=ds_meta["split"], corpus=src.get("corpus"),
+                         queries=src.get("queries"), allow_missing_ids=True)
+    else:
+        folder = resolve_dataset(data or ds_meta.get("path") or ds_meta["name"])
+        ds = load_beir(folder, ds_meta["split"], allow_missing_ids=True)
     if fingerprint_corpus(ds.corpus) != ds_meta["corpus_fingerprint"]:
         raise ArtifactError(f"{store.path}: scores were made on another corpus than {folder} "
                             "(corpus fingerprints differ); pass --data with the right dataset")
