@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import pickle
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,10 +29,10 @@ def _import(args, out: Path):
     return CliRunner().invoke(main, ["score-teacher", "import", *args, "-o", str(out)])
 
 
-def _train(tmp_path, tiny_beir, tiny_model, store, cache_dir, **extra):
+def _train(tmp_path, tiny_beir, tiny_model, store, cache_dir, sets=(), **extra):
     cfg = _config(tmp_path, tiny_beir, tiny_model, store, average={"enabled": False}, **extra)
     r = CliRunner().invoke(main, ["train", str(cfg), "--cache-dir", str(cache_dir), "--no-progress", "-q",
-                                  "--set", "train.max_steps=3"])
+                                  "--set", "train.max_steps=3", *(x for kv in sets for x in ("--set", kv))])
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "student" / "embed_kd_train.json").read_text())
     assert m["training"]["global_step"] == 3 and m["student"]["fingerprint"] != m["student"]["init_fingerprint"]
@@ -138,8 +139,10 @@ def test_hf_columns_margins_stay_margins(tmp_path, tiny_beir, tiny_model, tiny_s
     assert len(triples) == len(q) and all(triples[(qq, a, b)] == pytest.approx(mm) for qq, a, b, mm in zip(q, p, n, m))
     with pytest.raises(Exception, match="margins"):  # no per-document ranking is made up
         st.to_run()
-    mf = _train(tmp_path, tiny_beir, tiny_model, tmp_path / "imp", cache_dir)
-    assert mf["examples"]["score"]["score_kind"] == "margin"
+    for loss in ("margin_mse", "kl"):  # both losses train on margins (KL: the softmax ignores the unknown shift)
+        shutil.rmtree(tmp_path / "student", ignore_errors=True)
+        mf = _train(tmp_path, tiny_beir, tiny_model, tmp_path / "imp", cache_dir, sets=[f"losses.score={loss}"])
+        assert mf["examples"]["score"]["score_kind"] == "margin"
 
     # the margin examples' labels reproduce the margins exactly (Margin-MSE reads label[0] - label[i])
     from embed_kd.data import load_beir
@@ -173,7 +176,8 @@ def test_listwise_lists_and_lists_as_strings(tmp_path, tiny_beir, tiny_model, ti
         assert r.exit_code == 0, r.output
         got = open_scores(tmp_path / f"imp{i}").to_run()
         assert all(got[q] == pytest.approx(run[q]) for q in run)
-    _train(tmp_path, tiny_beir, tiny_model, tmp_path / "imp1", cache_dir)
+    m = _train(tmp_path, tiny_beir, tiny_model, tmp_path / "imp1", cache_dir, sets=["losses.score=kl"])
+    assert m["config"]["losses"]["score"] == "kl"  # listwise KL needs only the teacher's scores
 
 
 def test_flag_jsonl_texts_stored_alongside(tmp_path, tiny_beir, tiny_model, tiny_store, cache_dir):
