@@ -1,6 +1,6 @@
 """The start of a training run, shared by dense and sparse students (:func:`embed_kd.training.run.train_student`,
 :func:`embed_kd.training.sparse_run.train_sparse_student`): everything between a validated config and
-the first model load.
+the first model load. The rest of the run's life is :mod:`embed_kd.training.lifecycle`.
 
 :func:`prepare_training_run`, in order:
 
@@ -11,7 +11,7 @@ the first model load.
    ownership rule (:func:`embed_kd.io.claim_output`): ``OUTPUT`` is replaced only when it is an
    embed-kd student (``embed_kd_train.json``, :data:`OUTPUT_ARTIFACT`), ``OUTPUT.work`` is resumed
    or removed only when it is an embed-kd work folder (``run.json``, :data:`WORK_ARTIFACT`) —
-   anything else is refused even with ``--overwrite``;
+   anything else is refused even with ``--overwrite``; ``--resume`` without an ``OUTPUT.work`` is refused;
 3. refuses ``split: test`` (test queries would leak into the benchmark); selects the device
    (``device:`` / ``--device``, :func:`embed_kd.device.select_device`) and resolves
    ``train.precision`` for it (half precision on the CPU refused);
@@ -71,6 +71,7 @@ class TrainingRun:
     t_start  ``time.perf_counter()`` when the run started (for ``training.total_time_s``)
     device   the device the run trains on (``cpu``, ``cuda:N``, ``mps``)
     precision the resolved ``train.precision``: ``fp32``, ``bf16`` or ``fp16``
+    limit_queries, limit_docs  ``--limit-queries`` / ``--limit-docs`` (None: the whole dataset)
     ======== ==============================================================================
     """
 
@@ -83,6 +84,8 @@ class TrainingRun:
     t_start: float
     device: str = "cpu"
     precision: str = "fp32"
+    limit_queries: int | None = None
+    limit_docs: int | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -119,6 +122,8 @@ def prepare_training_run(cfg: TrainConfig, *, overwrite: bool = False, resume: b
         if work_exists and not resume and not overwrite:
             raise EmbedKDError(f"{work}: an interrupted run of this output exists; pass --resume to continue it "
                                "or --overwrite to start over")
+        if resume and not work.is_dir():
+            raise EmbedKDError(f"--resume: no interrupted run of {out} ({work} does not exist)")
     with dist.step("clearing the previous run"):
         if work.exists() and not resume and world.is_main:
             if not remove_owned(work, WORK_ARTIFACT):
@@ -148,7 +153,8 @@ def prepare_training_run(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     if sliced:
         dataset = dataset.sliced(limit_queries, limit_docs)
     return TrainingRun(out=out, work=work, world=world, dataset=dataset, full_fps=full_fps, sliced=sliced,
-                       t_start=t_start, device=device, precision=precision)
+                       t_start=t_start, device=device, precision=precision, limit_queries=limit_queries,
+                       limit_docs=limit_docs)
 
 
 def trainer_arguments(cfg: TrainConfig, ckpt_dir: Path, *, evaluate: bool, show_progress: bool,

@@ -35,15 +35,11 @@ encoded data-parallel once (:mod:`embed_kd.index.stream_encode`); only rank 0 wr
 weights, the output folder and its manifest (``training.world_size`` records N). The time budget
 is agreed on by all processes (they stop at the same step).
 
-``OUTPUT.work/run.json`` (schema ``embed-kd/train-work@1``) fingerprints what decides the run:
-``{"schema", "fingerprint", "inputs": {"config" (without train.threads), "limit_queries",
-"limit_docs", "dataset" (corpus/queries/qrels fingerprints), "scores" (config_fingerprint),
-"teacher" (fingerprint), "student_init" (fingerprint), "align_sources" (only with a general
-alignment source: its texts' fingerprint)}}``. ``--resume`` refuses a work folder made
-with other inputs, resumes from the newest *complete* checkpoint (one whose ``trainer_state.json``
-— the trainer's last write — exists; a checkpoint cut short by a kill is removed) through the
-trainer's own ``resume_from_checkpoint`` (weights, optimizer, scheduler, RNG states, data position),
-and starts from step 0 when the run was killed before its first checkpoint.
+The run's life — ``OUTPUT.work/run.json`` and its input fingerprint (here with ``"teacher"`` and,
+with a general alignment source, ``"align_sources"``: its texts' fingerprint), ``--resume`` from
+the newest complete checkpoint, the time budget, averaging, the manifest, the card and the atomic
+output — is :mod:`embed_kd.training.lifecycle`'s, shared with sparse students; this module supplies
+the student, the losses, the examples and the dev evaluator.
 
 Run manifest ``embed_kd_train.json`` (schema ``embed-kd/train-run@1``)::
 
@@ -73,105 +69,25 @@ Run manifest ``embed_kd_train.json`` (schema ``embed-kd/train-run@1``)::
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import subprocess
-import time
-from pathlib import Path
 
 import numpy as np
 
 from embed_kd import distributed as dist
-from embed_kd.errors import ArtifactError, EmbedKDError
-from embed_kd.io import utc_now
+from embed_kd.encode import uses_cosine
+from embed_kd.errors import EmbedKDError
+from embed_kd.index.cache import EmbeddingCache
+from embed_kd.index.encoding import encode_corpus, query_embeddings
+from embed_kd.models import fingerprint_model, load_sentence_transformer, model_info
+from embed_kd.students.asym import build_asym
+from embed_kd.students.build import build_student
+from embed_kd.training.align_mix import general_align_embeddings, source_names
 from embed_kd.training.config import TrainConfig
+from embed_kd.training.data import build_align_examples, build_score_examples, load_training_scores, split_dev
+from embed_kd.training.lifecycle import RunLifecycle
+from embed_kd.training.margin_examples import build_margin_examples
+from embed_kd.training.prologue import prepare_training_run
 
 logger = logging.getLogger(__name__)
-SCHEMA = "embed-kd/train-run@1"
-MANIFEST = "embed_kd_train.json"
-WORK_SCHEMA = "embed-kd/train-work@1"
-WORK_MANIFEST = "run.json"
-_TRAINER_STATE = "trainer_state.json"  # the last file the trainer writes into a checkpoint
-
-
-def complete_checkpoints(ckpt_dir: Path, *, remove_partial: bool = False) -> list[Path]:
-    """The checkpoints of ``ckpt_dir`` the trainer finished writing (``trainer_state.json`` present),
-    by step; with ``remove_partial`` the others (a save cut short by a kill) are deleted."""
-    from embed_kd.training.averaging import list_checkpoints
-
-    done = []
-    for ck in list_checkpoints(ckpt_dir):
-        if (ck / _TRAINER_STATE).is_file():
-            done.append(ck)
-        elif remove_partial:
-            logger.warning("%s: incomplete checkpoint (interrupted while saving): removing it", ck)
-            shutil.rmtree(ck, ignore_errors=True)
-    return done
-
-
-def _check_work(work: Path, run_fp: str, inputs: dict, resume: bool) -> None:
-    """Write ``work/run.json`` for a new run; on ``resume`` refuse a work folder made with other inputs."""
-    from embed_kd.io import atomic_write_json, read_json
-
-    path = work / WORK_MANIFEST
-    if resume and path.is_file():
-        old = read_json(path, "interrupted-run manifest")
-        if not isinstance(old, dict) or old.get("schema") != WORK_SCHEMA:
-            raise ArtifactError(f"{path}: not an embed-kd interrupted-run manifest (schema {WORK_SCHEMA!r})")
-        if old.get("fingerprint") != run_fp:
-            before = old.get("inputs") or {}
-            diff = sorted(k for k in set(before) | set(inputs) if before.get(k) != inputs.get(k))
-            raise ArtifactError(
-                f"{work}: the interrupted run was made with other inputs (fingerprint {old.get('fingerprint')}, this "
-                f"run {run_fp}; differs in: {', '.join(diff) or '?'}); resume it with the same config and data, "
-                "or pass --overwrite to start over")
-        return
-    atomic_write_json(path, {"schema": WORK_SCHEMA, "fingerprint": run_fp, "inputs": inputs})
-
-
-def git_info() -> dict:
-    """The commit of the embed-kd checkout running this (null outside a git checkout)."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                    capture_output=True, text=True, timeout=10).stdout.strip()) if commit else None
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {"commit": commit, "dirty": dirty}
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _time_budget_callback(max_time_s: float | None):
-    from transformers import TrainerCallback
-
-    class TimeBudget(TrainerCallback):
-        def __init__(self):
-            self.start = None
-            self.stopped = False
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            over = bool(max_time_s and self.start and time.perf_counter() - self.start > max_time_s)
-            if max_time_s and dist.is_initialized():  # every process stops at the same step, or DDP hangs
-                over = any(dist.all_gather_object(over))
-            if over:
-                logger.warning("time budget of %.0fs reached at step %d: stopping", max_time_s, state.global_step)
-                self.stopped = True
-                control.should_training_stop = True
-                control.should_save = True
-            return control
-
-    return TimeBudget()
 
 
 def _build_losses(cfg: TrainConfig, student, doc_emb: np.ndarray):
@@ -194,11 +110,76 @@ def _build_losses(cfg: TrainConfig, student, doc_emb: np.ndarray):
     return losses
 
 
+def _score_examples(cfg: TrainConfig, store, by_query, dataset, train_qids, doc_row, sliced: bool):
+    """Score examples from the store's candidates (imported margins are trained on as margins)."""
+    if by_query is None:
+        return None
+    E = cfg.examples
+    common = dict(negatives=E.negatives, sampling=E.sampling, rounds=E.rounds, score_norm=E.score_norm,
+                  documents=cfg.losses.score_documents, doc_row=doc_row, seed=cfg.train.seed)
+    if store.score_kind == "margin":
+        return build_margin_examples(store, dataset, train_qids, **common, keep_docs=dataset.corpus if sliced else None)
+    return build_score_examples(by_query, dataset, train_qids, **common, min_candidates=E.min_candidates)
+
+
+def _on_main_first(world, what: str, compute):
+    """``compute(show_progress)`` on rank 0 first (it fills the shared cache), then on the others."""
+    out = None
+    with dist.step(what):
+        if world.is_main:
+            out = compute(True)
+    return out if world.is_main else compute(False)
+
+
+def _align_examples(cfg: TrainConfig, teacher, dataset, doc_emb, doc_ids, train_qids, cache, world,
+                    show_progress: bool):
+    """``(texts, teacher embeddings, stats, general sources)`` of the alignment loss."""
+    E = cfg.examples
+    q_emb = None
+    if "queries" in source_names(E.align_texts):
+        q_emb = _on_main_first(world, "teacher query embeddings", lambda progress: query_embeddings(
+            teacher, dataset.queries, train_qids, cache=cache, show_progress=show_progress and progress))
+    general = _on_main_first(  # stsb-train, file:PATH (same order on every rank)
+        world, "teacher embeddings of general alignment texts", lambda progress: general_align_embeddings(
+            teacher, E.align_texts, cache=cache, show_progress=show_progress and progress))
+    texts, emb, stats = build_align_examples(dataset, doc_emb, doc_ids, train_qids, q_emb, texts=E.align_texts,
+                                             max_texts=E.max_align_texts, seed=cfg.train.seed, general=general)
+    return texts, emb, stats, general
+
+
+def _dev_evaluator(dataset, dev_qids, teacher, doc_emb, doc_ids, cache, normalize: bool):
+    """The dev slice: nDCG@10 against its judgments, or loyalty to the teacher without them."""
+    if not dev_qids:
+        return None
+    queries = {q: dataset.queries[q] for q in dev_qids}
+    if not dataset.qrels:
+        from embed_kd.training.dev_loyalty import DevLoyaltyEvaluator
+
+        return DevLoyaltyEvaluator(queries, query_embeddings(teacher, dataset.queries, dev_qids, cache=cache,
+                                                             show_progress=False),
+                                   doc_emb, doc_ids, normalize=normalize)
+    from embed_kd.training.dev_eval import DevRetrievalEvaluator
+
+    return DevRetrievalEvaluator(queries, {q: dataset.qrels[q] for q in dev_qids}, doc_emb, doc_ids,
+                                 normalize=normalize)
+
+
+def _student_block(cfg: TrainConfig, student, init_desc: str, init_fp: str) -> dict:
+    auto = getattr(student[0], "auto_model", None)
+    return {"init": init_desc, "init_fingerprint": init_fp, "fingerprint": fingerprint_model(student),
+            "dim": student.get_embedding_dimension(), "type": cfg.student.type,
+            "max_seq_length": None if student.max_seq_length == float("inf") else student.max_seq_length,
+            "layers": getattr(getattr(auto, "config", None), "num_hidden_layers", None),
+            "params": int(sum(p.numel() for p in student.parameters()))}
+
+
 def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False, show_progress: bool = True,
                   cache_dir: str | None = None, limit_queries: int | None = None, limit_docs: int | None = None,
                   config_file: str | None = None, overrides: list[str] | None = None) -> dict:
-    """Run one training experiment; returns the run manifest (also written beside the model)."""
-    if cfg.student.type == "sparse":  # a SPLADE student: embed_kd.training.sparse_run (same config and layout)
+    """Run one training experiment; returns the run manifest (also written beside the model).
+
+    A sparse student (``student.type: sparse``) is trained by :func:`embed_kd.training.sparse_run.train_sparse_student`."""
+    if cfg.student.type == "sparse":  # a SPLADE student: same config and layout
         from embed_kd.training.sparse_run import train_sparse_student
 
         return train_sparse_student(cfg, overwrite=overwrite, resume=resume, show_progress=show_progress,
@@ -207,75 +188,27 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
-    from embed_kd.encode import uses_cosine
-    from embed_kd.index.encoding import encode_corpus, query_embeddings
-    from embed_kd.index.cache import EmbeddingCache
-    from embed_kd.models import fingerprint_model, load_sentence_transformer
-    from embed_kd.students.build import build_student
-    from embed_kd.training.data import build_align_examples, build_score_examples, split_dev
-    from embed_kd.training.dev_eval import DevRetrievalEvaluator
-    from embed_kd.device import pin_trainer_device
-    from embed_kd.training.prologue import prepare_training_run, quiet_trainer_logs, trainer_arguments
-
     cfg.validate()
     run = prepare_training_run(cfg, overwrite=overwrite, resume=resume, limit_queries=limit_queries,
                                limit_docs=limit_docs)
-    out, work, world, dataset, full_fps, sliced, t_start = (run.out, run.work, run.world, run.dataset, run.full_fps,
-                                                            run.sliced, run.t_start)
-
-    store = None
-    by_query = None
+    dataset, world = run.dataset, run.world
+    store = by_query = None
     if cfg.losses.score != "none":
-        from embed_kd.training.data import load_training_scores
-
-        store, by_query = load_training_scores(cfg, dataset, full_fps, sliced, stream=True)  # corpus scale
+        store, by_query = load_training_scores(cfg, dataset, run.full_fps, run.sliced, stream=True)  # corpus scale
 
     teacher = load_sentence_transformer(cfg.teacher, role="train --teacher (the embedding teacher)")
     normalize = uses_cosine(teacher)
     cache = EmbeddingCache(cache_dir)
     doc_emb, doc_ids, _ = encode_corpus(teacher, dataset, cache=cache, normalize=normalize,
                                         show_progress=show_progress)
-
     train_qids, dev_qids = (split_dev(list(dataset.queries), cfg.examples.dev_queries, cfg.train.seed)
                             if dataset.queries else ([], []))  # a corpus alone: alignment on its texts
-    doc_row = {d: i for i, d in enumerate(doc_ids)}
-    score_ex = None
-    if by_query is not None and store.score_kind == "margin":  # imported margins: trained on as margins
-        from embed_kd.training.margin_examples import build_margin_examples
-
-        score_ex = build_margin_examples(
-            store, dataset, train_qids, negatives=cfg.examples.negatives, sampling=cfg.examples.sampling,
-            rounds=cfg.examples.rounds, score_norm=cfg.examples.score_norm, documents=cfg.losses.score_documents,
-            doc_row=doc_row, seed=cfg.train.seed, keep_docs=dataset.corpus if sliced else None)
-    elif by_query is not None:
-        score_ex = build_score_examples(
-            by_query, dataset, train_qids, negatives=cfg.examples.negatives, sampling=cfg.examples.sampling,
-            rounds=cfg.examples.rounds, score_norm=cfg.examples.score_norm, documents=cfg.losses.score_documents,
-            doc_row=doc_row, seed=cfg.train.seed, min_candidates=cfg.examples.min_candidates)
-    align_stats = None
-    general: dict = {}  # general alignment sources: {name: (texts, teacher embeddings)}
-    align_texts: list[str] = []
-    align_emb = None
+    score_ex = _score_examples(cfg, store, by_query, dataset, train_qids, {d: i for i, d in enumerate(doc_ids)},
+                               run.sliced)
+    align_texts, align_emb, align_stats, general = [], None, None, {}
     if cfg.losses.align != "none":
-        from embed_kd.training.align_mix import general_align_embeddings, source_names
-
-        q_emb = None
-        if "queries" in source_names(cfg.examples.align_texts):  # rank 0 first (it fills the cache), then the others
-            with dist.step("teacher query embeddings"):
-                if world.is_main:
-                    q_emb = query_embeddings(teacher, dataset.queries, train_qids, cache=cache,
-                                                     show_progress=show_progress)
-            if not world.is_main:
-                q_emb = query_embeddings(teacher, dataset.queries, train_qids, cache=cache,
-                                                 show_progress=False)
-        with dist.step("teacher embeddings of general alignment texts"):  # stsb-train, file:PATH (same order)
-            general = general_align_embeddings(teacher, cfg.examples.align_texts, cache=cache,
-                                               show_progress=show_progress) if world.is_main else None
-        if not world.is_main:
-            general = general_align_embeddings(teacher, cfg.examples.align_texts, cache=cache, show_progress=False)
-        align_texts, align_emb, align_stats = build_align_examples(
-            dataset, doc_emb, doc_ids, train_qids, q_emb, texts=cfg.examples.align_texts,
-            max_texts=cfg.examples.max_align_texts, seed=cfg.train.seed, general=general)
+        align_texts, align_emb, align_stats, general = _align_examples(
+            cfg, teacher, dataset, doc_emb, doc_ids, train_qids, cache, world, show_progress)
 
     static_texts = None
     if cfg.student.type == "static":  # what its SIF weighting counts: the corpus and the train queries
@@ -285,8 +218,7 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
     init_desc, init_fp = cfg.student.describe(), fingerprint_model(student)
     if cfg.student.type == "static" and not cfg.student.model:
         init_desc += f" ({cfg.static.describe()})"
-    student_dim = student.get_embedding_dimension()
-    teacher_dim = teacher.get_embedding_dimension()
+    student_dim, teacher_dim = student.get_embedding_dimension(), teacher.get_embedding_dimension()
     if student_dim != teacher_dim:
         raise EmbedKDError(f"student makes {student_dim}-dim vectors, the teacher {teacher_dim}-dim; set "
                            f"student.projection_dim={teacher_dim} so it can query the teacher's documents")
@@ -296,160 +228,30 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
         datasets["score"] = score_ex.dataset()
     if "align" in losses:
         datasets["align"] = Dataset.from_dict({"text": align_texts, "label": align_emb.tolist()})
-    if len(datasets) == 1:
-        (name,) = datasets
-        train_dataset, loss = datasets[name], losses[name]
-    else:
-        train_dataset, loss = datasets, losses
+    single = len(datasets) == 1
+    evaluator = _dev_evaluator(dataset, dev_qids, teacher, doc_emb, doc_ids, cache, normalize)
 
-    evaluator = None
-    if dev_qids and not dataset.qrels:  # no judgments: the dev slice measures loyalty to the teacher
-        from embed_kd.training.dev_loyalty import DevLoyaltyEvaluator
-
-        evaluator = DevLoyaltyEvaluator({q: dataset.queries[q] for q in dev_qids},
-                                        query_embeddings(teacher, dataset.queries, dev_qids, cache=cache,
-                                                                 show_progress=False),
-                                        doc_emb, doc_ids, normalize=normalize)
-    elif dev_qids:
-        evaluator = DevRetrievalEvaluator({q: dataset.queries[q] for q in dev_qids},
-                                          {q: dataset.qrels[q] for q in dev_qids}, doc_emb, doc_ids,
-                                          normalize=normalize)
-    T = cfg.train
-    ckpt_dir = work / "checkpoints"
-    args = SentenceTransformerTrainingArguments(
-        **trainer_arguments(cfg, ckpt_dir, evaluate=evaluator is not None, show_progress=show_progress and world.is_main,
-                            device=run.device, precision=run.precision),
-        multi_dataset_batch_sampler=T.sampler,
-    )
-    pin_trainer_device(args, run.device)  # one process, one GPU: the selected one (no DataParallel)
-    budget = _time_budget_callback(T.max_time_s)
-    trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=train_dataset, loss=loss,
-                                         evaluator=evaluator, callbacks=[budget])
-    quiet_trainer_logs(trainer)
-    from embed_kd.training.finite_guard import NonFiniteLossError, diverged_message, guard_losses
-
-    guard_losses(losses, step=lambda: trainer.state.global_step)  # a NaN/inf loss stops the run (no output)
-    cfg_fp = cfg.to_dict()
-    cfg_fp.get("train", {}).pop("threads", None)  # threads change the speed, not what is learnt
-    cfg_fp.pop("device", None)  # so does the device (a run resumes on another GPU); precision stays
-    inputs = {"config": cfg_fp, "limit_queries": limit_queries, "limit_docs": limit_docs,
-              "dataset": full_fps, "scores": None if store is None else store.manifest.get("config_fingerprint"),
-              "teacher": fingerprint_model(teacher), "student_init": init_fp}
+    life = RunLifecycle(cfg, run, resume=resume, show_progress=show_progress)
+    life.trainer_for(SentenceTransformerTrainer, SentenceTransformerTrainingArguments, model=student,
+                     train_dataset=next(iter(datasets.values())) if single else datasets,
+                     loss=next(iter(losses.values())) if single else losses, evaluator=evaluator,
+                     args_extra={"multi_dataset_batch_sampler": cfg.train.sampler})
+    extra_inputs = {}
     if general:  # the texts of stsb-train / file: sources (a file edited between runs is another run)
-        inputs["align_sources"] = {k: st["fingerprint"] for k in general for st in align_stats["sources"]
-                                   if st["source"] == k}
-    from embed_kd.data.fingerprint import fingerprint_json
+        extra_inputs["align_sources"] = {k: st["fingerprint"] for k in general for st in align_stats["sources"]
+                                         if st["source"] == k}
+    life.train(guard=losses, inputs=life.inputs(store=store, teacher_fp=fingerprint_model(teacher),
+                                                student_init_fp=init_fp, **extra_inputs))
 
-    run_fp = fingerprint_json(inputs)
-    resume_from = None
-    with dist.step("preparing the work folder"):  # rank 0 checks / cleans OUTPUT.work, the others follow
-        if world.is_main:
-            if resume:
-                if not work.is_dir():
-                    raise EmbedKDError(f"--resume: no interrupted run of {out} ({work} does not exist)")
-                _check_work(work, run_fp, inputs, resume=True)
-                ck = complete_checkpoints(ckpt_dir, remove_partial=True)
-                if ck:
-                    resume_from = str(ck[-1])
-                    logger.info("resuming from %s", resume_from)
-                else:
-                    logger.warning("--resume: %s holds no complete checkpoint (interrupted before the first save): "
-                                   "starting from step 0", work)
-                    shutil.rmtree(ckpt_dir, ignore_errors=True)
-            else:
-                _check_work(work, run_fp, inputs, resume=False)
-    resume_from = dist.broadcast_object(resume_from)
-    t_train = time.perf_counter()
-    try:
-        trainer.train(resume_from_checkpoint=resume_from)
-    except NonFiniteLossError as exc:
-        if world.is_main:  # removed, not resumable: the same config would diverge again
-            from embed_kd.io import remove_owned
-            from embed_kd.training.prologue import WORK_ARTIFACT
+    def finish() -> dict:
+        ckpts, averaged, dev_final = life.finish_checkpoints(student, evaluator)
+        manifest = life.manifest(
+            teacher=model_info(teacher), student=_student_block(cfg, student, init_desc, init_fp),
+            examples={"score": score_ex.stats if score_ex else None, "align": align_stats}, store=store,
+            train_qids=train_qids, dev_qids=dev_qids, averaged=averaged,
+            dev={"metrics_final": dev_final} if dev_final else None, config_file=config_file, overrides=overrides)
+        life.publish(student, manifest, ckpts, overwrite=overwrite, what="student",  # + one Router model
+                     extra=lambda tmp: build_asym(student, teacher, tmp / "asym", name=f"{run.out.name}-asym"))
+        return manifest
 
-            remove_owned(work, WORK_ARTIFACT)
-        raise NonFiniteLossError(diverged_message(exc, work=str(work), lr=cfg.train.lr)) from None
-    train_time_s = time.perf_counter() - t_train
-    step = trainer.state.global_step
-    manifest = None
-    with dist.step("writing the student"):
-        if world.is_main:  # the other processes hold the same weights (DDP); one writes
-            manifest = _finish(**locals())
-    return dist.broadcast_object(manifest)
-
-
-def _machine() -> dict:
-    """The machine the run trained on, its load at the end (embed_kd.cpu.machine_info)."""
-    import torch
-
-    from embed_kd.cpu import machine_info
-
-    return machine_info(threads=torch.get_num_threads())
-
-
-def _finish(*, cfg, out, work, overwrite, ckpt_dir, step, student, evaluator, teacher, dataset, full_fps, run,
-            train_qids, dev_qids, store, init_desc, init_fp, student_dim, score_ex, align_stats, trainer,
-            train_time_s, t_start, budget, config_file, overrides, world, **_) -> dict:
-    """Rank 0 after training: final checkpoint, averaging, dev metrics, manifest, atomic output."""
-    from embed_kd.device import device_info
-    from embed_kd.io import atomic_dir, atomic_write_json, versions
-    from embed_kd.models import fingerprint_model, model_info
-    from embed_kd.training.averaging import finish_checkpoints
-    from embed_kd.training.prologue import OUTPUT_ARTIFACT
-
-    ckpts, averaged, dev_final = finish_checkpoints(student, ckpt_dir, step, cfg.average, evaluator)
-
-    teacher_info = model_info(teacher)
-    auto = getattr(student[0], "auto_model", None)
-    manifest = {
-        "schema": SCHEMA,
-        "created": utc_now(),
-        "config": cfg.to_dict(), "config_file": config_file, "overrides": list(overrides or []),
-        "dataset": {"name": dataset.name, "path": str(dataset.path), "split": dataset.split, **full_fps,
-                    "n_queries": len(dataset.queries), "train_queries": len(train_qids), "dev_queries": dev_qids,
-                    "notes": dataset.notes},
-        "scores": None if store is None else {
-            "path": str(store.path), "config_fingerprint": store.manifest.get("config_fingerprint"),
-            "teachers": store.manifest.get("teachers"), "ensemble": store.manifest.get("ensemble"),
-            "split": store.manifest["dataset"].get("split")},
-        "teacher": teacher_info,
-        "student": {"init": init_desc, "init_fingerprint": init_fp, "fingerprint": fingerprint_model(student),
-                    "dim": student_dim, "type": cfg.student.type,
-                    "max_seq_length": None if student.max_seq_length == float("inf") else student.max_seq_length,
-                    "layers": getattr(getattr(auto, "config", None), "num_hidden_layers", None),
-                    "params": int(sum(p.numel() for p in student.parameters()))},
-        "examples": {"score": score_ex.stats if score_ex else None, "align": align_stats},
-        "training": {"global_step": step, "epochs": trainer.state.epoch, "train_time_s": train_time_s,
-                     "world_size": world.world_size, "global_batch_size": cfg.train.batch_size * world.world_size,
-                     "total_time_s": time.perf_counter() - t_start,
-                     "stopped_by_time_budget": budget.stopped, "log_history": trainer.state.log_history,
-                     "precision": run.precision},
-        "averaging": {"enabled": cfg.average.enabled, "checkpoints": [p.name for p in averaged],
-                      "applied": bool(averaged)},
-        "dev": {"metrics_final": dev_final} if dev_final else None,
-        "device": device_info(run.device),
-        "versions": versions(),
-        "git": git_info(),
-        "machine": _machine(),
-    }
-    from embed_kd.numeric import check_finite_weights
-
-    check_finite_weights(student, f"{out}: the trained student")  # never publish NaN weights
-    with atomic_dir(out, overwrite=overwrite, artifact=OUTPUT_ARTIFACT) as tmp:
-        student.save(str(tmp))
-        keep = tmp / "checkpoints"
-        keep.mkdir()
-        junk = shutil.ignore_patterns("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
-                                      "training_args.bin")
-        for ck in ckpts:  # hard links: OUTPUT.work stays whole (resumable) until OUTPUT is in place
-            shutil.copytree(ck, keep / ck.name, ignore=junk, copy_function=_link_or_copy)
-        atomic_write_json(tmp / MANIFEST, manifest)
-        from embed_kd.cards import write_model_card
-
-        write_model_card(tmp, manifest=manifest, name=out.name)  # README.md: recipe, data, usage
-        from embed_kd.students.asym import build_asym
-
-        build_asym(student, teacher, tmp / "asym", name=f"{out.name}-asym")  # one Router model: student × teacher
-    shutil.rmtree(work, ignore_errors=True)
-    logger.info("student saved to %s (%d steps, %.0fs training)", out, step, train_time_s)
-    return manifest
+    return life.on_main(finish)
