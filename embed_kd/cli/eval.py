@@ -199,7 +199,7 @@ def eval_command(data, split, corpus_file, model, query_model, doc_model, mteb_t
         alignment = None
         if not model:
             from embed_kd.models import model_info
-            from embed_kd.serve.engine import query_model_alignment
+            from embed_kd.students.alignment import query_model_alignment
 
             q_info, d_info = model_info(qm), model_info(dm)
             if q_info["dim"] == d_info["dim"]:  # else evaluate_dense refuses the dimensions

@@ -65,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 SCHEMA = "embed-kd/asym@1"
 MANIFEST = "embed_kd_asym.json"
-TEACHER_MANIFEST = "embed_kd_manifest.json"  # read by embed_kd.serve.engine.declared_teacher_fingerprint
+TEACHER_MANIFEST = "embed_kd_manifest.json"  # read by embed_kd.students.alignment.declared_teacher_fingerprint
 ROUTES = ("query", "document")
 ROUTER_CONFIG = "router_config.json"
 
