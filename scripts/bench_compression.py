@@ -51,7 +51,7 @@ def main() -> None:
     from embed_kd.cpu import describe, machine_info
     from embed_kd.data import load_beir, resolve_dataset
     from embed_kd.encode import encode_texts, uses_cosine
-    from embed_kd.evaluation.metrics import evaluate_run
+    from embed_kd.runs import evaluate_run
     from embed_kd.evaluation.retrieval_eval import EvalOptions, dense_run, encode_corpus, evaluate_dense, model_info
     from embed_kd.index.cache import EmbeddingCache
     from embed_kd.index.compression import Compression, bytes_per_vector

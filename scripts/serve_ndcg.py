@@ -3,7 +3,7 @@
 
 Serves an index with a query model (a real uvicorn server on 127.0.0.1), sends every query of a
 BEIR split over HTTP (`k` = 100, in requests of `--per-request` queries), scores the returned run
-with `embed_kd.evaluation.metrics.evaluate_run`, and compares it with `evaluate_dense` — what
+with `embed_kd.runs.evaluate_run`, and compares it with `evaluate_dense` — what
 `embed-kd eval --query-model Q --doc-model D` computes — run in this process on the same models.
 
     flock /tmp/embed_kd_heavy.lock python scripts/serve_ndcg.py --index /tmp/idx-minilm \\
@@ -37,7 +37,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from embed_kd.data import load_beir, resolve_dataset
-    from embed_kd.evaluation.metrics import evaluate_run
+    from embed_kd.runs import evaluate_run
     from embed_kd.evaluation.retrieval_eval import EvalOptions, evaluate_dense
     from embed_kd.index.store import read_manifest
     from embed_kd.models import load_sentence_transformer

@@ -10,7 +10,8 @@ from embed_kd.data import load_beir
 from embed_kd.errors import EmbedKDError
 from embed_kd.teachers import ensemble as ens
 from embed_kd.teachers.dev_split import carve_dev_slice
-from embed_kd.teachers.ensemble import EnsembleConfig, FirstStageMember, evaluate_ensemble, fit_weights
+from embed_kd.evaluation.ensemble_eval import evaluate_ensemble
+from embed_kd.teachers.ensemble import EnsembleConfig, FirstStageMember, fit_weights
 
 BASE = {"members": [{"name": "bm25", "kind": "bm25", "k": 5}, {"name": "dense", "kind": "bi-encoder", "model": "m", "k": 5}]}
 

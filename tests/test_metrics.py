@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from embed_kd.evaluation.metrics import evaluate_run, top_k
+from embed_kd.runs import evaluate_run, top_k
 
 
 def test_hand_computed():

@@ -8,8 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from embed_kd.data import load_beir
-from embed_kd.evaluation.metrics import top_k
-from embed_kd.evaluation.rerank import merge_rerank, rerank_run, score_pairs
+from embed_kd.evaluation.rerank import rerank_run
+from embed_kd.runs import merge_rerank, top_k
+from embed_kd.teachers.rerank_scores import score_pairs
 
 
 def build_tiny_cross_encoder(bi_encoder_dir, out_dir, seed: int = 0):

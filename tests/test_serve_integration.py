@@ -7,7 +7,7 @@ itself and a 3-layer cut of it (layers 0, 2, 4 — an untrained stand-in for a s
 import pytest
 
 from embed_kd.data import load_beir
-from embed_kd.evaluation.metrics import evaluate_run
+from embed_kd.runs import evaluate_run
 from embed_kd.evaluation.retrieval_eval import EvalOptions, evaluate_dense
 from embed_kd.models import fingerprint_model
 

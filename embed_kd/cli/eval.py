@@ -161,7 +161,7 @@ def eval_command(data, split, corpus_file, model, query_model, doc_model, mteb_t
                            "--model or --query-model/--doc-model (not bm25, a sparse model or --ensemble)")
     in_memory = {}  # spec -> model already loaded (reused by --sts)
     if ensemble_config:
-        from embed_kd.teachers.ensemble import evaluate_ensemble_from_config
+        from embed_kd.evaluation.ensemble_eval import evaluate_ensemble_from_config
 
         result = evaluate_ensemble_from_config(ensemble_config, dataset, folder, opts, save_weights=save_weights,
                                                overwrite=overwrite)

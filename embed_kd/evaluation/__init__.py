@@ -1,5 +1,7 @@
-"""Stage — evaluation: pytrec_eval metrics, dense/BM25 retrieval evaluation, reports."""
+"""Stage — evaluation: dense / sparse / BM25 / ensemble retrieval evaluation, re-ranking, loyalty,
+STS, MTEB, reports. ``embed-kd eval`` is one call: :func:`embed_kd.evaluation.request.run_eval`.
+Run scoring (pytrec_eval) is :mod:`embed_kd.runs`."""
 
-from embed_kd.evaluation.metrics import evaluate_run
+from embed_kd.runs import evaluate_run
 
 __all__ = ["evaluate_run"]

@@ -14,71 +14,20 @@ Scores in the returned run: re-ranked documents get ``logit + offset`` and the r
 first-stage score, with ``offset`` chosen per query so that every re-ranked document scores above
 every other one (only the order matters to the metrics).
 
->>> first = {"q": {"a": 3.0, "b": 2.0, "c": 1.0}}
->>> merge_rerank(first, {"q": {"a": -1.0, "b": 4.0}}, depth=2)["q"]
-{'b': 7.0, 'a': 2.0, 'c': 1.0}
+The cross-encoder scoring is :func:`embed_kd.teachers.rerank_scores.score_pairs`, the merge
+:func:`embed_kd.runs.merge_rerank`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Mapping
 
-from embed_kd.data.beir import BeirDataset, doc_text
-from embed_kd.evaluation.metrics import evaluate_run, top_k
+from embed_kd.data.beir import BeirDataset
+from embed_kd.runs import Run, evaluate_run, merge_rerank, top_k
+from embed_kd.teachers.rerank_scores import cross_encoder_info, score_pairs
 
 logger = logging.getLogger(__name__)
-
-Run = Mapping[str, Mapping[str, float]]
-
-
-def cross_encoder_info(model) -> dict:
-    """``{"spec", "fingerprint", "max_length"}`` of a loaded ``CrossEncoder``."""
-    from embed_kd.models import fingerprint_model, model_name
-
-    return {"spec": model_name(model), "fingerprint": fingerprint_model(model),
-            "max_length": getattr(model, "max_seq_length", None)}
-
-
-def score_pairs(model, queries: Mapping[str, str], corpus: Mapping[str, Mapping[str, str]],
-                pairs: Mapping[str, list[str]], *, batch_size: int = 32, show_progress: bool = True
-                ) -> dict[str, dict[str, float]]:
-    """Raw cross-encoder logits for ``pairs[qid] = [doc_id, ...]`` → ``{qid: {doc_id: logit}}``.
-
-    Pairs are sorted by text length before batching (less padding) and restored afterwards.
-    """
-    import torch
-
-    flat = [(q, d) for q, docs in pairs.items() for d in docs]
-    if not flat:
-        return {q: {} for q in pairs}
-    texts = [(queries[q], doc_text(corpus[d])) for q, d in flat]
-    order = sorted(range(len(flat)), key=lambda i: -len(texts[i][1]))
-    scores = model.predict([texts[i] for i in order], batch_size=batch_size, show_progress_bar=show_progress,
-                           activation_fn=torch.nn.Identity(), convert_to_numpy=True)
-    out: dict[str, dict[str, float]] = {q: {} for q in pairs}
-    for i, s in zip(order, scores):
-        q, d = flat[i]
-        out[q][d] = float(s)
-    return out
-
-
-def merge_rerank(first_stage: Run, reranked: Run, depth: int) -> dict[str, dict[str, float]]:
-    """Put each query's re-ranked documents (by their new score) above the rest of its first stage."""
-    out = {}
-    for q, docs in first_stage.items():
-        new = reranked.get(q, {})
-        rest = {d: float(s) for d, s in docs.items() if d not in new}
-        if not new:
-            out[q] = rest
-            continue
-        floor = max(rest.values()) if rest else 0.0
-        offset = floor - min(new.values()) + 1.0
-        merged = {d: s + offset for d, s in sorted(new.items(), key=lambda x: (-x[1], x[0]))}
-        merged.update(sorted(rest.items(), key=lambda x: (-x[1], x[0])))
-        out[q] = merged
-    return out
 
 
 def rerank_run(model, dataset: BeirDataset, first_stage: Run, *, depth: int = 100, batch_size: int = 32,

@@ -45,7 +45,7 @@ from embed_kd.data.fingerprint import fingerprint_corpus
 from embed_kd.device import device_info
 from embed_kd.encode import encode_texts, uses_cosine
 from embed_kd.errors import EmbedKDError
-from embed_kd.evaluation.metrics import evaluate_run
+from embed_kd.runs import evaluate_run
 from embed_kd.index.cache import EmbeddingCache
 from embed_kd.index.compression import Compression, bytes_per_vector
 from embed_kd.index.encoding import encode_corpus

@@ -13,7 +13,7 @@ retrieval score of every document
 for a block of queries is one sparse product ``Q @ D.T`` (SciPy's SpGEMM touches only the postings
 of the query's terms), followed by a top-k per query (``numpy.argpartition``). No hand-rolled
 posting lists. Metrics then go through the same pytrec_eval path as dense retrieval
-(:func:`embed_kd.evaluation.metrics.evaluate_run`).
+(:func:`embed_kd.runs.evaluate_run`).
 
 Efficiency statistics (``sparse`` block of the result):
 
@@ -224,7 +224,7 @@ def evaluate_sparse(dataset: BeirDataset, model, *, options=None, doc_top_k: int
     ``run`` (popped by the CLI) and, under ``_matrices``, the unpruned query/doc CSR matrices so that a
     caller can evaluate several prunings from one encoding.
     """
-    from embed_kd.evaluation.metrics import evaluate_run
+    from embed_kd.runs import evaluate_run
     from embed_kd.evaluation.retrieval_eval import EvalOptions, eval_result
 
     opt = options or EvalOptions()

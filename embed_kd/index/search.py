@@ -1,6 +1,6 @@
 """Dense search of a query matrix against a document matrix, as a TREC-style run.
 
-A run is ``{query_id: {doc_id: score}}`` (what :func:`embed_kd.evaluation.metrics.evaluate_run`
+A run is ``{query_id: {doc_id: score}}`` (what :func:`embed_kd.runs.evaluate_run`
 scores and every run file holds). Exact search is a FAISS flat inner-product index (on the GPU of
 the selected device when FAISS can, :func:`embed_kd.index.faiss_index.on_device`); a
 :class:`~embed_kd.index.compression.Compression` truncates / quantizes first.

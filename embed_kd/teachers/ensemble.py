@@ -27,7 +27,7 @@ How an ensemble scores a query:
 2. **Re-rank stage** (``cross-encoder`` members, optional). The first stage's top
    ``rerank_depth`` documents are scored by each cross-encoder (raw logits) and re-ranked by
    ``s₂(d) = norm(s₁)(d) + Σ_c w_c · norm(s_c)(d)`` with ``norm`` taken over those documents; they
-   are placed above the rest of the first stage (as in :mod:`embed_kd.evaluation.rerank`).
+   are placed above the rest of the first stage (:func:`embed_kd.runs.merge_rerank`, as ``eval --rerank``).
 
 Weights with ``fit: dev`` are chosen by grid search on nDCG@10 of a dev slice carved from the
 ``fit_split`` (``train``): first-stage weights first (the first member's weight is fixed to 1 —
@@ -43,6 +43,8 @@ Fitted weights are written (``eval --ensemble … --save-weights FILE``) as JSON
      "first_stage_weights": {name: w}, "rerank_weights": {name: w},
      "fit": null | {"split", "dev_queries", "seed", "metric", "dev_value", "dev_value_equal_weights",
                     "dataset", "corpus_fingerprint", "dev_query_ids_fingerprint"}}
+
+An ensemble is evaluated (``eval --ensemble``) by :mod:`embed_kd.evaluation.ensemble_eval`.
 
 ``weights`` is the flat view for a one-stage fusion over a fixed candidate list (score-teacher
 fuses every teacher's score on the same candidates): the first-stage weights normalised to sum 1,
@@ -63,10 +65,11 @@ import numpy as np
 
 from embed_kd.data.beir import BeirDataset
 from embed_kd.errors import EmbedKDError, describe_parse_error
-from embed_kd.evaluation.metrics import evaluate_run, top_k
 from embed_kd.io import utc_now
+from embed_kd.runs import evaluate_run, merge_rerank, top_k
 from embed_kd.teachers.dev_split import DEFAULT_DEV_QUERIES, DEFAULT_SEED, carve_dev_slice, check_fit_split
 from embed_kd.teachers.fusion import METHODS, NORMS, fuse_runs
+from embed_kd.teachers.rerank_scores import score_pairs
 
 logger = logging.getLogger(__name__)
 SCHEMA = "embed-kd/ensemble@1"
@@ -298,8 +301,6 @@ def _fuse(config: EnsembleConfig, runs: Mapping[str, Run], weights: Mapping[str,
 
 def rerank_fuse(config: EnsembleConfig, first: Run, ce_scores: Mapping[str, Run], weights: Mapping[str, float]) -> Run:
     """Second stage: ``norm(first) + Σ_c w_c · norm(ce_c)`` over each query's re-ranked docs, placed above the rest."""
-    from embed_kd.evaluation.rerank import merge_rerank
-
     heads = top_k(first, config.rerank_depth)
     runs = {"__first_stage__": heads, **{n: {q: s for q, s in run.items() if q in heads} for n, run in ce_scores.items()}}
     w = {"__first_stage__": 1.0, **{n: weights.get(n, 1.0) for n in ce_scores}}
@@ -309,8 +310,6 @@ def rerank_fuse(config: EnsembleConfig, first: Run, ce_scores: Mapping[str, Run]
 
 def _score_rerankers(config: EnsembleConfig, rerankers: Mapping[str, object], dataset: BeirDataset, first: Run,
                      show_progress: bool) -> dict[str, Run]:
-    from embed_kd.evaluation.rerank import score_pairs
-
     pairs = {q: list(docs) for q, docs in top_k(first, config.rerank_depth).items()}
     specs = {m.name: m for m in config.rerankers}
     return {n: score_pairs(ce, dataset.queries, dataset.corpus, pairs, batch_size=specs[n].batch_size,
@@ -426,8 +425,7 @@ def weights_document(config: EnsembleConfig, weights: Mapping[str, float], fit: 
     }
 
 
-# ---- evaluation --------------------------------------------------------------------------------------
-
+# ---- the ensemble's run ------------------------------------------------------------------------------
 
 def ensemble_run(config: EnsembleConfig, dataset: BeirDataset, weights: Mapping[str, float],
                  members: list[FirstStageMember], rerankers: Mapping[str, object] | None = None, *,
@@ -442,94 +440,3 @@ def ensemble_run(config: EnsembleConfig, dataset: BeirDataset, weights: Mapping[
     ce_scores = _score_rerankers(config, rerankers, dataset, first, show_progress)
     parts["rerank"] = ce_scores
     return rerank_fuse(config, first, ce_scores, weights), parts
-
-
-def evaluate_ensemble(config: EnsembleConfig, dataset: BeirDataset, *, fit_dataset: BeirDataset | None = None,
-                      cache_dir=None, use_cache: bool = True, show_progress: bool = True,
-                      ignore_identical_ids: bool = False, timings: dict | None = None) -> dict:
-    """Evaluate the ensemble on ``dataset`` (an ``embed-kd/eval@1`` result with ``mode: "ensemble"``).
-
-    With ``config.fit == "dev"``, ``fit_dataset`` (the train split) is required and must not be the
-    evaluated split's queries: weights come from its dev slice only.
-    """
-    from embed_kd.evaluation.retrieval_eval import eval_result
-
-    t0 = time.perf_counter()
-    timings = dict(timings or {})
-    member_kwargs = {"cache_dir": cache_dir, "use_cache": use_cache, "show_progress": show_progress}
-    t = time.perf_counter()
-    members = load_first_stage(config, dataset, **member_kwargs)
-    rerankers = load_rerankers(config) if config.rerankers else {}
-    timings["load_models_s"] = time.perf_counter() - t
-
-    weights = {m.name: config.weights.get(m.name, 1.0) for m in config.members}
-    fit = None
-    if config.fit == "dev":
-        if fit_dataset is None:
-            raise EmbedKDError(f"{config.source}: 'fit: dev' needs the {config.fit_split} split to fit on")
-        check_fit_split(fit_dataset.split)
-        if fit_dataset.split == dataset.split:
-            raise EmbedKDError(f"ensemble weights must be fitted on another split than the evaluated one "
-                               f"('{dataset.split}')")
-        t = time.perf_counter()
-        # the members are corpus-wide: reuse them (same corpus) for the dev slice
-        same_corpus = fit_dataset.corpus is dataset.corpus or list(fit_dataset.corpus) == list(dataset.corpus)
-        fitted = fit_weights(config, fit_dataset, members if same_corpus else None, rerankers,
-                             show_progress=show_progress, cache_dir=cache_dir, use_cache=use_cache)
-        weights, fit = fitted["weights"], fitted["fit"]
-        timings["fit_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    run, parts = ensemble_run(config, dataset, weights, members, rerankers, show_progress=show_progress)
-    timings["score_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    scored = evaluate_run(dataset.qrels, run, ignore_identical_ids=ignore_identical_ids)
-    member_metrics = {name: evaluate_run(dataset.qrels, r, ignore_identical_ids=ignore_identical_ids)["metrics"]
-                      for name, r in parts["retrieved"].items()}
-    if config.rerankers:
-        member_metrics["first_stage"] = evaluate_run(dataset.qrels, parts["first_stage"],
-                                                     ignore_identical_ids=ignore_identical_ids)["metrics"]
-    timings["evaluate_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0 + timings.get("load_data_s", 0.0)
-
-    from embed_kd.evaluation.rerank import cross_encoder_info
-
-    member_info = [dict(m.info) for m in members]
-    for spec in config.rerankers:
-        info = cross_encoder_info(rerankers[spec.name])
-        member_info.append({"name": spec.name, "kind": spec.kind, "model": spec.model,
-                            "model_fingerprint": info["fingerprint"], "max_length": info["max_length"]})
-    label = {"spec": f"ensemble: {config.describe()}"}
-    result = eval_result("ensemble", dataset, scored, timings, query_model=label, doc_model=label,
-                         index={"kind": "ensemble", "top_k": max(m.k for m in config.first_stage)},
-                         cache={"docs": "on" if use_cache else "off"})
-    n_cand = [len(v) for v in next(iter(parts["scores"].values())).values()]
-    result["ensemble"] = {
-        "config": config.source,
-        "weights_document": weights_document(config, weights, fit, member_info),
-        "member_metrics": member_metrics,
-        "candidates_per_query": {"mean": float(np.mean(n_cand)) if n_cand else 0.0,
-                                 "max": int(max(n_cand)) if n_cand else 0},
-    }
-    result["run"] = run
-    return result
-
-
-def evaluate_ensemble_from_config(config_path, dataset: BeirDataset, folder, options, *, save_weights=None,
-                                  overwrite: bool = False) -> dict:
-    """What ``embed-kd eval --ensemble CONFIG`` runs: load the config (and the fit split when
-    ``fit: dev``), evaluate, optionally write the weights JSON (atomically, never clobbering)."""
-    from embed_kd.data import load_beir
-    from embed_kd.io import atomic_write_json
-
-    config = EnsembleConfig.from_yaml(config_path)
-    fit_dataset = None
-    if config.fit == "dev":
-        check_fit_split(config.fit_split)
-        fit_dataset = load_beir(folder, config.fit_split, name=dataset.name)
-    result = evaluate_ensemble(config, dataset, fit_dataset=fit_dataset, cache_dir=options.cache_dir,
-                               use_cache=options.use_cache, show_progress=options.show_progress,
-                               ignore_identical_ids=options.ignore_identical_ids, timings=options.timings)
-    if save_weights:
-        atomic_write_json(save_weights, result["ensemble"]["weights_document"], overwrite=overwrite)
-    return result

@@ -2,7 +2,7 @@
 
 The student encodes the dev queries; documents are the teacher's cached embeddings (asymmetric
 mode, the setting the student is trained for); FAISS search (:func:`embed_kd.index.search.dense_run`)
-and pytrec_eval (:func:`embed_kd.evaluation.metrics.evaluate_run`) score them. Only queries are
+and pytrec_eval (:func:`embed_kd.runs.evaluate_run`) score them. Only queries are
 encoded, so it costs seconds and can run every few hundred steps. The dev queries are carved from
 the train split (:func:`embed_kd.training.data.split_dev`) and kept out of every training example.
 """
@@ -31,7 +31,7 @@ class DevRetrievalEvaluator(SentenceEvaluator):
 
     def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         from embed_kd.encode import encode_texts
-        from embed_kd.evaluation.metrics import evaluate_run
+        from embed_kd.runs import evaluate_run
         from embed_kd.index.search import dense_run
 
         qids = list(self.queries)

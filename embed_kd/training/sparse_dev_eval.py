@@ -5,7 +5,7 @@ queries held out of every example, :func:`embed_kd.training.data.split_dev`) is 
 the union of each dev query's ``pool`` best teacher candidates (from the score store) and its judged
 documents. The student encodes the pool's documents and the dev queries; the exact inverted-index
 search of :mod:`embed_kd.evaluation.sparse_eval` ranks the whole pool for every query, and
-pytrec_eval (:func:`embed_kd.evaluation.metrics.evaluate_run`) scores it. The numbers are for
+pytrec_eval (:func:`embed_kd.runs.evaluate_run`) scores it. The numbers are for
 ranking within that pool — optimistic next to full-corpus retrieval, and meant for comparing
 checkpoints and regulariser weights, not for reporting.
 
@@ -51,7 +51,7 @@ class SparseDevEvaluator(BaseEvaluator):
         self.greater_is_better = True
 
     def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        from embed_kd.evaluation.metrics import evaluate_run
+        from embed_kd.runs import evaluate_run
         from embed_kd.evaluation.sparse_eval import encode_sparse, run_from_search, sparse_search, sparse_stats
 
         qids, doc_ids = list(self.queries), list(self.docs)

@@ -35,7 +35,7 @@ def retrieval_metrics(query_max: np.ndarray, doc_max: np.ndarray, bias: np.ndarr
     import scipy.sparse as sp
     import torch
 
-    from embed_kd.evaluation.metrics import evaluate_run
+    from embed_kd.runs import evaluate_run
     from embed_kd.evaluation.sparse_eval import run_from_search, sparse_search
     from embed_kd.students.term_bias import splade_weights
 
