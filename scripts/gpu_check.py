@@ -6,15 +6,18 @@ cross-encoder teacher is MiniLM-L6's weights with a fresh 1-logit head (seed 0,
 ``score_teacher_speed.build_minilm_ce``): throughput does not depend on the head's values, and the
 fp16 drift / rank agreement is measured on this teacher's scores. Fixed work, wall time beside:
 
-1. ``score-teacher``: the first ``--queries`` SciFact train queries × (bm25:50 + positives),
-   ``ce:`` teacher — ``--device cuda`` with ``--backend torch`` and ``torch-fp16``, and ``--device
-   cpu`` on the first ``--cpu-queries`` of them; pairs/s from each run; GPU fp32 vs CPU scores (max
-   |diff| on the common queries), GPU fp16 vs GPU fp32 (max |diff|, per-query Kendall tau);
-2. ``train``: the 3-layer student cut from MiniLM on the GPU-scored store, ``--steps`` steps on the
-   GPU (train.precision auto) and ``--cpu-steps`` on the CPU; steps/s from the manifests;
-3. ``eval --model minilm-l6`` on SciFact test with ``--device cuda`` and ``--device cpu`` (separate
-   embedding caches, so each encodes the corpus): docs/s and nDCG@10; the check is
-   |nDCG@10(GPU) - nDCG@10(CPU)| <= 1e-3.
+1. ``score-teacher``: the SciFact train split (all 809 queries; ``--queries N``: the first N) ×
+   (bm25:50 + positives), ``ce:`` teacher — ``--device cuda`` with ``--backend torch`` and
+   ``torch-fp16``, and ``--device cpu`` on the first ``--cpu-queries``; pairs/s from each run; GPU
+   fp32 vs CPU scores (max |diff| on the common queries), GPU fp16 vs GPU fp32 (max |diff|,
+   per-query Kendall tau);
+2. ``eval --model minilm-l6`` on SciFact test with ``--device cuda`` and ``--device cpu`` (one fresh
+   embedding cache per device, so each encodes the corpus): docs/s and nDCG@10; the check is
+   |nDCG@10(GPU) - nDCG@10(CPU)| <= 1e-3;
+3. ``train``: the 3-layer student cut from MiniLM on the GPU-scored store (it must cover the whole
+   split: a ``--limit`` store is refused by ``train``), ``--steps`` steps on the GPU
+   (train.precision auto) and ``--cpu-steps`` on the CPU (each reusing its device's cache from 2);
+   steps/s from the manifests.
 
 Writes ``eval/results/gpu-check.{json,md}``. Never reports a figure it did not measure.
 """
@@ -66,7 +69,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/tmp/embed_kd_gpu_check", help="Scratch folder (stores, students, caches).")
-    ap.add_argument("--queries", type=int, default=400, help="Train queries scored on the GPU.")
+    ap.add_argument("--queries", type=int, default=0, help="Train queries scored on the GPU (0: all; train needs all).")
     ap.add_argument("--cpu-queries", type=int, default=60, help="Of those, scored on the CPU too.")
     ap.add_argument("--steps", type=int, default=200, help="Training steps on the GPU.")
     ap.add_argument("--cpu-steps", type=int, default=20, help="Training steps on the CPU.")
@@ -89,6 +92,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
     log.write_text("")
+    import shutil
+
+    for name in ("gpu", "cpu"):  # fresh embedding caches: eval measures each device's own corpus encode
+        shutil.rmtree(work / f"cache-{name}", ignore_errors=True)
     ce = build_minilm_ce(work / "ce-minilm")
     res: dict = {"schema": "embed-kd/gpu-check@1", "smoke": args.smoke,
                  "gpu": device_info("cpu" if args.smoke else "cuda:0"), "cpu": device_info("cpu"),
@@ -101,7 +108,8 @@ def main() -> None:
     for name, extra, limit in (("gpu-fp32", ["--device", gpu], args.queries),
                                ("gpu-fp16", ["--device", gpu, "--backend", half], args.queries),
                                ("cpu-fp32", ["--device", "cpu"], args.cpu_queries)):
-        err, wall = cli(*base, *extra, "--limit", str(limit), "-o", str(work / f"scores-{name}"), log=log)
+        lim = ["--limit", str(limit)] if limit else []
+        err, wall = cli(*base, *extra, *lim, "-o", str(work / f"scores-{name}"), log=log)
         score[name] = {"queries": limit, "pairs_per_s": pairs_per_s(err), "wall_s": wall}
     g32, g16, c32 = (run_of(work / f"scores-{n}") for n in ("gpu-fp32", "gpu-fp16", "cpu-fp32"))
     diff_cpu = max(abs(g32[q][d] - s) for q in c32 for d, s in c32[q].items())
@@ -113,9 +121,24 @@ def main() -> None:
     score["gpu_speedup"] = score["gpu-fp32"]["pairs_per_s"] / score["cpu-fp32"]["pairs_per_s"]
     res["score_teacher"] = score
 
-    # 2. train --------------------------------------------------------------------------------------
+    # 2. eval ---------------------------------------------------------------------------------------
+    ev = {}
+    for name, device in (("gpu", gpu), ("cpu", "cpu")):
+        out = work / f"eval-{name}.json"
+        cli("eval", "--data", "scifact", "--model", "minilm-l6", "--device", device, "--no-progress",
+            *(["--limit-docs", "300", "--limit-queries", "30"] if args.smoke else []),
+            "--cache-dir", str(work / f"cache-{name}"), "-o", str(out), "--overwrite", log=log)
+        r = json.loads(out.read_text())
+        ev[name] = {"ndcg_at_10": r["metrics"]["ndcg_at_10"], "docs_per_s": r["throughput"]["docs_per_s"],
+                    "encode_docs_s": r["timings"]["encode_docs_s"], "device": r.get("device")}
+    ev["ndcg_diff"] = abs(ev["gpu"]["ndcg_at_10"] - ev["cpu"]["ndcg_at_10"])
+    ev["within_1e-3"] = ev["ndcg_diff"] <= 1e-3
+    res["eval"] = ev
+    # 3. train --------------------------------------------------------------------------------------
     train = {}
-    for name, device, steps in (("gpu", gpu, args.steps), ("cpu", "cpu", args.cpu_steps)):
+    if args.queries:  # a --limit store: train refuses it (its queries fingerprint is not the split's)
+        train["skipped"] = "score-teacher ran with --queries; train needs the whole split"
+    for name, device, steps in ((("gpu", gpu, args.steps), ("cpu", "cpu", args.cpu_steps)) if not args.queries else ()):
         out = work / f"student-{name}"
         cli("train", "--data", "scifact", "--scores", str(work / "scores-gpu-fp32"), "--teacher", "minilm-l6",
             "--student-from-teacher", "--keep-layers", "0,2,4", "-o", str(out), "--overwrite", "--no-progress",
@@ -127,22 +150,10 @@ def main() -> None:
         train[name] = {"steps": tr["global_step"], "train_time_s": tr["train_time_s"],
                        "steps_per_s": tr["global_step"] / tr["train_time_s"], "precision": tr.get("precision"),
                        "device": m.get("device")}
-    train["gpu_speedup"] = train["gpu"]["steps_per_s"] / train["cpu"]["steps_per_s"]
+    if not args.queries:
+        train["gpu_speedup"] = train["gpu"]["steps_per_s"] / train["cpu"]["steps_per_s"]
     res["train"] = train
 
-    # 3. eval ---------------------------------------------------------------------------------------
-    ev = {}
-    for name, device in (("gpu", gpu), ("cpu", "cpu")):
-        out = work / f"eval-{name}.json"
-        cli("eval", "--data", "scifact", "--model", "minilm-l6", "--device", device, "--no-progress",
-            *(["--limit-docs", "300", "--limit-queries", "30"] if args.smoke else []),
-            "--cache-dir", str(work / f"eval-cache-{name}"), "-o", str(out), "--overwrite", log=log)
-        r = json.loads(out.read_text())
-        ev[name] = {"ndcg_at_10": r["metrics"]["ndcg_at_10"], "docs_per_s": r["throughput"]["docs_per_s"],
-                    "encode_docs_s": r["timings"]["encode_docs_s"], "device": r.get("device")}
-    ev["ndcg_diff"] = abs(ev["gpu"]["ndcg_at_10"] - ev["cpu"]["ndcg_at_10"])
-    ev["within_1e-3"] = ev["ndcg_diff"] <= 1e-3
-    res["eval"] = ev
     res["machine"] = machine_info()
 
     from embed_kd.io import atomic_write_json, atomic_write_text
@@ -157,8 +168,8 @@ def main() -> None:
         f"| score-teacher pairs/s (torch fp32) | {s['gpu-fp32']['pairs_per_s']:.0f} | {s['cpu-fp32']['pairs_per_s']:.0f} "
         f"| {s['gpu_speedup']:.1f}× |",
         f"| score-teacher pairs/s (torch-fp16) | {s['gpu-fp16']['pairs_per_s']:.0f} | — | — |",
-        f"| train steps/s ({t['gpu']['precision']} on GPU, batch 32) | {t['gpu']['steps_per_s']:.2f} | "
-        f"{t['cpu']['steps_per_s']:.2f} | {t['gpu_speedup']:.1f}× |",
+        (f"| train steps/s ({t['gpu']['precision']} on GPU, batch 32) | {t['gpu']['steps_per_s']:.2f} | "
+         f"{t['cpu']['steps_per_s']:.2f} | {t['gpu_speedup']:.1f}× |" if "gpu" in t else "| train | skipped | | |"),
         f"| eval docs/s (MiniLM, SciFact corpus) | {e['gpu']['docs_per_s']:.0f} | {e['cpu']['docs_per_s']:.0f} | "
         f"{e['gpu']['docs_per_s'] / e['cpu']['docs_per_s']:.1f}× |",
         f"| eval nDCG@10 (SciFact test) | {e['gpu']['ndcg_at_10']:.4f} | {e['cpu']['ndcg_at_10']:.4f} | "
@@ -166,8 +177,9 @@ def main() -> None:
         f"Scores: GPU fp32 vs CPU max |diff| {s['gpu_vs_cpu_max_abs_diff']:.2e} ({args.cpu_queries} queries); "
         f"torch-fp16 vs fp32 max |diff| {s['fp16_vs_fp32']['max_abs_diff']:.2e}, per-query Kendall tau mean "
         f"{s['fp16_vs_fp32']['kendall_tau_mean']:.4f} (min {s['fp16_vs_fp32']['kendall_tau_min']:.3f}).",
-        f"Work: score-teacher {args.queries} train queries on the GPU, {args.cpu_queries} on the CPU; train "
-        f"{t['gpu']['steps']} GPU / {t['cpu']['steps']} CPU steps. Commands and their output: {log}.", ""]
+        f"Work: score-teacher {args.queries or 'all'} train queries on the GPU, {args.cpu_queries} on the CPU; train "
+        + (f"{t['gpu']['steps']} GPU / {t['cpu']['steps']} CPU steps" if "gpu" in t else "skipped")
+        + f". Commands and their output: {log}.", ""]
     atomic_write_text(args.out + ".md", "\n".join(md))
     print("\n".join(md))
     if not e["within_1e-3"]:

@@ -2,7 +2,7 @@
 # The GPU check of issue 16: score-teacher (cross-encoder), a short train and eval on SciFact, on the
 # GPU and on the CPU -> eval/results/gpu-check.{md,json} (pairs/s, train steps/s, docs/s, nDCG@10 diff).
 # Needs a CUDA GPU (fails clearly without one), SciFact under $EMBED_KD_DATA and the bundled MiniLM
-# (offline). About 5 minutes on one H200 with 16 CPU cores. Options go to scripts/gpu_check.py
+# (offline). About 5 minutes on one H200 with 16 CPU cores (the CPU halves dominate). Options go to scripts/gpu_check.py
 # (--queries, --cpu-queries, --steps, --cpu-steps, --work, --out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
