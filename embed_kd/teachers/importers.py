@@ -676,7 +676,8 @@ def import_scores(files: Sequence[str | os.PathLike], out: str | os.PathLike, op
                 missing_d += int(sum((di[k] < 0).sum() for k in doc_keys))
                 dropped += len(np.unique(row[bad]))
                 if first_missing is None:
-                    i = int(np.flatnonzero(bad)[0])
+                    cand = np.flatnonzero(bad)
+                    i = int(cand[np.argmin(row[cand])])  # the earliest line (a TSV block lists positives first)
                     what = (f"query id {cols['q'][i].as_py()!r} is not in the dataset's queries" if bad_q[i] else
                             f"document id {next(cols[k][i].as_py() for k in doc_keys if di[k][i] < 0)!r} "
                             "is not in the corpus")
