@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from embed_kd.cli.common import device_option, run_command, set_threads, setup_logging, verbosity_options
@@ -92,27 +90,18 @@ def run_command_(data, split, queries_file, corpus_file, candidates, teachers, o
                  allow_missing_ids, cache_dir, no_cache, threads, no_progress, verbose, quiet, device=None):
     """Score candidates of a split with one or more teachers into a score store (resumes by default)."""
     from embed_kd import distributed as dist
-    from embed_kd.errors import EmbedKDError
-    from embed_kd.teachers.combine import parse_weights
-    from embed_kd.teachers.parallel import score_teacher_distributed
+    from embed_kd.data.inputs import load_inputs
+    from embed_kd.device import select_device
+    from embed_kd.teachers.combine import ensemble_weights
+    from embed_kd.teachers.parallel import parts_folder, score_teacher_launched
     from embed_kd.teachers.scorers import parse_teacher_spec
-    from embed_kd.teachers.scoring import ScoreOptions, score_teacher
+    from embed_kd.teachers.scoring import ScoreOptions
 
     setup_logging(verbose, quiet)
     set_threads(threads)
-    from embed_kd.device import select_device
     select_device(device)  # --device / $EMBED_KD_DEVICE / auto; logged once
     world = dist.get_world()  # WORLD_SIZE > 1 under torchrun / accelerate launch
-    names = [parse_teacher_spec(t).name for t in teachers]
-    w = parse_weights(weights, names) if weights else None
-    if weights and Path(weights).is_file():
-        from embed_kd.io import read_json
-
-        file_norm = read_json(weights, "ensemble weights file").get("norm")
-        if file_norm and file_norm != ensemble_norm:
-            raise EmbedKDError(f"{weights}: weights were fitted with norm '{file_norm}'; pass --ensemble {file_norm}")
-    from embed_kd.data.inputs import load_inputs
-
+    w = ensemble_weights(weights, [parse_teacher_spec(t).name for t in teachers], ensemble_norm)
     dataset = load_inputs(data=data, split=split, corpus=corpus_file, queries=queries_file,
                           allow_missing_ids=allow_missing_ids)
     opts = ScoreOptions(chunk_size=chunk_size, batch_size=batch_size, shard=shard, limit=limit, overwrite=overwrite,
@@ -121,12 +110,9 @@ def run_command_(data, split, queries_file, corpus_file, candidates, teachers, o
                         ensemble_norm=ensemble_norm, weights=w, cache_dir=cache_dir, use_cache=not no_cache,
                         show_progress=not no_progress)
     try:
-        if world.distributed:
-            s = score_teacher_distributed(dataset, candidates, teachers, output, opts)
-        else:
-            s = score_teacher(dataset, candidates, teachers, output, opts)
+        s = score_teacher_launched(dataset, candidates, teachers, output, opts)
     except KeyboardInterrupt:
-        kept = f"{output}.parts" if world.distributed else output
+        kept = parts_folder(output) if world.distributed else output
         if world.is_main:
             click.echo(f"Interrupted: the chunks committed so far are kept in {kept}; rerun the same command to "
                        "resume.", err=True)

@@ -56,32 +56,18 @@ def train_command(config, data, split, queries_file, corpus_file, scores, teache
     """
     setup_logging(verbose, quiet)
     set_threads(threads)
-    from embed_kd.training.config import TrainConfig, apply_overrides, with_cli
+    from embed_kd.training.config import config_from_cli
 
-    if config:
-        cfg = TrainConfig.from_yaml(config, student_type=student_type)
-    else:  # a static student's train.* defaults apply through the raw mapping
-        cfg = TrainConfig.from_dict({"student": {"type": student_type}} if student_type else {}, source="--student-type")
-    cfg = with_cli(cfg, data=data, split=split, queries=queries_file, corpus=corpus_file, device=device, scores=scores, teacher=teacher, output=output,
-                   **{"student.model": student, "student.from_teacher": student_from_teacher,
-                      "student.keep_layers": _layers(keep_layers)})
-    if student:
-        cfg.student.from_teacher, cfg.student.keep_layers = False, None
-    if student_type:
-        cfg.student.type = student_type
-        if student_type == "sparse":  # a SPLADE student encodes its own documents and has no alignment loss
-            cfg.losses.align, cfg.losses.score_documents = "none", "student"
-    cfg = apply_overrides(cfg, list(overrides))
+    cfg = config_from_cli(config, student_type=student_type, overrides=overrides, data=data, split=split,
+                          queries=queries_file, corpus=corpus_file, device=device, scores=scores, teacher=teacher,
+                          output=output, **{"student.model": student, "student.from_teacher": student_from_teacher,
+                                            "student.keep_layers": _layers(keep_layers)})
     if print_config:
         import yaml
 
         click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return
-    cfg.validate()
-
-    from embed_kd.training.run import train_student
-    if cfg.student.type == "sparse":  # SPLADE student: same config, data and output layout
-        from embed_kd.training.sparse_run import train_sparse_student as train_student
+    from embed_kd.training.run import train_student  # a sparse student: training.sparse_run, same layout
 
     m = train_student(cfg, overwrite=overwrite, resume=resume, show_progress=not no_progress, cache_dir=cache_dir,
                       limit_queries=limit_queries, limit_docs=limit_docs, config_file=config,

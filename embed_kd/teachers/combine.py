@@ -70,6 +70,21 @@ def parse_weights(text: str | None, teachers: Sequence[str]) -> dict[str, float]
     return weights
 
 
+def ensemble_weights(text: str | None, teachers: Sequence[str], norm: str) -> dict[str, float] | None:
+    """``score-teacher --weights`` for ``--ensemble norm``: :func:`parse_weights`, and a weights file
+    fitted with another normalisation refused (its weights mean something else). None without ``text``."""
+    if not text:
+        return None
+    weights = parse_weights(text, teachers)
+    if os.path.isfile(text):
+        from embed_kd.io import read_json
+
+        file_norm = read_json(text, "ensemble weights file").get("norm")
+        if file_norm and file_norm != norm:
+            raise EmbedKDError(f"{text}: weights were fitted with norm '{file_norm}'; pass --ensemble {file_norm}")
+    return weights
+
+
 def _weights_file(path: str, teachers: Sequence[str]) -> dict[str, float]:
     from embed_kd.io import read_json
 

@@ -134,3 +134,18 @@ def score_teacher_distributed(dataset, candidates: Sequence[str], teachers: Sequ
             "shards": summaries, "rows": merged["rows"], "complete": merged["complete"],
             "pairs_per_s": (total["pairs"] / score_s) if score_s > 0 else None,
             "total_s": time.perf_counter() - t0}
+
+
+def score_teacher_launched(dataset, candidates: Sequence[str], teachers: Sequence[str], out: str | os.PathLike,
+                           options=None) -> dict:
+    """What ``score-teacher run`` calls: :func:`~embed_kd.teachers.scoring.score_teacher` in one
+    process, :func:`score_teacher_distributed` under ``torchrun`` / ``accelerate launch``. The
+    summary adds ``world_size``."""
+    from embed_kd.teachers.scoring import score_teacher
+
+    world = dist.get_world()
+    if world.distributed:
+        summary = score_teacher_distributed(dataset, candidates, teachers, out, options)
+    else:
+        summary = score_teacher(dataset, candidates, teachers, out, options)
+    return {**summary, "world_size": world.world_size}

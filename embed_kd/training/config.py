@@ -461,3 +461,30 @@ def with_cli(cfg: TrainConfig, **values) -> TrainConfig:
         else:
             setattr(cfg, key, val)
     return cfg
+
+
+def config_from_cli(config_file: str | None, *, student_type: str | None = None, overrides: Sequence[str] = (),
+                    **flags) -> TrainConfig:
+    """The resolved config of ``embed-kd train``: the YAML file (or the defaults), then the CLI flags
+    (``flags``: top-level keys and ``student.*``; None = not given), then ``--set`` overrides.
+
+    ``--student`` replaces a cut-from-teacher student; ``--student-type sparse`` also sets what a
+    SPLADE student needs (it encodes its own documents and has no alignment loss:
+    ``losses.align: none``, ``losses.score_documents: student``) — ``--set`` can still change them.
+
+    >>> cfg = config_from_cli(None, student_type="sparse", data="d", overrides=["train.lr=1e-4"])
+    >>> cfg.student.type, cfg.losses.align, cfg.losses.score_documents, cfg.data, cfg.train.lr
+    ('sparse', 'none', 'student', 'd', 0.0001)
+    """
+    if config_file:
+        cfg = TrainConfig.from_yaml(config_file, student_type=student_type)
+    else:  # a static student's train.* defaults apply through the raw mapping
+        cfg = TrainConfig.from_dict({"student": {"type": student_type}} if student_type else {}, source="--student-type")
+    cfg = with_cli(cfg, **flags)
+    if flags.get("student.model"):
+        cfg.student.from_teacher, cfg.student.keep_layers = False, None
+    if student_type:
+        cfg.student.type = student_type
+        if student_type == "sparse":
+            cfg.losses.align, cfg.losses.score_documents = "none", "student"
+    return apply_overrides(cfg, list(overrides))
