@@ -2,32 +2,25 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 from sentence_transformers.sentence_transformer.losses import DistillKLDivLoss, MarginMSELoss
 
-from embed_kd.losses import ScaledScoreLoss, TeacherDocumentsLoss, WeightedLoss, gather_documents, transform_scores
+from embed_kd.losses import ScaledScoreLoss, TeacherDocumentsLoss, WeightedLoss, gather_documents, scale_scores
 
 
 class _NoModel(torch.nn.Module):
     """Stands in for the student where only ``compute_loss_from_embeddings`` is exercised."""
 
 
-def test_transform_scores_by_hand():
-    s = torch.tensor([[3.0, 1.0, -1.0], [2.0, 2.0, 2.0]])
-    z = transform_scores(s, "zscore", 0.5)
-    std = math.sqrt(8 / 3)
-    assert torch.allclose(z[0], torch.tensor([1 / std, 0.0, -1 / std]))  # 0.5 * 2/std
-    assert torch.equal(z[1], torch.zeros(3))  # constant row -> 0, not NaN
-    assert torch.allclose(transform_scores(s, "minmax")[0], torch.tensor([1.0, 0.5, 0.0]))
-    assert torch.allclose(transform_scores(s, "center", 2.0)[0], torch.tensor([4.0, 0.0, -4.0]))
-    assert torch.equal(transform_scores(s, "none", 0.1), s * 0.1)
-    with pytest.raises(ValueError, match="norm"):
-        transform_scores(s, "rank")
+def test_scale_scores_by_hand():
+    s = torch.tensor([[3.0, 1.0, -1.0], [2.0, 2.0, 2.0]], dtype=torch.float64)
+    out = scale_scores(s, 0.5)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, torch.tensor([[1.5, 0.5, -0.5], [1.0, 1.0, 1.0]]))
     with pytest.raises(ValueError, match=r"\(batch, n_candidates\)"):
-        transform_scores(torch.ones(3), "none")
+        scale_scores(torch.ones(3))
 
 
 def test_scaled_margin_mse_by_hand():
