@@ -115,7 +115,7 @@ def test_eval_sts_refuses_existing_output_and_bm25(tmp_path, tiny_model):
     out = tmp_path / "sts.json"
     out.write_text("{}")
     res = CliRunner().invoke(main, ["eval", "--sts", str(sts_file), "--model", str(tiny_model), "-o", str(out)])
-    assert res.exit_code == 2 and "exists" in res.output and out.read_text() == "{}"
+    assert res.exit_code == 2 and f"Error: {out}" in res.output and out.read_text() == "{}"  # untouched
     res = CliRunner().invoke(main, ["eval", "--sts", str(sts_file), "--model", "bm25"])
     assert res.exit_code == 2 and "--sts measures a bi-encoder" in res.output
 
