@@ -66,10 +66,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -82,7 +80,7 @@ from embed_kd.errors import ArtifactError, EmbedKDError
 from embed_kd.index.compression import BINARY, CompressedSearch, Compression
 from embed_kd.device import device_info
 from embed_kd.index.faiss_index import KIND_CHOICES, build_faiss_index, factory_string, resolve_kind, search_index
-from embed_kd.io import Artifact, atomic_dir, claim_output, read_json
+from embed_kd.io import Artifact, atomic_dir, claim_output, read_json, sha256_file, utc_now, versions
 
 logger = logging.getLogger(__name__)
 
@@ -94,24 +92,6 @@ DOCS_FILE = "docs.jsonl"
 ARTIFACT = Artifact(SCHEMA, "manifest.json", "index folder")
 MANIFEST_FILE = "manifest.json"
 _FILES = (INDEX_FILE, IDS_FILE, DOCS_FILE)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _versions() -> dict:
-    from embed_kd.evaluation.retrieval_eval import versions
-
-    return versions()
 
 
 @dataclass
@@ -205,7 +185,7 @@ def _write_files(folder: Path, index, ids: list[str], docs) -> dict:
         for doc_id, doc in zip(ids, docs):
             fh.write(json.dumps({"_id": doc_id, "title": doc.get("title") or "", "text": doc.get("text") or ""},
                                 ensure_ascii=False) + "\n")
-    return {name: _sha256_file(folder / name) for name in _FILES}
+    return {name: sha256_file(folder / name) for name in _FILES}
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
@@ -232,7 +212,7 @@ def write_index(output: str | Path, emb: np.ndarray, corpus: Mapping[str, Mappin
                 compression: Compression | None = None) -> dict:
     """Build a FAISS index over ``emb`` (row i = ``list(corpus)[i]``) and persist it atomically.
 
-    ``doc_model`` is :func:`embed_kd.evaluation.retrieval_eval.model_info` of the model that made
+    ``doc_model`` is :func:`embed_kd.models.model_info` of the model that made
     ``emb``. ``compression``: store truncated / quantized vectors (:mod:`embed_kd.index.compression`;
     ``emb`` stays the full float embeddings). Returns the manifest.
     """
@@ -251,7 +231,7 @@ def write_index(output: str | Path, emb: np.ndarray, corpus: Mapping[str, Mappin
     else:
         index, dim, extra = build_faiss_index(emb, kind), int(emb.shape[1]), {}
         factory = factory_string(len(ids), dim, kind)
-    created = _now()
+    created = utc_now()
     with atomic_dir(output, overwrite=overwrite, artifact=ARTIFACT) as tmp:
         files = _write_files(tmp, index, ids, (corpus[d] for d in ids))
         manifest = {
@@ -262,7 +242,7 @@ def write_index(output: str | Path, emb: np.ndarray, corpus: Mapping[str, Mappin
             "corpus": {"name": name, "source": source, "fingerprint": corpus_fp, "n_docs": len(ids)},
             "batches": [{"source": source, "corpus_fingerprint": corpus_fp, "n": len(ids), "first_row": 0,
                          "added": created, "device": device_info()["device"]}],
-            "device": device_info(), "files": files, "versions": _versions(), "created": created, "updated": created,
+            "device": device_info(), "files": files, "versions": versions(), "created": created, "updated": created,
         }
         _write_manifest(tmp, manifest)
     logger.info("wrote %s index of %d docs (dim %d) to %s", kind, len(ids), dim, output)
@@ -318,7 +298,7 @@ def append_to_index(path: str | Path, emb: np.ndarray, corpus: Mapping[str, Mapp
         ids = current.ids + new_ids
         docs = current.docs + [dict(corpus[d]) for d in new_ids]
         all_docs = {d: doc for d, doc in zip(ids, docs)}
-        now = _now()
+        now = utc_now()
         with atomic_dir(path, overwrite=True, artifact=ARTIFACT) as tmp:
             files = _write_files(tmp, current.index, ids, docs)
             manifest = {
@@ -361,7 +341,7 @@ def open_index(path: str | Path, *, verify: bool = True) -> PersistedIndex:
         f = path / name
         if not f.is_file():
             raise ArtifactError(f"{f}: missing from the index folder (rebuild it with embed-kd index build)")
-        if verify and _sha256_file(f) != manifest["files"].get(name):
+        if verify and sha256_file(f) != manifest["files"].get(name):
             raise ArtifactError(f"{f}: checksum does not match {MANIFEST_FILE} (truncated or modified); rebuild the index")
     comp = manifest.get("compression")
     binary = bool(comp) and comp.get("precision") in BINARY
@@ -414,7 +394,8 @@ def build_index(output: str | Path, corpus: Mapping[str, Mapping[str, str]], doc
     builds and writes the index; every process returns the manifest.
     """
     from embed_kd.encode import uses_cosine
-    from embed_kd.evaluation.retrieval_eval import encode_corpus, model_info
+    from embed_kd.index.encoding import encode_corpus
+    from embed_kd.models import model_info
     from embed_kd.index.cache import EmbeddingCache
 
     claim_output(output, ARTIFACT, overwrite=overwrite)  # before encoding: a refusal should not cost an encode
@@ -440,7 +421,7 @@ def build_index(output: str | Path, corpus: Mapping[str, Mapping[str, str]], doc
 def add_documents(path: str | Path, corpus: Mapping[str, Mapping[str, str]], doc_model, *, cache=None,
                   batch_size: int = 32, source: str = "", show_progress: bool = True) -> dict:
     """Encode new documents with the index's doc model and append them (see :func:`append_to_index`)."""
-    from embed_kd.evaluation.retrieval_eval import encode_corpus
+    from embed_kd.index.encoding import encode_corpus
     from embed_kd.index.cache import EmbeddingCache
     from embed_kd.models import fingerprint_model
 
