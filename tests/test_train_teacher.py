@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from embed_kd.data import load_beir
 from embed_kd.data.beir import BeirDataset
 from embed_kd.errors import EmbedKDError
-from embed_kd.teachers.train_teacher import TrainTeacherConfig, build_examples, train_teacher
+from embed_kd.training.train_teacher import TrainTeacherConfig, build_examples, train_teacher
 
 
 def _toy():

@@ -1,4 +1,4 @@
-"""``embed-kd train-teacher``: fine-tune an in-domain cross-encoder teacher (see embed_kd/teachers/train_teacher.py)."""
+"""``embed-kd train-teacher``: fine-tune an in-domain cross-encoder teacher (see embed_kd/training/train_teacher.py)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def train_teacher_command(data, split, base, output, overwrite, loss, targets, l
     embed-kd eval --data scifact --model bm25 --rerank runs/ce --rerank-depth 20
     """
     from embed_kd.io import claim_output
-    from embed_kd.teachers.train_teacher import ARTIFACT
+    from embed_kd.training.train_teacher import ARTIFACT
 
     setup_logging(verbose, quiet)
     set_threads(threads)
@@ -65,7 +65,7 @@ def train_teacher_command(data, split, base, output, overwrite, loss, targets, l
     claim_output(output, ARTIFACT, overwrite=overwrite)
 
     from embed_kd.data import load_beir, resolve_dataset
-    from embed_kd.teachers.train_teacher import TrainTeacherConfig, train_teacher
+    from embed_kd.training.train_teacher import TrainTeacherConfig, train_teacher
 
     config = TrainTeacherConfig(
         base=base, dense_model=dense_model, loss=loss, targets=targets, label_boost=label_boost, negatives=negatives,

@@ -112,10 +112,11 @@ def git_info() -> dict:
     return {"commit": commit, "dirty": dirty}
 
 
-def time_budget_callback(max_time_s: float | None):
-    """A ``TrainerCallback`` that stops training (and saves) once ``max_time_s`` seconds have passed
-    since ``on_train_begin``; ``.stopped`` tells whether it did. Under ``torchrun`` every process
-    stops at the same step (or DDP would hang)."""
+def time_budget_callback(max_time_s: float | None, *, evaluate: bool = False):
+    """A ``TrainerCallback`` that stops training (and saves; with ``evaluate`` also evaluates, for a
+    best-checkpoint choice) once ``max_time_s`` seconds have passed since ``on_train_begin``;
+    ``.stopped`` tells whether it did. Under ``torchrun`` every process stops at the same step (or
+    DDP would hang). Used by every trainer: dense, sparse and ``train-teacher``."""
     from transformers import TrainerCallback
 
     class TimeBudget(TrainerCallback):
@@ -135,6 +136,7 @@ def time_budget_callback(max_time_s: float | None):
                 self.stopped = True
                 control.should_training_stop = True
                 control.should_save = True
+                control.should_evaluate = control.should_evaluate or evaluate
             return control
 
     return TimeBudget()

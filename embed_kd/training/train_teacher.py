@@ -1,4 +1,5 @@
-"""Fine-tune an in-domain cross-encoder teacher with sentence-transformers' ``CrossEncoderTrainer``.
+"""Fine-tune an in-domain cross-encoder teacher with sentence-transformers' ``CrossEncoderTrainer``
+(a training run, so it lives in ``training``; the teacher it writes is a ``teachers`` input).
 
 ``embed-kd train-teacher`` turns labelled (query, document) pairs into a re-ranker that
 ``eval --rerank``, ``eval --ensemble`` and ``score-teacher --teacher DIR`` load with
@@ -55,8 +56,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from embed_kd.data.beir import BeirDataset, doc_text
+from embed_kd.data.fingerprint import fingerprint_corpus, fingerprint_json
+from embed_kd.device import (current_device, device_info, pin_trainer_device, trainer_device_arguments,
+                             training_precision)
 from embed_kd.errors import EmbedKDError
-from embed_kd.io import Artifact
+from embed_kd.io import Artifact, atomic_dir, atomic_write_json, claim_output, sweep_stale, utc_now, versions
+from embed_kd.models import fingerprint_model, forget_fingerprint, load_cross_encoder
+from embed_kd.numeric import check_finite_weights, finite_number
+from embed_kd.runs import top_k
+from embed_kd.teachers.dev_split import carve_dev_slice
+from embed_kd.teachers.ensemble import EnsembleConfig, FirstStageMember, first_stage_scores
+from embed_kd.teachers.fusion import fuse_runs
+from embed_kd.training.finite_guard import NonFiniteLossError, diverged_message, guard_losses
+from embed_kd.training.lifecycle import time_budget_callback
+
 logger = logging.getLogger(__name__)
 SCHEMA = "embed-kd/cross-encoder-teacher@1"
 #: the ownership rule (:func:`embed_kd.io.claim_output`): ``--overwrite`` replaces only a teacher this wrote
@@ -102,10 +115,6 @@ class TrainTeacherConfig:
             raise EmbedKDError(f"{self.loss} distils teacher scores: use --targets ensemble or ensemble+labels")
         if self.negatives < 1 or self.neg_depth < 1:
             raise EmbedKDError("--negatives and --neg-depth must be ≥ 1")
-
-
-        from embed_kd.numeric import finite_number
-
         for flag, key in (("--label-boost", "label_boost"), ("--epochs", "epochs"), ("--max-minutes", "max_minutes"),
                           ("--lr", "learning_rate"), ("warmup_ratio", "warmup_ratio")):
             value = getattr(self, key)
@@ -189,9 +198,6 @@ def mine_candidates(config: TrainTeacherConfig, dataset: BeirDataset, *, cache_d
 
     Returns ``(candidates, fused, members)`` with ``candidates[qid] = {"bm25": [...], "dense": [...]}``.
     """
-    from embed_kd.teachers.ensemble import EnsembleConfig, FirstStageMember, first_stage_scores
-    from embed_kd.teachers.fusion import fuse_runs
-
     depth = depth or config.neg_depth
     ens = EnsembleConfig.from_dict({"members": [{"name": "bm25", "kind": "bm25", "k": depth},
                                                 {"name": "dense", "kind": "bi-encoder", "model": config.dense_model,
@@ -226,28 +232,6 @@ def _make_loss(config: TrainTeacherConfig, model):
     return losses.MarginMSELoss(model)
 
 
-class _TimeBudget:
-    """A ``TrainerCallback`` that stops training after ``minutes`` (checked after every step)."""
-
-    def __new__(cls, minutes: float):
-        from transformers import TrainerCallback
-
-        class TimeBudget(TrainerCallback):
-            def __init__(self):
-                self.start = time.monotonic()
-                self.stopped = False
-
-            def on_step_end(self, args, state, control, **kwargs):
-                if time.monotonic() - self.start > minutes * 60:
-                    control.should_training_stop = True
-                    control.should_evaluate = True
-                    control.should_save = True
-                    self.stopped = True
-                return control
-
-        return TimeBudget()
-
-
 def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str | Path, *, overwrite: bool = False,
                   cache_dir=None, use_cache: bool = True, show_progress: bool = True) -> dict:
     """Fine-tune a cross-encoder on ``dataset`` (a train split) and save it to ``output``; returns the manifest."""
@@ -256,12 +240,6 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
 
-    from embed_kd.data.fingerprint import fingerprint_corpus, fingerprint_json
-    from embed_kd.evaluation.metrics import top_k
-    from embed_kd.evaluation.retrieval_eval import versions
-    from embed_kd.io import atomic_dir, atomic_write_json, claim_output, sweep_stale
-    from embed_kd.models import fingerprint_model, forget_fingerprint, load_cross_encoder
-    from embed_kd.teachers.dev_split import carve_dev_slice
 
     config.validate()
     claim_output(output, ARTIFACT, overwrite=overwrite)
@@ -285,9 +263,6 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
 
     # dev re-ranking samples: the ensemble's first-stage top eval_depth (positives always included)
     eval_dev = dev_ds.sliced(config.eval_queries) if config.eval_queries < len(dev_ds.queries) else dev_ds
-    from embed_kd.teachers.ensemble import first_stage_scores
-    from embed_kd.teachers.fusion import fuse_runs
-
     _, dev_scores = first_stage_scores(members, dict(eval_dev.queries))
     dev_first = top_k(fuse_runs(dev_scores, norm="zscore"), config.eval_depth)
     samples = [{"query": eval_dev.queries[q],
@@ -295,9 +270,6 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
                 "documents": [doc_text(eval_dev.corpus[d]) for d in dev_first[q]]} for q in eval_dev.queries]
     evaluator = CrossEncoderRerankingEvaluator(samples, at_k=10, always_rerank_positives=False, name="dev",
                                                batch_size=32, show_progress_bar=False, write_csv=False)
-
-    from embed_kd.device import current_device, device_info, pin_trainer_device, trainer_device_arguments, \
-        training_precision
 
     device = current_device()  # --device (select_device), else $EMBED_KD_DEVICE / auto
     precision = training_precision(config.precision, device)
@@ -324,7 +296,7 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
     out_abs = Path(str(output)).resolve()
     sweep_stale(out_abs)
     ckpt = Path(tempfile.mkdtemp(prefix=f".{out_abs.name}.pid{os.getpid()}-ckpt-", suffix=".tmp", dir=out_abs.parent))
-    budget = _TimeBudget(config.max_minutes) if config.max_minutes else None
+    budget = time_budget_callback(config.max_minutes * 60, evaluate=True) if config.max_minutes else None
     callbacks = [budget] if budget else []
     if config.early_stopping_patience:
         from transformers import EarlyStoppingCallback
@@ -339,8 +311,6 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
         report_to="none", seed=config.seed, dataloader_num_workers=0, **trainer_device_arguments(device, precision),
         disable_tqdm=not show_progress, save_only_model=True,
     )
-    from embed_kd.training.finite_guard import NonFiniteLossError, diverged_message, guard_losses
-
     loss = _make_loss(config, model)
     pin_trainer_device(args, device)
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_data, loss=loss,
@@ -358,7 +328,7 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
         logger.info("dev after training (best checkpoint): %s", after)
         manifest = {
             "schema": SCHEMA,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created": utc_now(),
             "base": config.base, "base_fingerprint": base_fp, "model_fingerprint": fingerprint_model(model),
             "config": asdict(config),
             "dataset": {"name": dataset.name, "split": dataset.split,
@@ -377,8 +347,6 @@ def train_teacher(config: TrainTeacherConfig, dataset: BeirDataset, output: str 
             "device": device_info(device),
             "versions": versions(),
         }
-        from embed_kd.numeric import check_finite_weights
-
         check_finite_weights(model, f"{output}: the trained cross-encoder")  # never publish NaN weights
         with atomic_dir(output, overwrite=overwrite, artifact=ARTIFACT) as tmp:
             model.save_pretrained(str(tmp))
