@@ -42,16 +42,19 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# init variants, tried on TRAIN queries (name, StaticSpec fields)
+# init variants, tried on TRAIN queries (name, StaticSpec fields over the StaticSpec defaults)
 VARIANTS = (
-    ("mean · sif 1e-3 (default)", {}),
+    ("mean · sif 1e-3 (StaticSpec defaults)", {}),
     ("mean · sif 1e-4", {"sif_coefficient": 1e-4}),
     ("mean · sif 1e-2", {"sif_coefficient": 1e-2}),
     ("mean · zipf (id rank)", {"weighting": "zipf", "sif_coefficient": 1e-4}),
     ("mean · unweighted", {"weighting": "none"}),
     ("token · sif 1e-3", {"token_pooling": "token"}),
     ("mean · normalised tokens · sif 1e-3", {"normalize_tokens": True}),
+    ("mean · centred (PCA 384) · sif 1e-3", {"pca_dims": 384}),
     ("mean · PCA 256 · sif 1e-3", {"pca_dims": 256}),
+    ("mean · PCA 128 · sif 1e-3", {"pca_dims": 128}),
+    ("token · centred (PCA 384) · sif 1e-3", {"token_pooling": "token", "pca_dims": 384}),
     ("random table", {"init": "random"}),
 )
 
@@ -69,6 +72,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5, help="alternating repetitions of each speed measurement")
     ap.add_argument("--serve-requests", type=int, default=300)
     ap.add_argument("--skip-variants", action="store_true")
+    ap.add_argument("--smoke", type=int, metavar="N", help="check the script: N queries, N docs per split (not a result)")
     args = ap.parse_args()
 
     import numpy as np
@@ -96,6 +100,8 @@ def main() -> int:
     cfg = manifest["config"]
     folder = resolve_dataset("scifact")
     train, test = load_beir(folder, "train"), load_beir(folder, "test")
+    if args.smoke:
+        train, test = train.sliced(args.smoke, args.smoke * 4), test.sliced(args.smoke, args.smoke * 4)
     cache = EmbeddingCache()
     teacher = load_sentence_transformer("minilm-l6")
     opts = EvalOptions(show_progress=False)
@@ -109,7 +115,7 @@ def main() -> int:
     variants = []
     if not args.skip_variants:
         for name, fields in VARIANTS:
-            spec = StaticSpec(**{**cfg["static"], **fields})
+            spec = StaticSpec(**{**fields, "encode_batch_size": cfg["static"]["encode_batch_size"]})
             t0 = time.perf_counter()
             model = build_static_student(teacher, spec, texts=texts, cache=cache, seed=cfg["train"]["seed"])
             init_s = time.perf_counter() - t0
