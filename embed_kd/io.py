@@ -310,31 +310,9 @@ def sweep_stale(path: str | os.PathLike) -> list[Path]:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = True) -> Path:
-    path = Path(path)
-    if not overwrite:
-        refuse_existing(path, overwrite)
-    _check_parent(path)
-    sweep_stale(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot create a file in {path.parent} ({exc.strerror or exc})") from None
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise ArtifactError(f"{path}: write failed ({exc.strerror or exc})") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    with _atomic_file(path, overwrite=overwrite, mode="wb") as fh:
+        fh.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = True) -> Path:
@@ -353,6 +331,14 @@ def atomic_open(path: str | os.PathLike, *, overwrite: bool = True, encoding: st
     The block writes to a temporary sibling; it is fsynced and renamed into place when the block
     succeeds, removed when it raises.
     """
+    with _atomic_file(path, overwrite=overwrite, mode="w", encoding=encoding, newline="") as fh:
+        yield fh
+
+
+@contextlib.contextmanager
+def _atomic_file(path: str | os.PathLike, *, overwrite: bool, mode: str, **open_kwargs) -> Iterator[Any]:
+    """The one atomic file writer: a temporary sibling (umask permissions), fsynced and renamed into
+    place when the block succeeds; removed, and one :class:`ArtifactError` for an OS error, when it fails."""
     path = Path(path)
     if not overwrite:
         refuse_existing(path, overwrite)
@@ -364,7 +350,7 @@ def atomic_open(path: str | os.PathLike, *, overwrite: bool = True, encoding: st
         raise ArtifactError(f"{path}: cannot create a file in {path.parent} ({exc.strerror or exc})") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding=encoding, newline="") as fh:
+        with os.fdopen(fd, mode, **open_kwargs) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

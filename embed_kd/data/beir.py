@@ -38,13 +38,11 @@ Only the queries that have judgments in the split are kept, as BEIR does.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-from embed_kd.data.lines import iter_lines
+from embed_kd.data.lines import iter_json_objects, iter_lines
 from embed_kd.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -107,17 +105,6 @@ def doc_text(doc: dict[str, str]) -> str:
     return f"{title} {text}".strip() if title else text
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    for lineno, line in iter_lines(path):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        yield lineno, obj
-
-
 def corpus_path(folder: str | Path) -> Path:
     """``corpus.jsonl`` of a BEIR folder, or ``corpus.jsonl.gz`` when only that exists."""
     return _plain_or_gz(Path(folder) / "corpus.jsonl")
@@ -164,7 +151,7 @@ def load_corpus(path: str | Path) -> dict[str, dict[str, str]]:
     """Read ``corpus.jsonl`` into ``{doc_id: {"title": str, "text": str}}`` (file order kept)."""
     path = Path(path)
     corpus: dict[str, dict[str, str]] = {}
-    for lineno, obj in _iter_jsonl(path):
+    for lineno, obj in iter_json_objects(path):
         doc_id = _string_field(path, lineno, obj, "_id", required=True)
         if not doc_id:
             raise DataError(f"{path}:{lineno}: empty '_id'")
@@ -184,7 +171,7 @@ def load_queries(path: str | Path) -> dict[str, str]:
     """Read ``queries.jsonl`` into ``{query_id: text}`` (file order kept)."""
     path = Path(path)
     queries: dict[str, str] = {}
-    for lineno, obj in _iter_jsonl(path):
+    for lineno, obj in iter_json_objects(path):
         qid = _string_field(path, lineno, obj, "_id", required=True)
         if not qid:
             raise DataError(f"{path}:{lineno}: empty '_id'")

@@ -49,13 +49,12 @@ every stage reads:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
 from embed_kd.data.beir import BeirDataset
-from embed_kd.data.lines import base_suffix, iter_lines
+from embed_kd.data.lines import base_suffix, iter_json_objects, iter_lines
 from embed_kd.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -79,17 +78,6 @@ def input_kind(spec: str | os.PathLike) -> str:
         return "table"
     suffix = base_suffix(text)
     return {".jsonl": "jsonl", ".json": "jsonl", ".tsv": "tsv"}.get(suffix, "text")
-
-
-def _json_records(path: Path):
-    for lineno, line in iter_lines(path):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        yield lineno, obj
 
 
 def _field(path, lineno, obj: dict, names: tuple[str, ...], what: str, *, required: bool = True) -> str:
@@ -131,7 +119,7 @@ def _records(spec, *, want_title: bool):
         return
     path = Path(spec)
     if kind == "jsonl":
-        for lineno, obj in _json_records(path):
+        for lineno, obj in iter_json_objects(path):
             yield (f"{path}:{lineno}", _field(path, lineno, obj, ("_id", "id"), "id"),
                    _field(path, lineno, obj, ("title",), "title", required=False) if want_title else "",
                    _field(path, lineno, obj, ("text",), "text"))

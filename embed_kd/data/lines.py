@@ -25,6 +25,7 @@ embed_kd.errors.DataError: .../q.txt.gz:...: the gzip file is truncated or corru
 from __future__ import annotations
 
 import gzip
+import json
 import zlib
 from pathlib import Path
 from typing import IO, Iterator
@@ -93,3 +94,17 @@ def iter_lines(path: str | Path, *, skip_blank: bool = True) -> Iterator[tuple[i
         if skip_blank and not line.strip():
             continue
         yield lineno, line
+
+
+def iter_json_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` of a JSONL file (blank lines skipped); a line that is not JSON, or
+    not a JSON object, is one :class:`~embed_kd.errors.DataError` naming ``file:line``."""
+    path = Path(path)
+    for lineno, line in iter_lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj

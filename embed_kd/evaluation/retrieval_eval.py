@@ -102,13 +102,8 @@ def evaluate_dense(dataset: BeirDataset, query_model, doc_model=None, *, options
     run = dense_run(q_emb, qids, doc_emb, doc_ids, k=opt.top_k, index=opt.index, compression=comp, normalize=normalize)
     search_s = time.perf_counter() - t
 
-    t = time.perf_counter()
-    scored = evaluate_run(dataset.qrels, run, ignore_identical_ids=opt.ignore_identical_ids)
-    evaluate_s = time.perf_counter() - t
-
-    timings = {**opt.timings, "encode_docs_s": encode_docs_s, "encode_queries_s": encode_queries_s,
-               "search_s": search_s, "evaluate_s": evaluate_s}
-    timings["total_s"] = time.perf_counter() - t0 + sum(opt.timings.values())
+    scored, timings = score_run(dataset, run, opt, t0, encode_docs_s=encode_docs_s,
+                                encode_queries_s=encode_queries_s, search_s=search_s)
     result = eval_result(
         "asymmetric" if asym else "symmetric", dataset, scored, timings,
         query_model=q_info, doc_model=d_info or q_info,
@@ -133,15 +128,22 @@ def evaluate_bm25(dataset: BeirDataset, *, options: EvalOptions | None = None, c
     t = time.perf_counter()
     run = retriever.retrieve(dataset.queries, k=opt.top_k)
     search_s = time.perf_counter() - t
-    t = time.perf_counter()
-    scored = evaluate_run(dataset.qrels, run, ignore_identical_ids=opt.ignore_identical_ids)
-    timings = {**opt.timings, "index_docs_s": index_s, "search_s": search_s,
-               "evaluate_s": time.perf_counter() - t}
-    timings["total_s"] = time.perf_counter() - t0 + sum(opt.timings.values())
+    scored, timings = score_run(dataset, run, opt, t0, index_docs_s=index_s, search_s=search_s)
     result = eval_result("bm25", dataset, scored, timings, query_model=None, doc_model=None,
                          index={"kind": "bm25s", "top_k": opt.top_k, **config.__dict__}, cache={"docs": "off"})
     result["run"] = run
     return result
+
+
+def score_run(dataset: BeirDataset, run: dict, opt: EvalOptions, t0: float, **stage_s: float) -> tuple[dict, dict]:
+    """Score ``run`` against ``dataset.qrels`` (pytrec_eval) and build the result's ``timings``: the
+    pre-measured ``opt.timings``, each stage's seconds (``stage_s``, in order), ``evaluate_s`` and
+    ``total_s`` (since ``t0``, plus the pre-measured ones). Shared by every evaluation mode."""
+    t = time.perf_counter()
+    scored = evaluate_run(dataset.qrels, run, ignore_identical_ids=opt.ignore_identical_ids)
+    timings = {**opt.timings, **stage_s, "evaluate_s": time.perf_counter() - t}
+    timings["total_s"] = time.perf_counter() - t0 + sum(opt.timings.values())
+    return scored, timings
 
 
 def eval_result(mode, dataset: BeirDataset, scored: dict, timings: dict, *, query_model, doc_model, index,

@@ -224,8 +224,7 @@ def evaluate_sparse(dataset: BeirDataset, model, *, options=None, doc_top_k: int
     ``run`` (popped by the CLI) and, under ``_matrices``, the unpruned query/doc CSR matrices so that a
     caller can evaluate several prunings from one encoding.
     """
-    from embed_kd.runs import evaluate_run
-    from embed_kd.evaluation.retrieval_eval import EvalOptions, eval_result
+    from embed_kd.evaluation.retrieval_eval import EvalOptions, eval_result, score_run
 
     opt = options or EvalOptions()
     t0 = time.perf_counter()
@@ -250,12 +249,8 @@ def evaluate_sparse(dataset: BeirDataset, model, *, options=None, doc_top_k: int
     scores, rows = sparse_search(queries, docs, k=opt.top_k)
     run = run_from_search(scores, rows, qids, doc_ids)
     search_s = time.perf_counter() - t
-    t = time.perf_counter()
-    scored = evaluate_run(dataset.qrels, run, ignore_identical_ids=opt.ignore_identical_ids)
-    evaluate_s = time.perf_counter() - t
-    timings = {**opt.timings, "encode_docs_s": encode_docs_s, "encode_queries_s": encode_queries_s,
-               "search_s": search_s, "evaluate_s": evaluate_s}
-    timings["total_s"] = time.perf_counter() - t0 + sum(opt.timings.values())
+    scored, timings = score_run(dataset, run, opt, t0, encode_docs_s=encode_docs_s,
+                                encode_queries_s=encode_queries_s, search_s=search_s)
     info = sparse_model_info(model)
     result = eval_result("sparse", dataset, scored, timings, query_model=info, doc_model=info,
                          index={"kind": "scipy-csr", "top_k": opt.top_k, "normalize": False},

@@ -82,7 +82,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from embed_kd.data.lines import GZIP_ERRORS, is_gzip, iter_lines, open_binary
+from embed_kd.data.lines import GZIP_ERRORS, is_gzip, iter_json_objects, iter_lines, open_binary
 from embed_kd.errors import DataError, EmbedKDError
 from embed_kd.io import sha256_file
 
@@ -454,13 +454,7 @@ def read_listwise(source: str, opts: ImportOptions) -> RawRows:
                 add(f"{base}: row {n}", qid, docs, scores, n)
     else:
         path = Path(base)
-        for lineno, line in iter_lines(path):
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
+        for lineno, obj in iter_json_objects(path):
             cols = resolve_columns(f"{path}:{lineno}", list(obj), declared, roles)
             add(f"{path}:{lineno}", obj[cols["query_id"]], obj[cols["document_ids"]], obj[cols["scores"]], lineno)
             n += 1
