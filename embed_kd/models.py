@@ -14,8 +14,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from embed_kd.device import current_device
 from embed_kd.encode import embedding_dim
 from embed_kd.errors import EmbedKDError, ModelNotFoundError
+from embed_kd.model_kind import check_cross_encoder, check_role, refuse_kind
 from embed_kd.presets import locate_model
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,8 +43,6 @@ def _load_errors() -> tuple[type[BaseException], ...]:
 
 def _default_device() -> str:
     """The selected device (``--device`` / ``$EMBED_KD_DEVICE`` / auto: :func:`embed_kd.device.current_device`)."""
-    from embed_kd.device import current_device
-
     return current_device()
 
 
@@ -58,8 +58,6 @@ def load_sentence_transformer(spec: str | os.PathLike, *, device: str | None = N
     ``role`` names what the model is for in errors; a cross-encoder or a sparse encoder is refused
     (:func:`embed_kd.model_kind.check_role`)."""
     from sentence_transformers import SentenceTransformer
-
-    from embed_kd.model_kind import check_role, refuse_kind
 
     source, ms = locate_model(spec)
     if ms.kind in ("cross-encoder", "sparse-encoder"):
@@ -100,8 +98,6 @@ def load_sparse_encoder(spec: str | os.PathLike, *, device: str | None = None, r
     files say it is not one (nor an MLM to build one on) is refused (:mod:`embed_kd.model_kind`)."""
     from sentence_transformers.sparse_encoder import SparseEncoder
 
-    from embed_kd.model_kind import check_role, refuse_kind
-
     source, ms = locate_model(spec)
     if ms.kind in ("cross-encoder", "bi-encoder"):
         raise refuse_kind(str(spec), "sparse-encoder", role, ms.kind, _evidence(ms))
@@ -124,8 +120,6 @@ def load_cross_encoder(spec: str | os.PathLike, *, device: str | None = None, ma
     without its classification head — is refused naming the model and ``role``, before and after
     loading (:mod:`embed_kd.model_kind`): loaded anyway, its head would be random."""
     from sentence_transformers import CrossEncoder
-
-    from embed_kd.model_kind import check_cross_encoder, check_role, refuse_kind
 
     source, ms = locate_model(spec)
     if require_head:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from embed_kd.errors import EmbedKDError
+from embed_kd.index.search import dense_run
+from embed_kd.models import fingerprint_model
 
 logger = logging.getLogger(__name__)
 SOURCES = ("bm25", "dense")
@@ -109,8 +111,6 @@ class CandidateMiner:
     def prepare(self) -> list[dict]:
         """Load/fit every source (BM25 index, dense model + document embeddings); returns the manifest
         entries (``candidates`` of the score store)."""
-        from embed_kd.models import fingerprint_model
-
         entries = []
         for s in self.specs:
             if s.source == "bm25":
@@ -126,8 +126,6 @@ class CandidateMiner:
 
     def mine(self, qids: Sequence[str]) -> list[QueryCandidates]:
         """Candidates of ``qids`` (deterministic: depends only on the queries, not on chunking)."""
-        from embed_kd.index.search import dense_run
-
         ds = self.res.dataset
         per_source: dict[str, dict[str, list[str]]] = {}
         for s in self.specs:

@@ -13,10 +13,12 @@ from typing import Sequence
 
 import numpy as np
 
+from embed_kd.candidates.bm25 import BM25Config, BM25Retriever
 from embed_kd.data.beir import BeirDataset
 from embed_kd.encode import encode_texts, uses_cosine
 from embed_kd.index.cache import EmbeddingCache
-from embed_kd.models import fingerprint_model
+from embed_kd.index.encoding import encode_corpus
+from embed_kd.models import fingerprint_model, load_sentence_transformer
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +38,6 @@ class SharedResources:
         self._queries: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
 
     def bm25(self, config=None):
-        from embed_kd.candidates.bm25 import BM25Config, BM25Retriever
-
         config = config or BM25Config()
         key = config.fingerprint()
         if key not in self._bm25:
@@ -46,16 +46,12 @@ class SharedResources:
         return self._bm25[key]
 
     def bi_encoder(self, spec: str):
-        from embed_kd.models import load_sentence_transformer
-
         if spec not in self._bi:
             self._bi[spec] = load_sentence_transformer(spec, role=f"a dense source / teacher ({spec})")
         return self._bi[spec]
 
     def doc_embeddings(self, model) -> tuple[np.ndarray, list[str], dict[str, int]]:
         """``(embeddings, doc_ids, row_of_doc)`` for the whole corpus, from the embedding cache if valid."""
-        from embed_kd.index.encoding import encode_corpus
-
         fp = fingerprint_model(model)
         if fp not in self._docs:
             emb, ids, res = encode_corpus(model, self.dataset, cache=self.cache, batch_size=self.batch_size,

@@ -31,6 +31,13 @@ from typing import Mapping
 
 import numpy as np
 
+from embed_kd.encode import encode_texts, uses_cosine
+from embed_kd.evaluation.retrieval_eval import EvalOptions
+from embed_kd.index.cache import EmbeddingCache
+from embed_kd.index.encoding import encode_corpus
+from embed_kd.index.search import dense_run
+from embed_kd.models import fingerprint_model, model_name
+
 logger = logging.getLogger(__name__)
 
 
@@ -90,13 +97,6 @@ def evaluate_loyalty(dataset, query_model, doc_model, teacher, *, options=None, 
     ``run`` is the evaluated retriever's run (from :func:`~embed_kd.evaluation.retrieval_eval.evaluate_dense`);
     it is recomputed when omitted. Document embeddings come from the shared cache.
     """
-    from embed_kd.encode import encode_texts, uses_cosine
-    from embed_kd.evaluation.retrieval_eval import EvalOptions
-    from embed_kd.index.encoding import encode_corpus
-    from embed_kd.index.search import dense_run
-    from embed_kd.index.cache import EmbeddingCache
-    from embed_kd.models import fingerprint_model, model_name
-
     opt = options or EvalOptions()
     cache = EmbeddingCache(opt.cache_dir, enabled=opt.use_cache)
     normalize = uses_cosine(doc_model)

@@ -66,8 +66,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embed_kd.data import load_beir, resolve_dataset
+from embed_kd.data.fingerprint import fingerprint_corpus
+from embed_kd.device import device_info
 from embed_kd.errors import EmbedKDError
-from embed_kd.io import utc_now
+from embed_kd.index.cache import EmbeddingCache
+from embed_kd.index.encoding import encode_corpus
+from embed_kd.io import utc_now, versions
+from embed_kd.models import model_info
+from embed_kd.presets import hub_reachable
 
 logger = logging.getLogger(__name__)
 SCHEMA = "embed-kd/mteb@1"
@@ -136,8 +143,6 @@ def routed_encoder(query_model, doc_model=None, *, cache=None):
             if corpus is not None and _default_prompts_only(self.doc_st):
                 from types import SimpleNamespace
 
-                from embed_kd.index.encoding import encode_corpus
-
                 emb, _, res = encode_corpus(self.doc_st, SimpleNamespace(corpus=corpus), cache=self.cache,
                                             batch_size=kwargs.get("batch_size", 32),
                                             show_progress=kwargs.get("show_progress_bar", True))
@@ -183,8 +188,6 @@ def local_retrieval_task(dataset, *, name: str | None = None, metadata=None):
     from mteb.abstasks.retrieval import AbsTaskRetrieval
     from mteb.abstasks.task_metadata import TaskMetadata
 
-    from embed_kd.data.fingerprint import fingerprint_corpus
-
     local = {"path": str(dataset.path), "revision": fingerprint_corpus(dataset.corpus)}
     if metadata is not None:
         meta = metadata.model_copy(update={"dataset": local, "eval_splits": [dataset.split]})
@@ -223,8 +226,6 @@ def _is_retrieval(task) -> bool:
 
 def _load_local(spec: str, split: str, *, limit_queries=None, limit_docs=None, allow_missing_ids=False,
                 download: bool = True):
-    from embed_kd.data import load_beir, resolve_dataset
-
     folder = resolve_dataset(spec, download=download)
     dataset = load_beir(folder, split, name=Path(folder).name, allow_missing_ids=allow_missing_ids)
     if limit_queries or limit_docs:
@@ -233,8 +234,6 @@ def _load_local(spec: str, split: str, *, limit_queries=None, limit_docs=None, a
 
 
 def _local_info(dataset) -> dict:
-    from embed_kd.data.fingerprint import fingerprint_corpus
-
     return {"name": dataset.name, "path": str(dataset.path), "split": dataset.split,
             "n_queries": len(dataset.qrels), "n_docs": len(dataset.corpus),
             "corpus_fingerprint": fingerprint_corpus(dataset.corpus), "notes": dataset.notes}
@@ -257,8 +256,6 @@ def resolve_tasks(names: list[str], *, data: str | None = None, split: str = "te
                   allow_missing_ids: bool = False, online: bool | None = None) -> list[ResolvedTask]:
     """Turn task names into mteb tasks (see the module docstring for the rules)."""
     import mteb
-
-    from embed_kd.presets import hub_reachable
 
     if online is None:
         online = hub_reachable()
@@ -315,10 +312,6 @@ def run_mteb(tasks: list[ResolvedTask], query_model, doc_model=None, *, batch_si
     """
     import mteb
 
-    from embed_kd.device import device_info
-    from embed_kd.io import versions
-    from embed_kd.models import model_info
-
     t0 = time.perf_counter()
     asym = doc_model is not None and doc_model is not query_model
     q_info = model_info(query_model)
@@ -327,7 +320,6 @@ def run_mteb(tasks: list[ResolvedTask], query_model, doc_model=None, *, batch_si
         raise EmbedKDError(
             f"asymmetric mode needs one embedding space: query model '{q_info['spec']}' makes "
             f"{q_info['dim']}-dim vectors, doc model '{d_info['spec']}' makes {d_info['dim']}-dim vectors")
-    from embed_kd.index.cache import EmbeddingCache
 
     cache = EmbeddingCache(cache_dir, enabled=use_cache) if use_cache else None
     encoder = routed_encoder(query_model, doc_model if asym else None, cache=cache)

@@ -33,16 +33,24 @@ from pathlib import Path
 
 from embed_kd import distributed as dist
 from embed_kd.data import load_beir, resolve_dataset
+from embed_kd.data.inputs import load_inputs
 from embed_kd.device import select_device
 from embed_kd.errors import EmbedKDError
 from embed_kd.evaluation import outputs
+from embed_kd.evaluation.ensemble_eval import evaluate_ensemble_from_config
+from embed_kd.evaluation.loyalty import evaluate_loyalty
+from embed_kd.evaluation.mteb_eval import parse_task_names, resolve_tasks, run_mteb
+from embed_kd.evaluation.rerank import evaluate_rerank
 from embed_kd.evaluation.retrieval_eval import EvalOptions, evaluate_bm25, evaluate_dense
+from embed_kd.evaluation.sparse_eval import evaluate_sparse
 from embed_kd.evaluation.sts import evaluate_sts_specs, sts_document
 from embed_kd.index.compression import Compression
 from embed_kd.io import atomic_write_json, check_writable, refuse_existing
-from embed_kd.models import is_sparse_model, load_sentence_transformer, model_info
+from embed_kd.models import (is_sparse_model, load_cross_encoder, load_sentence_transformer, load_sparse_encoder,
+                             model_info)
 from embed_kd.students.alignment import query_model_alignment
 from embed_kd.students.asym import document_route, query_route, split_routes
+from embed_kd.teachers.bi_backend import with_backend
 
 
 @dataclass
@@ -182,14 +190,9 @@ def run_eval(req: EvalRequest) -> EvalResult:
     loaded: dict = {}  # spec -> model already in memory (reused by loyalty and --sts)
     result, (qm, dm) = _retrieval(req, dataset, folder, opts, loaded)
     if req.loyalty_teacher:
-        from embed_kd.evaluation.loyalty import evaluate_loyalty
-
         result["loyalty"] = evaluate_loyalty(dataset, qm, dm, load_sentence_transformer(req.loyalty_teacher),
                                              options=opts, run=result["run"])
     if req.rerank_model:
-        from embed_kd.evaluation.rerank import evaluate_rerank
-        from embed_kd.models import load_cross_encoder
-
         result = evaluate_rerank(dataset, load_cross_encoder(req.rerank_model, role="--rerank"), result,
                                  depth=req.rerank_depth, batch_size=req.batch_size, show_progress=req.show_progress,
                                  ignore_identical_ids=req.ignore_identical_ids)
@@ -216,8 +219,6 @@ def _claim_outputs(req: EvalRequest) -> None:
 def _load_dataset(req: EvalRequest):
     folder = resolve_dataset(req.data)
     if req.corpus_file:
-        from embed_kd.data.inputs import load_inputs
-
         dataset = load_inputs(data=folder, split=req.split, corpus=req.corpus_file,
                               allow_missing_ids=req.allow_missing_ids)
     else:
@@ -230,17 +231,12 @@ def _load_dataset(req: EvalRequest):
 def _retrieval(req: EvalRequest, dataset, folder, opts: EvalOptions, loaded: dict):
     """The first-stage result of the request's mode and its ``(query model, doc model)`` (dense only)."""
     if req.mode == "ensemble":
-        from embed_kd.evaluation.ensemble_eval import evaluate_ensemble_from_config
-
         return evaluate_ensemble_from_config(req.ensemble_config, dataset, folder, opts, save_weights=req.save_weights,
                                              overwrite=req.overwrite), (None, None)
     if req.mode == "bm25":
         return evaluate_bm25(dataset, options=opts), (None, None)
     t = time.perf_counter()
     if req.mode == "sparse":
-        from embed_kd.evaluation.sparse_eval import evaluate_sparse
-        from embed_kd.models import load_sparse_encoder
-
         sm = loaded[req.model] = load_sparse_encoder(req.model)
         opts.timings["load_models_s"] = time.perf_counter() - t
         result = evaluate_sparse(dataset, sm, options=opts, doc_top_k=req.doc_top_k, query_top_k=req.query_top_k)
@@ -271,8 +267,6 @@ def _dense_pair(req: EvalRequest):
         qm = query_route(load_sentence_transformer(req.query_model))
         dm = document_route(load_sentence_transformer(req.doc_model))
     if req.backend != "torch":
-        from embed_kd.teachers.bi_backend import with_backend
-
         conv = Path(req.cache_dir) if req.cache_dir else None
         qm, dm = (with_backend(m, req.backend, threads=req.threads, cache_root=conv) for m in (qm, dm))
     return qm, dm
@@ -308,8 +302,6 @@ def _run_sts_only(req: EvalRequest, world) -> EvalResult:
 
 def _run_mteb(req: EvalRequest) -> EvalResult:
     """``eval --mteb TASK[,TASK…]``: resolve the tasks, load the models, run MTEB, write ``embed-kd/mteb@1``."""
-    from embed_kd.evaluation.mteb_eval import parse_task_names, resolve_tasks, run_mteb
-
     if req.output:
         refuse_existing(req.output, req.overwrite, artifact=outputs.MTEB_RESULT)
     try:

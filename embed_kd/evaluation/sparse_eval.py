@@ -65,6 +65,8 @@ import numpy as np
 
 from embed_kd.data.beir import BeirDataset, doc_text
 from embed_kd.errors import EmbedKDError
+from embed_kd.evaluation.retrieval_eval import eval_result, EvalOptions, score_run
+from embed_kd.models import fingerprint_model, model_name
 
 logger = logging.getLogger(__name__)
 
@@ -207,8 +209,6 @@ def run_from_search(scores: np.ndarray, rows: np.ndarray, qids: list[str], doc_i
 
 def sparse_model_info(model) -> dict:
     """``{"spec", "fingerprint", "dim", "max_seq_length", "query_length", "document_length"}`` of a SparseEncoder."""
-    from embed_kd.models import fingerprint_model, model_name
-
     first = model[0]
     return {"spec": model_name(model), "fingerprint": fingerprint_model(model),
             "dim": model.get_embedding_dimension(), "max_seq_length": getattr(model, "max_seq_length", None),
@@ -224,8 +224,6 @@ def evaluate_sparse(dataset: BeirDataset, model, *, options=None, doc_top_k: int
     ``run`` (popped by the CLI) and, under ``_matrices``, the unpruned query/doc CSR matrices so that a
     caller can evaluate several prunings from one encoding.
     """
-    from embed_kd.evaluation.retrieval_eval import EvalOptions, eval_result, score_run
-
     opt = options or EvalOptions()
     t0 = time.perf_counter()
     doc_ids = list(dataset.corpus)

@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import time
 
-from embed_kd.data.sts import StsPairs
+from embed_kd.data.sts import load_sts, StsPairs
 from embed_kd.errors import EmbedKDError
-from embed_kd.io import utc_now
+from embed_kd.io import utc_now, versions
+from embed_kd.models import is_sparse_model, load_sentence_transformer, load_sparse_encoder, model_info
 
 SCHEMA = "embed-kd/sts@1"
 METRICS = ("spearman_cosine", "pearson_cosine")
@@ -76,8 +77,6 @@ def evaluate_sts(pairs: StsPairs, model, *, teacher=None, spec: str | None = Non
     ``asymmetric_doc_spec``: the document model of an asymmetric pair, named in ``encoding`` (it does
     not encode anything here; pass it as ``teacher`` to get the reference numbers).
     """
-    from embed_kd.models import model_info
-
     t0 = time.perf_counter()
     info = model_info(model)
     if spec:
@@ -107,8 +106,6 @@ def evaluate_sts(pairs: StsPairs, model, *, teacher=None, spec: str | None = Non
 
 def sts_document(result: dict) -> dict:
     """The standalone ``embed-kd/sts@1`` file content for a result of :func:`evaluate_sts`."""
-    from embed_kd.io import versions
-
     return {"schema": SCHEMA, **result, "versions": versions(),
             "created": utc_now()}
 
@@ -155,9 +152,6 @@ def evaluate_sts_specs(sts: str, split: str = "test", *, model: str | None = Non
     the reference is ``teacher``, else an asymmetric pair's ``doc_model``. ``loaded`` maps specs to
     models already in memory (``embed-kd eval --data … --sts …`` reuses the retrieval run's).
     """
-    from embed_kd.data.sts import load_sts
-    from embed_kd.models import load_sentence_transformer
-
     if not model and not query_model:
         raise EmbedKDError("--sts needs a model: --model M, or --query-model STUDENT (with --doc-model TEACHER)")
     if model and query_model:
@@ -168,11 +162,7 @@ def evaluate_sts_specs(sts: str, split: str = "test", *, model: str | None = Non
 
     def get(spec):
         if spec not in loaded:
-            from embed_kd.models import is_sparse_model
-
             if is_sparse_model(spec):
-                from embed_kd.models import load_sparse_encoder
-
                 loaded[spec] = load_sparse_encoder(spec)
             else:
                 loaded[spec] = load_sentence_transformer(spec)

@@ -58,8 +58,12 @@ import logging
 import os
 from pathlib import Path
 
+from embed_kd.encode import embedding_dim
 from embed_kd.errors import ArtifactError, EmbedKDError
-from embed_kd.io import utc_now, versions
+from embed_kd.io import (Artifact, atomic_dir, atomic_write_json, atomic_write_text, check_writable, read_json,
+                         refuse_existing, utc_now, versions)
+from embed_kd.models import fingerprint_model, is_sparse_model, load_sentence_transformer, model_name
+from embed_kd.presets import locate_model
 
 logger = logging.getLogger(__name__)
 
@@ -146,9 +150,6 @@ def document_route(model):
 
 
 def _check_against_manifest(spec, routes: dict) -> None:
-    from embed_kd.models import fingerprint_model
-    from embed_kd.presets import locate_model
-
     if not spec:
         return
     try:
@@ -158,7 +159,6 @@ def _check_against_manifest(spec, routes: dict) -> None:
     path = folder / MANIFEST
     if not path.is_file():
         return
-    from embed_kd.io import read_json
 
     manifest = read_json(path, "asym model manifest")
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
@@ -173,9 +173,6 @@ def _check_against_manifest(spec, routes: dict) -> None:
 
 def tower_info(model) -> dict:
     """What one tower is and costs: spec, fingerprint, dim, max length, parameters, transformer layers."""
-    from embed_kd.encode import embedding_dim
-    from embed_kd.models import fingerprint_model, model_name
-
     layers = None
     for module in model.children():
         cfg = getattr(getattr(module, "auto_model", None), "config", None)
@@ -191,8 +188,6 @@ def tower_info(model) -> dict:
 
 
 def _as_model(model, what: str):
-    from embed_kd.models import load_sentence_transformer, is_sparse_model
-
     if isinstance(model, (str, os.PathLike)):
         if is_sparse_model(model):
             raise EmbedKDError(f"{what} '{model}' is a sparse (SPLADE) model; an asym model joins two dense "
@@ -211,9 +206,6 @@ def build_asym(query_model, doc_model, output: str | os.PathLike, *, overwrite: 
     manifest. Atomic: the folder is complete and verified, or absent.
     """
     from sentence_transformers import SentenceTransformer
-
-    from embed_kd.io import Artifact, atomic_dir, atomic_write_json, atomic_write_text, check_writable, refuse_existing
-    from embed_kd.models import fingerprint_model
 
     output = Path(output)
     artifact = Artifact(SCHEMA, MANIFEST, "asym model")  # the ownership rule: --overwrite replaces only one of these

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from embed_kd.errors import EmbedKDError
+from embed_kd.models import forget_fingerprint, load_sentence_transformer
+from embed_kd.students.static import build_static_student, is_static_model
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +105,6 @@ def _encoder_layers(auto_model):
 def cut_layers(teacher, keep_layers: list[int]):
     """A deep copy of ``teacher`` keeping only the transformer layers ``keep_layers`` (in that order)."""
     import torch
-
-    from embed_kd.models import forget_fingerprint
 
     student = copy.deepcopy(teacher)
     forget_fingerprint(student)  # the copy carries the teacher's cached fingerprint; its weights differ
@@ -193,12 +193,8 @@ def build_student(spec: StudentSpec, teacher=None, *, seed: int = 0, static=None
     ``texts`` (what its SIF weighting counts) and ``cache`` (an embedding cache for the teacher's
     token vectors).
     """
-    from embed_kd.models import load_sentence_transformer
-
     spec.validate()
     if spec.type == "static" and not spec.model:
-        from embed_kd.students.static import build_static_student
-
         if teacher is None:
             raise EmbedKDError("student: a static student is initialised from the embedding teacher (--teacher)")
         student = build_static_student(teacher, static, texts=texts, cache=cache, max_seq_length=spec.max_seq_length,
@@ -220,8 +216,6 @@ def build_student(spec: StudentSpec, teacher=None, *, seed: int = 0, static=None
             student = narrow_student(teacher, spec.hidden_size, spec.num_layers, projection_dim=spec.projection_dim,
                                      seed=seed)
     if spec.type == "static":
-        from embed_kd.students.static import is_static_model
-
         if not is_static_model(student):
             raise EmbedKDError(f"student: {spec.model} is not a static model (its first module is "
                                f"{type(student[0]).__name__}, not StaticEmbedding); drop student.type: static")

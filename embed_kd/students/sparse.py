@@ -52,7 +52,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embed_kd.errors import EmbedKDError
-from embed_kd.models import is_sparse_folder
+from embed_kd.models import is_sparse_folder, load_sentence_transformer
+from embed_kd.presets import locate_model
+from embed_kd.students.build import cut_layers
 
 logger = logging.getLogger(__name__)
 
@@ -165,10 +167,6 @@ def build_sparse_student(spec, teacher_spec: str | None = None, *, opts: SparseH
     (how the MLM head was initialised, or that it came with the checkpoint).
     """
     from sentence_transformers.sparse_encoder import SparseEncoder
-
-    from embed_kd.models import load_sentence_transformer
-    from embed_kd.presets import locate_model
-    from embed_kd.students.build import cut_layers
 
     opts = opts or SparseHeadOptions()
     if spec.hidden_size:

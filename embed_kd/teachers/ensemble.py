@@ -63,9 +63,16 @@ from typing import Mapping
 
 import numpy as np
 
+from embed_kd.candidates.bm25 import BM25Retriever
 from embed_kd.data.beir import BeirDataset
+from embed_kd.data.fingerprint import fingerprint_corpus, fingerprint_json
+from embed_kd.encode import encode_texts
 from embed_kd.errors import EmbedKDError, describe_parse_error
+from embed_kd.index.cache import EmbeddingCache
+from embed_kd.index.encoding import encode_corpus
+from embed_kd.index.search import dense_run
 from embed_kd.io import utc_now
+from embed_kd.models import fingerprint_model, load_cross_encoder, load_sentence_transformer
 from embed_kd.runs import evaluate_run, merge_rerank, top_k
 from embed_kd.teachers.dev_split import DEFAULT_DEV_QUERIES, DEFAULT_SEED, carve_dev_slice, check_fit_split
 from embed_kd.teachers.fusion import METHODS, NORMS, fuse_runs
@@ -231,15 +238,9 @@ class FirstStageMember:
         self.show_progress = show_progress
         self.info: dict = {"name": spec.name, "kind": spec.kind, "model": spec.model}
         if spec.kind == "bm25":
-            from embed_kd.candidates.bm25 import BM25Retriever
-
             self.retriever = retriever or BM25Retriever.fit(dataset.corpus, show_progress=show_progress)
             self.info["config"] = dict(self.retriever.config.__dict__)
         else:
-            from embed_kd.index.encoding import encode_corpus
-            from embed_kd.index.cache import EmbeddingCache
-            from embed_kd.models import fingerprint_model, load_sentence_transformer
-
             self.model = model or load_sentence_transformer(spec.model, role=f"ensemble member '{spec.name}'")
             if spec.max_length:
                 self.model.max_seq_length = spec.max_length
@@ -251,8 +252,6 @@ class FirstStageMember:
         self._q_emb: dict[str, np.ndarray] = {}
 
     def _query_embeddings(self, queries: Mapping[str, str]) -> np.ndarray:
-        from embed_kd.encode import encode_texts
-
         todo = [q for q in queries if q not in self._q_emb]
         if todo:
             emb = encode_texts(self.model, [queries[q] for q in todo], batch_size=self.spec.batch_size, role="query",
@@ -264,7 +263,6 @@ class FirstStageMember:
         k = k or self.spec.k
         if self.spec.kind == "bm25":
             return self.retriever.retrieve(queries, k=k)
-        from embed_kd.index.search import dense_run
 
         return dense_run(self._query_embeddings(queries), list(queries), self.doc_emb, self.doc_ids, k=k)
 
@@ -317,8 +315,6 @@ def _score_rerankers(config: EnsembleConfig, rerankers: Mapping[str, object], da
 
 
 def load_rerankers(config: EnsembleConfig) -> dict[str, object]:
-    from embed_kd.models import load_cross_encoder
-
     return {m.name: load_cross_encoder(m.model, max_length=m.max_length, role=f"ensemble re-ranker '{m.name}'")
             for m in config.rerankers}
 
@@ -370,8 +366,6 @@ def fit_weights(config: EnsembleConfig, fit_dataset: BeirDataset, members: list[
     Returns ``{"weights": {...}, "fit": {...}}`` (see the module docstring). Raises
     :class:`EmbedKDError` for a test split — weights are never fitted on test.
     """
-    from embed_kd.data.fingerprint import fingerprint_corpus, fingerprint_json
-
     check_fit_split(fit_dataset.split)
     _, dev = carve_dev_slice(fit_dataset, config.dev_queries, config.seed)
     members = members or load_first_stage(config, dev, show_progress=show_progress, **member_kwargs)

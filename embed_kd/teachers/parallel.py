@@ -34,6 +34,9 @@ from typing import Sequence
 
 from embed_kd import distributed as dist
 from embed_kd.errors import ArtifactError, EmbedKDError
+from embed_kd.io import claim_output, remove_owned
+from embed_kd.teachers.scoring import score_teacher, ScoreOptions
+from embed_kd.teachers.store import ARTIFACT, merge_stores
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +60,6 @@ def shard_folder(out: str | os.PathLike, rank: int, world_size: int) -> Path:
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
-    from embed_kd.io import claim_output
-    from embed_kd.teachers.store import ARTIFACT
-
     claim_output(out, ARTIFACT, overwrite=overwrite)  # only an embed-kd score store is ever replaced
     parts = parts_folder(out)
     if parts.exists():
@@ -82,9 +82,6 @@ def score_teacher_distributed(dataset, candidates: Sequence[str], teachers: Sequ
     plus ``world_size``, ``rank``, ``shards`` (every process's summary) and, on every process, the
     merged store's ``rows`` / ``complete``.
     """
-    from embed_kd.teachers.scoring import ScoreOptions, score_teacher
-    from embed_kd.teachers.store import merge_stores
-
     world = dist.init()
     opt = options or ScoreOptions()
     if opt.shard is not None:
@@ -99,9 +96,6 @@ def score_teacher_distributed(dataset, candidates: Sequence[str], teachers: Sequ
         _check_output(out, opt.overwrite)
         if world.is_main:
             if opt.overwrite and parts.exists():
-                from embed_kd.io import remove_owned
-                from embed_kd.teachers.store import ARTIFACT
-
                 for shard in parts.iterdir():  # each one checked: only embed-kd score stores are removed
                     remove_owned(shard, ARTIFACT)
                 parts.rmdir()
@@ -141,8 +135,6 @@ def score_teacher_launched(dataset, candidates: Sequence[str], teachers: Sequenc
     """What ``score-teacher run`` calls: :func:`~embed_kd.teachers.scoring.score_teacher` in one
     process, :func:`score_teacher_distributed` under ``torchrun`` / ``accelerate launch``. The
     summary adds ``world_size``."""
-    from embed_kd.teachers.scoring import score_teacher
-
     world = dist.get_world()
     if world.distributed:
         summary = score_teacher_distributed(dataset, candidates, teachers, out, options)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from embed_kd.errors import ArtifactError
+from embed_kd.models import forget_fingerprint
 
 logger = logging.getLogger(__name__)
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -83,8 +84,6 @@ def finish_checkpoints(student, ckpt_dir: str | Path, step: int, average, evalua
     Returns ``(all checkpoint paths, averaged checkpoint paths, dev metrics or None)``. Shared by
     dense and sparse runs.
     """
-    from embed_kd.models import forget_fingerprint
-
     ckpt_dir = Path(ckpt_dir)
     final_ckpt = ckpt_dir / f"checkpoint-{step}"
     if not final_ckpt.exists():

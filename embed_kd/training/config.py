@@ -59,10 +59,11 @@ from typing import Any, Sequence
 
 import yaml
 
-from embed_kd.device import PRECISIONS
+from embed_kd.device import PRECISIONS, resolve_device, training_precision
 from embed_kd.errors import EmbedKDError, describe_parse_error
 from embed_kd.students.build import StudentSpec
-from embed_kd.students.static import StaticSpec
+from embed_kd.students.static import StaticSpec, TRAIN_DEFAULTS
+from embed_kd.training.align_mix import parse_align_texts
 
 SCORE_LOSSES = ("margin_mse", "kl", "none")
 ALIGN_LOSSES = ("cosine", "mse", "l2", "none")
@@ -203,7 +204,6 @@ class TrainConfig:
                                   ("train.precision", self.train.precision, PRECISIONS)):
             if val not in allowed:
                 raise EmbedKDError(f"config: {key} = {val!r}; expected one of {', '.join(allowed)}")
-        from embed_kd.training.align_mix import parse_align_texts
 
         parse_align_texts(self.examples.align_texts)  # known sources, weights all or none
         if self.losses.score == "none" and self.losses.align == "none":
@@ -224,7 +224,6 @@ class TrainConfig:
         if self.train.lr <= 0 or self.train.batch_size < 1:
             raise EmbedKDError("config: train.lr must be > 0 and train.batch_size >= 1")
         self._validate_ranges()
-        from embed_kd.device import resolve_device, training_precision
 
         training_precision(self.train.precision, resolve_device(self.device, what="device"))  # now, not after loading
         self.student.validate()
@@ -314,7 +313,6 @@ def _type_defaults(raw: dict) -> dict:
     student = raw.get("student")
     if not (isinstance(student, dict) and student.get("type") == "static"):
         return raw
-    from embed_kd.students.static import TRAIN_DEFAULTS
 
     train = raw.get("train")
     if train is not None and not isinstance(train, dict):

@@ -47,6 +47,7 @@ import numpy as np
 from embed_kd.data.beir import BeirDataset, doc_text
 from embed_kd.errors import ArtifactError, EmbedKDError
 from embed_kd.teachers.fusion import normalize_scores
+from embed_kd.teachers.store import open_scores
 from embed_kd.training.align_mix import mix_align, parse_align_texts
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -272,8 +273,6 @@ def load_training_scores(cfg, dataset, full_fps: dict, sliced: bool, *, stream: 
     ``sliced`` (a ``--limit-*`` smoke run) the store is checked against the full dataset's
     fingerprints ``full_fps`` and candidates outside the slice are dropped.
     """
-    from embed_kd.teachers.store import open_scores
-
     store = open_scores(cfg.scores)
     split_in_store = store.manifest["dataset"].get("split")
     if split_in_store != cfg.split:

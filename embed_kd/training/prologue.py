@@ -34,9 +34,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embed_kd import distributed as dist
+from embed_kd.data.fingerprint import fingerprint_corpus, fingerprint_qrels, fingerprint_queries
+from embed_kd.device import current_device, select_device, trainer_device_arguments, training_precision
 from embed_kd.errors import EmbedKDError
-from embed_kd.io import Artifact
+from embed_kd.io import Artifact, check_writable, claim_output, remove_owned
 from embed_kd.training.config import TrainConfig
+from embed_kd.training.inputs import load_training_dataset
 
 if TYPE_CHECKING:
     from embed_kd.data.beir import BeirDataset
@@ -108,9 +111,6 @@ def prepare_training_run(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     """
     import torch
 
-    from embed_kd.data.fingerprint import fingerprint_corpus, fingerprint_qrels, fingerprint_queries
-    from embed_kd.io import check_writable, claim_output, remove_owned
-
     world = dist.init()  # WORLD_SIZE > 1 under torchrun / accelerate launch
     out = Path(cfg.output)
     work = out.with_name(out.name + ".work")
@@ -131,7 +131,6 @@ def prepare_training_run(cfg: TrainConfig, *, overwrite: bool = False, resume: b
     if cfg.split == "test":
         raise EmbedKDError("config: split 'test' — students are trained on train queries only (test queries "
                            "would leak into the benchmark)")
-    from embed_kd.device import select_device, training_precision
 
     device = select_device(cfg.device, what="device")
     precision = training_precision(cfg.train.precision, device)
@@ -139,8 +138,6 @@ def prepare_training_run(cfg: TrainConfig, *, overwrite: bool = False, resume: b
         torch.set_num_threads(int(cfg.train.threads))
     seed_everything(cfg.train.seed)
     t_start = time.perf_counter()
-
-    from embed_kd.training.inputs import load_training_dataset
 
     dataset = load_training_dataset(cfg)  # data / corpus / queries, or an import's stored texts
     if cfg.student.type == "sparse" and not dataset.qrels:
@@ -171,8 +168,6 @@ def trainer_arguments(cfg: TrainConfig, ckpt_dir: Path, *, evaluate: bool, show_
     >>> kw["eval_strategy"], kw["report_to"], kw["disable_tqdm"], kw["use_cpu"], kw["bf16"], kw["fp16"]
     ('no', 'none', True, True, False, False)
     """
-    from embed_kd.device import current_device, trainer_device_arguments, training_precision
-
     device = device or current_device()
     precision = precision or training_precision(cfg.train.precision, device)
     T = cfg.train

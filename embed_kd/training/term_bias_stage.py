@@ -22,6 +22,12 @@ import time
 
 import numpy as np
 
+from embed_kd.data.beir import doc_text
+from embed_kd.evaluation.sparse_eval import run_from_search, sparse_search
+from embed_kd.runs import evaluate_run
+from embed_kd.students.term_bias import (fit_term_bias, get_term_bias, idf_bias, max_logits, set_term_bias,
+                                         splade_weights, TermBiasFitOptions)
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,10 +41,6 @@ def retrieval_metrics(query_max: np.ndarray, doc_max: np.ndarray, bias: np.ndarr
     import scipy.sparse as sp
     import torch
 
-    from embed_kd.runs import evaluate_run
-    from embed_kd.evaluation.sparse_eval import run_from_search, sparse_search
-    from embed_kd.students.term_bias import splade_weights
-
     b = torch.from_numpy(np.asarray(bias, dtype=np.float32))
     D = sp.csr_matrix(splade_weights(torch.from_numpy(doc_max).float(), b).numpy())
     Q = sp.csr_matrix(splade_weights(torch.from_numpy(query_max).float(), b).numpy())
@@ -51,9 +53,6 @@ def retrieval_metrics(query_max: np.ndarray, doc_max: np.ndarray, bias: np.ndarr
 def run_term_bias_stage(student, cfg, dataset, by_query: dict, train_qids: list[str], dev_qids: list[str],
                         *, show_progress: bool = True) -> dict:
     """Fit and set ``student``'s term bias (see the module docstring); returns the manifest block."""
-    from embed_kd.data.beir import doc_text
-    from embed_kd.students.term_bias import (TermBiasFitOptions, fit_term_bias, get_term_bias, idf_bias,
-                                             max_logits, set_term_bias)
     from embed_kd.training.sparse_dev_eval import dev_pool
 
     S = cfg.sparse
