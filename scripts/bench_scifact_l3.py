@@ -154,8 +154,9 @@ def main() -> None:
         name, mode = key.rsplit("-", 1)
         m = r["metrics"]
         manifest = None
-        if name in entries and Path(entries[name], "embed_kd_train.json").exists():
-            manifest = json.loads(Path(entries[name], "embed_kd_train.json").read_text())
+        run_name = name.removesuffix("_no_wa")  # a last-checkpoint row belongs to its run
+        if run_name in entries and Path(entries[run_name], "embed_kd_train.json").exists():
+            manifest = json.loads(Path(entries[run_name], "embed_kd_train.json").read_text())
         rows.append({
             "model": name, "mode": "asymmetric" if mode == "asym" else "symmetric",
             "ndcg_at_10": m["ndcg_at_10"], "recall_at_100": m["recall_at_100"], "ratio_to_teacher": m["ndcg_at_10"] / t_ndcg,
@@ -184,7 +185,9 @@ def main() -> None:
            previous["speed"] if previous and previous["speed"].get("session") != speed.get("session")
            else (previous or {}).get("speed_previous"),
            "versions": results["teacher-sym"]["versions"],
-           "machine": machine_info(), "machine_line": describe(machine_info()),
+           # the speed measurement's machine record (each row has its evaluation's, each trained row its run's)
+           "machine": speed.get("machine") or machine_info(threads=1),
+           "machine_line": describe(speed.get("machine") or machine_info(threads=1)),
            "note": "fixed work (train.max_steps, no time budget); measured on a shared 2-core CPU machine, "
                    "per-row machine / train_machine give the load; see the .md",
            "note_sessions": None if args.drop_earlier else (previous or {}).get("note_sessions")}
@@ -201,7 +204,7 @@ def main() -> None:
         lines.append(f"| {r['model']} | {r['mode']} | {r['ndcg_at_10']:.4f} | {r['ratio_to_teacher']:.3f} | "
                      f"{r['recall_at_100']:.4f} | {f(ly.get('top10_overlap'))} | {f(ly.get('spearman'))} | "
                      f"{f(ly.get('query_cosine'))} | {r['query_per_s']:.0f} | {tr} | {r.get('session') or '?'} |")
-    lines += ["", f"Measured on: {out['machine_line']}"]
+    lines += ["", f"Speed measured on: {out['machine_line']} (per-row machine / train_machine in the JSON)"]
     Path(args.out + ".table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
