@@ -46,6 +46,7 @@ import os
 import platform
 import re
 
+from embed_kd.cpu import cpu_model
 from embed_kd.errors import EmbedKDError
 
 logger = logging.getLogger(__name__)
@@ -172,8 +173,6 @@ def device_info(device: str | None = None) -> dict:
     elif kind == "mps":
         name = f"Apple MPS ({platform.machine()})"
     else:
-        from embed_kd.cpu import cpu_model
-
         name = cpu_model()
     return {"device": device, "type": kind, "name": name}
 

@@ -34,6 +34,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from embed_kd.device import current_device
 from embed_kd.errors import EmbedKDError
 
 logger = logging.getLogger(__name__)
@@ -136,8 +137,6 @@ def device() -> str:
     """The device models of this process load on (:func:`embed_kd.device.current_device`): the
     selected ``--device``, else ``$EMBED_KD_DEVICE``, else ``auto`` — ``cuda:LOCAL_RANK`` under a
     launcher with CUDA, ``cuda:0`` / ``mps`` when available, ``cpu`` otherwise."""
-    from embed_kd.device import current_device
-
     return current_device()
 
 

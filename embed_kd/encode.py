@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from embed_kd.numeric import check_finite_array
+
 logger = logging.getLogger(__name__)
 
 
@@ -58,8 +60,6 @@ def encode_texts(model, texts: Sequence[str], *, batch_size: int = 32, normalize
 
 def _finite(emb: np.ndarray, model, role: str) -> np.ndarray:
     """Refuse NaN / ±inf embeddings (a diverged model): they would rank every document equal, silently."""
-    from embed_kd.numeric import check_finite_array
-
     if not np.isfinite(emb).all():
         name = getattr(model, "embed_kd_spec", None) or type(model).__name__
         check_finite_array(emb, f"model '{name}' returned non-finite {role} embeddings (its weights may be NaN)")

@@ -24,6 +24,8 @@ from typing import Iterable
 
 from embed_kd.cards import MANIFESTS, find_manifest, write_model_card
 from embed_kd.errors import ArtifactError, EmbedKDError
+from embed_kd.models import fingerprint_model, load_cross_encoder, load_sentence_transformer
+from embed_kd.presets import hub_reachable
 
 logger = logging.getLogger(__name__)
 IGNORE = ["checkpoints/*", ".*", "**/.*"]
@@ -70,8 +72,6 @@ def _files(folder: Path, include_checkpoints: bool) -> list[tuple[str, int]]:
 
 def verify_fingerprint(folder: Path, manifest_path: Path, manifest: dict) -> tuple[str, str]:
     """Load the model in ``folder`` and compare its fingerprint with the manifest's; ``(kind, fp)``."""
-    from embed_kd.models import fingerprint_model, load_cross_encoder, load_sentence_transformer
-
     if manifest["schema"] == MANIFESTS["embed_kd_train.json"]:
         kind, expected = "student", (manifest.get("student") or {}).get("fingerprint")
         model = load_sentence_transformer(folder)
@@ -101,8 +101,6 @@ def prepare_publish(folder: str | os.PathLike, repo_id: str, *, eval_results: It
 def push(plan: PublishPlan, *, private: bool = False, commit_message: str | None = None,
          token: str | None = None) -> str:
     """Step 4: create the repo (if needed) and upload; returns the commit URL."""
-    from embed_kd.presets import hub_reachable
-
     if not hub_reachable():
         raise EmbedKDError("the Hugging Face hub is not reachable (offline, or HF_HUB_OFFLINE=1): nothing was "
                            "uploaded; the folder is prepared (card written) — pass --dry-run to see what would be "

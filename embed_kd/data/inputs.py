@@ -53,8 +53,10 @@ import logging
 import os
 from pathlib import Path
 
-from embed_kd.data.beir import BeirDataset
+from embed_kd.data.beir import BeirDataset, corpus_path, load_beir, load_corpus
 from embed_kd.data.lines import base_suffix, iter_json_objects, iter_lines
+from embed_kd.data.resolve import resolve_dataset
+from embed_kd.data.tables import is_table_source, iter_batches, parse_source, resolve_columns
 from embed_kd.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -71,8 +73,6 @@ def input_kind(spec: str | os.PathLike) -> str:
     >>> input_kind("q.jsonl.gz"), input_kind("q.tsv"), input_kind("log.txt"), input_kind("hf:org/q")
     ('jsonl', 'tsv', 'text', 'table')
     """
-    from embed_kd.data.tables import is_table_source
-
     text = str(spec)
     if is_table_source(text):
         return "table"
@@ -96,8 +96,6 @@ def _field(path, lineno, obj: dict, names: tuple[str, ...], what: str, *, requir
 
 def _records(spec, *, want_title: bool):
     """``(where, id, title, text)`` of every record of a queries/corpus source (file order)."""
-    from embed_kd.data.tables import iter_batches, parse_source, resolve_columns
-
     kind = input_kind(spec)
     if kind == "table":
         base, declared = parse_source(str(spec))
@@ -172,8 +170,6 @@ def read_corpus(spec: str | os.PathLike) -> dict[str, dict[str, str]]:
 
 
 def _name(spec) -> str:
-    from embed_kd.data.tables import parse_source
-
     base = parse_source(str(spec))[0]
     if base.startswith("hf:"):
         return base.removeprefix("hf:").split(":")[0].replace("/", "--")
@@ -186,9 +182,6 @@ def _name(spec) -> str:
 def load_inputs(*, data: str | os.PathLike | None = None, split: str = "train", corpus: str | os.PathLike | None = None,
                 queries: str | os.PathLike | None = None, allow_missing_ids: bool = False) -> BeirDataset:
     """The dataset a command works on, from ``--data`` / ``--corpus`` / ``--queries`` (table above)."""
-    from embed_kd.data.beir import load_beir
-    from embed_kd.data.resolve import resolve_dataset
-
     if data is None and corpus is None:
         raise DataError("no corpus: pass --data (a BEIR folder or name) or --corpus FILE")
     folder = resolve_dataset(data) if data is not None else None
@@ -201,8 +194,6 @@ def load_inputs(*, data: str | os.PathLike | None = None, split: str = "train", 
             ds.notes.append(f"corpus: {corpus}")
         return ds
     if folder is not None and corpus is None:
-        from embed_kd.data.beir import corpus_path, load_corpus
-
         docs = load_corpus(corpus_path(folder))
     else:
         docs = read_corpus(corpus)

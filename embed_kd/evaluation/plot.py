@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embed_kd.errors import EmbedKDError
+from embed_kd.evaluation.outputs import PLOT, PLOT_SOFTWARE
+from embed_kd.io import atomic_write_bytes, refuse_existing
 
 logger = logging.getLogger(__name__)
 COLORS = {"teacher": "tab:blue", "cut": "tab:orange", "student": "tab:green", "bm25": "tab:gray"}
@@ -145,10 +147,6 @@ def plot_quality_speed(pts: list[Point], path: str | os.PathLike, *, title: str 
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-
-    from embed_kd.io import atomic_write_bytes, refuse_existing
-
-    from embed_kd.evaluation.outputs import PLOT, PLOT_SOFTWARE
 
     refuse_existing(path, overwrite, artifact=PLOT)
     dense = [p for p in pts if p.role != "bm25" and p.queries_per_s]

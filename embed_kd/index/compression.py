@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embed_kd.errors import EmbedKDError
+from embed_kd.index.faiss_index import build_faiss_index, search_index
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +174,6 @@ class CompressedSearch:
             ranges = calibration_ranges(_Truncated(doc_emb, spec.truncate_dim, normalize))
         cs = cls(spec, cls.empty_index(spec.precision, dim, kind, len(doc_emb)), dim, normalize, ranges)
         if kind != "flat" and spec.precision == "float32":  # trained index kinds: built over all vectors at once
-            from embed_kd.index.faiss_index import build_faiss_index
 
             cs.index = build_faiss_index(truncate(doc_emb, spec.truncate_dim, normalize=normalize), kind)
             return cs
@@ -229,8 +229,6 @@ class CompressedSearch:
 
     def search(self, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(scores, rows)`` for float queries of the model's full dimension (rows -1 = none)."""
-        from embed_kd.index.faiss_index import search_index
-
         k = min(k, self.ntotal)
         q = truncate(np.asarray(query_emb, dtype=np.float32), self.spec.truncate_dim, normalize=self.normalize)
         p = self.spec.precision

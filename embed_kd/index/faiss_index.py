@@ -55,6 +55,7 @@ import math
 
 import numpy as np
 
+from embed_kd.device import current_device
 from embed_kd.errors import EmbedKDError
 
 logger = logging.getLogger(__name__)
@@ -170,8 +171,6 @@ def on_device(index, device: str | None = None):
     FAISS has GPU support and the index is exact (``Flat``); else ``index`` itself. Returns
     ``(index, "gpu" | "cpu")``."""
     import faiss
-
-    from embed_kd.device import current_device
 
     device = device or current_device()
     if not device.startswith("cuda") or not isinstance(index, faiss.IndexFlat):

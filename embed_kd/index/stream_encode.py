@@ -39,8 +39,11 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from embed_kd import distributed as dist
+from embed_kd.data.beir import doc_text
+from embed_kd.encode import embedding_dim, encode_texts
 from embed_kd.errors import ArtifactError
 from embed_kd.index.cache import CacheResult, EmbeddingCache, write_entry_meta
+from embed_kd.io import current_umask, sweep_stale
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +100,6 @@ def _tmp_folder(cache: EmbeddingCache, key: str, world: dist.World, n: int, dim:
     """``(folder to write, final entry path or None)`` holding an allocated ``embeddings.npy``;
     created by rank 0 only. A cache that cannot take the entry (read-only, full) is skipped with a
     warning: the run encodes into a temporary folder instead."""
-    from embed_kd.errors import ArtifactError
-    from embed_kd.io import current_umask, sweep_stale
-
     if cache.enabled:
         final = cache.entry_path(key)
         folder = None
@@ -144,9 +144,6 @@ def encode_corpus_streamed(model, corpus: Mapping[str, Mapping[str, str]], key_f
     normalisation). Collective under a process group: every rank must call it with the same corpus.
     """
     from tqdm.auto import tqdm
-
-    from embed_kd.data.beir import doc_text
-    from embed_kd.encode import embedding_dim, encode_texts
 
     world = dist.active()
     ids: Sequence[str] = list(corpus)

@@ -42,6 +42,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from embed_kd import __version__
+from embed_kd.device import device_info
+from embed_kd.io import versions
+from embed_kd.serve.batching import MicroBatcher
+from embed_kd.serve.engine import SearchEngine
+
 if TYPE_CHECKING:  # pragma: no cover
     from fastapi import FastAPI
 
@@ -152,9 +158,6 @@ def create_app(engine: "SearchEngine", settings: ServeSettings | None = None) ->
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, ConfigDict, Field, field_validator
     from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    from embed_kd import __version__
-    from embed_kd.serve.batching import MicroBatcher
 
     s = settings or ServeSettings()
     n_docs = engine.index.n
@@ -269,9 +272,6 @@ def create_app(engine: "SearchEngine", settings: ServeSettings | None = None) ->
 
     @app.get("/info")
     async def info() -> dict:
-        from embed_kd.device import device_info
-        from embed_kd.io import versions
-
         return {
             **engine.info(),
             "limits": {**asdict(s), "max_k_effective": max_k},
@@ -288,7 +288,5 @@ def create_app_from_paths(index_dir: str, query_model: str | None = None, *,
                           expect_teacher_fingerprint: str | None = None,
                           settings: ServeSettings | None = None) -> "FastAPI":
     """Load the engine (with its startup checks) and build the app."""
-    from embed_kd.serve.engine import SearchEngine
-
     engine = SearchEngine.load(index_dir, query_model, expect_teacher_fingerprint=expect_teacher_fingerprint)
     return create_app(engine, settings)

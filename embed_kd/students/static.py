@@ -72,7 +72,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from embed_kd.data.fingerprint import fingerprint_json
 from embed_kd.errors import EmbedKDError
+from embed_kd.models import fingerprint_model, model_name
 
 logger = logging.getLogger(__name__)
 INITS = ("teacher", "random")
@@ -263,9 +265,6 @@ def teacher_token_vectors(teacher, *, pooling: str = "mean", batch_size: int = 5
 def cached_token_vectors(teacher, *, pooling: str = "mean", cache=None, batch_size: int = 512,
                          show_progress: bool = False) -> np.ndarray:
     """:func:`teacher_token_vectors` through the embedding cache (keyed by the teacher's fingerprint)."""
-    from embed_kd.data.fingerprint import fingerprint_json
-    from embed_kd.models import fingerprint_model, model_name
-
     vocab = vocabulary(teacher)
     encode = lambda: teacher_token_vectors(teacher, pooling=pooling, batch_size=batch_size,  # noqa: E731
                                            show_progress=show_progress)

@@ -63,6 +63,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from embed_kd.errors import EmbedKDError
+from embed_kd.models import forget_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +103,6 @@ def get_term_bias(model) -> np.ndarray:
 def set_term_bias(model, bias) -> None:
     """Write ``bias`` (``[vocab]``) into the MLM head in place (every tensor that shares it follows)."""
     import torch
-
-    from embed_kd.models import forget_fingerprint
 
     param = _bias_parameter(model)
     values = torch.as_tensor(np.asarray(bias, dtype=np.float32))

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from embed_kd.errors import EmbedKDError
-from embed_kd.io import utc_now
+from embed_kd.io import atomic_dir, utc_now
+from embed_kd.models import fingerprint_model
 
 logger = logging.getLogger(__name__)
 BACKENDS = ("torch", "openvino", "onnx")
@@ -73,8 +74,6 @@ def export(model, backend: str, cache_root: Path | None = None) -> tuple[Path, l
     import torch
 
     from embed_kd.data.resolve import cache_root as default_root
-    from embed_kd.io import atomic_dir
-    from embed_kd.models import fingerprint_model
 
     fp = fingerprint_model(model)
     folder = Path(cache_root or default_root()) / "bi-encoder" / f"{fp}-{backend}-v1"

@@ -33,6 +33,7 @@ import os
 from typing import Mapping, Sequence
 
 from embed_kd.errors import ArtifactError, EmbedKDError
+from embed_kd.io import read_json
 from embed_kd.numeric import finite_number
 from embed_kd.teachers.fusion import normalize_scores
 
@@ -77,8 +78,6 @@ def ensemble_weights(text: str | None, teachers: Sequence[str], norm: str) -> di
         return None
     weights = parse_weights(text, teachers)
     if os.path.isfile(text):
-        from embed_kd.io import read_json
-
         file_norm = read_json(text, "ensemble weights file").get("norm")
         if file_norm and file_norm != norm:
             raise EmbedKDError(f"{text}: weights were fitted with norm '{file_norm}'; pass --ensemble {file_norm}")
@@ -86,8 +85,6 @@ def ensemble_weights(text: str | None, teachers: Sequence[str], norm: str) -> di
 
 
 def _weights_file(path: str, teachers: Sequence[str]) -> dict[str, float]:
-    from embed_kd.io import read_json
-
     doc = read_json(path, "ensemble weights file")
     if not isinstance(doc, dict) or doc.get("schema") != "embed-kd/ensemble-weights@1":
         got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__

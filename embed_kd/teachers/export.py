@@ -36,8 +36,11 @@ import logging
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from embed_kd.data import load_beir, resolve_dataset
+from embed_kd.data.fingerprint import fingerprint_corpus
+from embed_kd.data.inputs import load_inputs
 from embed_kd.errors import ArtifactError, EmbedKDError
-from embed_kd.io import Artifact
+from embed_kd.io import Artifact, atomic_dir, atomic_open, atomic_write_json, claim_output, refuse_existing
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +76,6 @@ def export_margin_mse_tsv(store, path, *, column: str = "score", negatives_per_p
                           overwrite: bool = False) -> int:
     """Write the triples TSV atomically, streaming the store (one query at a time in memory); returns
     the number of lines."""
-    from embed_kd.io import atomic_open, refuse_existing
-
     refuse_existing(path, overwrite, artifact=TSV_ARTIFACT)
     n = 0
     with atomic_open(path, overwrite=overwrite) as fh:
@@ -89,11 +90,6 @@ def export_margin_mse_tsv(store, path, *, column: str = "score", negatives_per_p
 
 
 def _texts(store, data: str | None):
-    from embed_kd.data import load_beir, resolve_dataset
-    from embed_kd.data.fingerprint import fingerprint_corpus
-
-    from embed_kd.data.inputs import load_inputs
-
     ds_meta = store.manifest["dataset"]
     src = ds_meta.get("sources") or {}
     texts = getattr(store, "texts_dir", None)
@@ -151,10 +147,6 @@ def export_hf(store, path, *, kind: str, column: str = "score", negatives: int |
               data: str | None = None, overwrite: bool = False) -> int:
     """Write a ``datasets`` folder (``load_from_disk``-able) atomically; returns its number of rows."""
     import datasets
-
-    from embed_kd.io import atomic_dir
-
-    from embed_kd.io import atomic_write_json, claim_output
 
     claim_output(path, HF_ARTIFACT, overwrite=overwrite)  # before the work; only an earlier export is replaced
     store._check_column(column)

@@ -82,9 +82,14 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from embed_kd.data.beir import BeirDataset
+from embed_kd.data.inputs import input_kind, load_inputs
 from embed_kd.data.lines import GZIP_ERRORS, is_gzip, iter_json_objects, iter_lines, open_binary
+from embed_kd.data.tables import iter_batches, parse_source, resolve_columns
 from embed_kd.errors import DataError, EmbedKDError
-from embed_kd.io import sha256_file
+from embed_kd.io import atomic_dir, atomic_write_text, check_writable, refuse_existing, sha256_file
+from embed_kd.teachers.scoring import dataset_entry
+from embed_kd.teachers.store import ARTIFACT, check_name, new_manifest, ScoreStoreWriter
 
 logger = logging.getLogger(__name__)
 
@@ -326,8 +331,6 @@ def read_st_scores_pkl(path: str | Path, opts: ImportOptions) -> RawRows:
 # hf-columns / listwise -----------------------------------------------------------------------
 
 def _table_batches(source: str):
-    from embed_kd.data.tables import iter_batches
-
     return iter_batches(source)
 
 
@@ -353,8 +356,6 @@ def _cast_scores(arr, where, base_row: int, name: str = "score"):
 def read_hf_columns(source: str, opts: ImportOptions) -> RawRows:
     """Pointwise ``query_id, passage_id, score`` or margin ``query_id, positive_id, negative_id, score``."""
     import pyarrow as pa
-
-    from embed_kd.data.tables import parse_source, resolve_columns
 
     base, declared = parse_source(source)
     declared = {**declared, **opts.columns}
@@ -414,9 +415,6 @@ def _as_list(value, where: str, what: str) -> list:
 def read_listwise(source: str, opts: ImportOptions) -> RawRows:
     """``query_id, document_ids[], scores[]`` rows (table source or JSONL) → absolute rows."""
     import pyarrow as pa
-
-    from embed_kd.data.inputs import input_kind
-    from embed_kd.data.tables import parse_source, resolve_columns
 
     base, declared = parse_source(source)
     declared = {**declared, **opts.columns}
@@ -598,11 +596,6 @@ def import_scores(files: Sequence[str | os.PathLike], out: str | os.PathLike, op
     """
     import pyarrow as pa
 
-    from embed_kd.data.beir import BeirDataset
-    from embed_kd.io import atomic_dir, atomic_write_text, check_writable, refuse_existing
-    from embed_kd.teachers.scoring import dataset_entry
-    from embed_kd.teachers.store import ARTIFACT, ScoreStoreWriter, check_name, new_manifest
-
     t0 = time.perf_counter()
     if opts.fmt not in FORMATS:
         raise EmbedKDError(f"--format {opts.fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -633,7 +626,6 @@ def import_scores(files: Sequence[str | os.PathLike], out: str | os.PathLike, op
         if not (opts.data or opts.corpus):
             raise EmbedKDError(f"--format {opts.fmt}: pass --data (or --corpus [--queries]): the ids are checked "
                                "against it and the store's query order is its split's")
-        from embed_kd.data.inputs import load_inputs
 
         dataset = load_inputs(data=opts.data, split=opts.split, corpus=opts.corpus, queries=opts.queries)
         if not dataset.queries:
@@ -800,8 +792,6 @@ def _numpy(arr, dtype) -> np.ndarray:
 
 def _source_sha(src: str) -> str:
     """sha256 of an input: the file, or every file of a folder (sorted), or the hub name for ``hf:``."""
-    from embed_kd.data.tables import parse_source
-
     base = parse_source(src)[0]
     if base.startswith("hf:"):
         return hashlib.sha256(base.encode()).hexdigest()

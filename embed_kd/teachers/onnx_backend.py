@@ -31,7 +31,8 @@ from typing import Mapping
 import numpy as np
 
 from embed_kd.errors import EmbedKDError
-from embed_kd.io import utc_now
+from embed_kd.io import Artifact, atomic_dir, utc_now, versions
+from embed_kd.models import fingerprint_model
 
 logger = logging.getLogger(__name__)
 VARIANTS = ("onnx", "onnx-int8")
@@ -52,8 +53,6 @@ def export_cross_encoder(model, variant: str, cache_root: Path | None = None) ->
     import torch
 
     from embed_kd.data.resolve import cache_root as default_root
-    from embed_kd.io import Artifact, atomic_dir
-    from embed_kd.models import fingerprint_model
 
     if variant not in VARIANTS:
         raise EmbedKDError(f"unknown ONNX variant {variant!r} (one of {', '.join(VARIANTS)})")
@@ -97,7 +96,6 @@ def export_cross_encoder(model, variant: str, cache_root: Path | None = None) ->
         for p in tmp.glob("*.onnx"):
             if p != final:
                 p.unlink()
-        from embed_kd.io import versions
 
         (tmp / "meta.json").write_text(json.dumps({
             "schema": SCHEMA, "model_fingerprint": fp, "variant": variant, "inputs": names, "optimized": optimized,

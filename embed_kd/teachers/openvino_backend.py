@@ -38,7 +38,9 @@ from typing import Mapping
 import numpy as np
 
 from embed_kd.errors import EmbedKDError
-from embed_kd.io import utc_now
+from embed_kd.io import Artifact, atomic_dir, utc_now, versions
+from embed_kd.models import fingerprint_model
+from embed_kd.teachers.onnx_backend import traceable_logits
 
 logger = logging.getLogger(__name__)
 VARIANTS = {"openvino": "f32", "openvino-bf16": "bf16"}
@@ -66,8 +68,6 @@ def export_cross_encoder(model, cache_root: Path | None = None) -> Path:
     import torch
 
     from embed_kd.data.resolve import cache_root as default_root
-    from embed_kd.io import Artifact, atomic_dir
-    from embed_kd.models import fingerprint_model
 
     _require_openvino()
     import openvino as ov
@@ -76,7 +76,6 @@ def export_cross_encoder(model, cache_root: Path | None = None) -> Path:
     folder = Path(cache_root or default_root()) / "openvino" / f"{fp}-v1"
     if all((folder / f).is_file() for f in ("model.xml", "model.bin", "meta.json")):
         return folder / "model.xml"
-    from embed_kd.teachers.onnx_backend import traceable_logits
 
     logits_module, names, sample = traceable_logits(model)
     t0 = time.perf_counter()
@@ -91,7 +90,6 @@ def export_cross_encoder(model, cache_root: Path | None = None) -> Path:
         port.get_tensor().set_names({name})
     with atomic_dir(folder, overwrite=True, artifact=Artifact(SCHEMA, "meta.json", "OpenVINO export")) as tmp:
         ov.save_model(graph, str(tmp / "model.xml"), compress_to_fp16=False)
-        from embed_kd.io import versions
 
         (tmp / "meta.json").write_text(json.dumps({
             "schema": SCHEMA, "model_fingerprint": fp, "inputs": names, "versions": versions(),

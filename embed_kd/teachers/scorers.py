@@ -52,7 +52,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from embed_kd.cpu import native_bf16
+from embed_kd.device import bf16_supported, is_gpu
 from embed_kd.errors import EmbedKDError, ModelNotFoundError
+from embed_kd.models import fingerprint_model, load_cross_encoder
+from embed_kd.presets import resolve_model_spec
+from embed_kd.teachers.onnx_backend import export_cross_encoder, OrtCrossEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +102,6 @@ def parse_teacher_spec(text: str) -> TeacherSpec:
     if not model:
         raise EmbedKDError(f"--teacher {text!r}: missing model")
     if kind is None:
-        from embed_kd.presets import resolve_model_spec
-
         try:
             ms = resolve_model_spec(model)
         except ModelNotFoundError as exc:
@@ -149,8 +152,6 @@ class BM25Teacher(Teacher):
 
 class BiEncoderTeacher(Teacher):
     def __init__(self, spec: TeacherSpec, resources):
-        from embed_kd.models import fingerprint_model
-
         self.spec = spec
         self.res = resources
         self.model = resources.bi_encoder(spec.model)
@@ -188,8 +189,6 @@ class CrossEncoderTeacher(Teacher):
 
     def __init__(self, spec: TeacherSpec, resources, *, activation: str | None = None, max_length: int | None = None,
                  batch_size: int = 32, backend: str = "torch"):
-        from embed_kd.models import fingerprint_model, load_cross_encoder
-
         if activation not in ACTIVATIONS:
             raise EmbedKDError(f"--activation must be one of none, sigmoid; got {activation!r}")
         if backend not in BACKENDS:
@@ -225,8 +224,6 @@ class CrossEncoderTeacher(Teacher):
                 path = ovb.export_cross_encoder(self.model, root)
                 self._runtime = ovb.OvCrossEncoder(path, precision=ovb.VARIANTS[backend], threads=threads)
             else:
-                from embed_kd.teachers.onnx_backend import OrtCrossEncoder, export_cross_encoder
-
                 self._runtime = OrtCrossEncoder(export_cross_encoder(self.model, backend, root), threads=threads)
 
     def manifest_entry(self) -> dict:
@@ -299,8 +296,6 @@ class CrossEncoderTeacher(Teacher):
 def _check_half_precision(backend: str, device: str) -> None:
     """``torch-fp16`` needs a GPU; ``torch-bf16`` is only fast with native bfloat16 (a CPU with
     AVX512-BF16 / AMX, a GPU that supports it): a warning otherwise."""
-    from embed_kd.device import bf16_supported, is_gpu
-
     if backend == "torch-fp16":
         if not is_gpu(device):
             raise EmbedKDError(f"--backend torch-fp16 runs the teacher in float16 on a GPU; this run's device is "
@@ -311,8 +306,6 @@ def _check_half_precision(backend: str, device: str) -> None:
             logger.warning("--backend torch-bf16: %s has no native bfloat16; torch-fp16 is the fast mode here", device)
         return
     if device == "cpu":
-        from embed_kd.cpu import native_bf16
-
         if not native_bf16("torch"):
             logger.warning("--backend torch-bf16: this CPU has no native bfloat16 (AVX512-BF16/AMX); bf16 is "
                            "emulated and likely slower than --backend torch")

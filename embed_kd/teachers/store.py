@@ -108,10 +108,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from embed_kd.data.fingerprint import fingerprint_json
+from embed_kd.data.fingerprint import fingerprint_corpus, fingerprint_json, fingerprint_qrels, fingerprint_queries
+from embed_kd.device import device_info
 from embed_kd.errors import ArtifactError, EmbedKDError
-from embed_kd.io import (Artifact, atomic_write_bytes, atomic_write_json, claim_output, read_json, sha256_file,
-                         utc_now, versions)
+from embed_kd.io import (Artifact, atomic_dir, atomic_write_bytes, atomic_write_json, claim_output, read_json,
+                         sha256_file, utc_now, versions)
+from embed_kd.numeric import check_finite_array
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +228,6 @@ def new_manifest(*, dataset: Mapping[str, Any], candidates: Sequence[Mapping[str
     for key in ("name", "split", "corpus_fingerprint", "queries_fingerprint", "qrels_fingerprint", "n_queries"):
         if key not in dataset:
             raise EmbedKDError(f"manifest dataset is missing '{key}'")
-    from embed_kd.device import device_info
 
     m = {
         "schema": SCHEMA,
@@ -502,8 +503,6 @@ def _check_finite_scores(table, where: str) -> None:
     """Refuse NaN / ±inf in the score columns (a NaN teacher or weight would poison every margin)."""
     import numpy as np
 
-    from embed_kd.numeric import check_finite_array
-
     qids = None
     names = [n for n in table.schema.names if n.startswith("score__")] + ["score"]  # a teacher first: the cause
     for name in names:
@@ -737,8 +736,6 @@ class ScoreStore:
 
     def check_dataset(self, dataset) -> None:
         """Refuse when ``dataset`` (a BeirDataset) is not the one the scores were made on."""
-        from embed_kd.data.fingerprint import fingerprint_corpus, fingerprint_qrels, fingerprint_queries
-
         ds = self.manifest["dataset"]
         got = {"corpus_fingerprint": fingerprint_corpus(dataset.corpus),
                "queries_fingerprint": fingerprint_queries(dataset.queries),
@@ -813,8 +810,6 @@ def merge_stores(shard_folders: Iterable[str | os.PathLike], out: str | os.PathL
     Every shard must have the same config fingerprint and chunk size, be complete, and together
     the shards must be exactly ``0..N-1`` of ``count`` (no shard twice, none missing).
     """
-    from embed_kd.io import atomic_dir
-
     claim_output(out, ARTIFACT, overwrite=overwrite)  # the output first: a refusal should not cost the checks
     stores = [open_scores(f, allow_incomplete=True) for f in shard_folders]
     if not stores:

@@ -14,6 +14,10 @@ import logging
 import numpy as np
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 
+from embed_kd.encode import encode_texts
+from embed_kd.index.search import dense_run
+from embed_kd.runs import evaluate_run
+
 logger = logging.getLogger(__name__)
 
 
@@ -30,10 +34,6 @@ class DevRetrievalEvaluator(SentenceEvaluator):
         self.greater_is_better = True
 
     def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        from embed_kd.encode import encode_texts
-        from embed_kd.runs import evaluate_run
-        from embed_kd.index.search import dense_run
-
         qids = list(self.queries)
         q_emb = encode_texts(model, [self.queries[q] for q in qids], batch_size=self.batch_size,
                              normalize=self.normalize, role="query", show_progress=False)

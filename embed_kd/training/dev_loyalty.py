@@ -21,6 +21,10 @@ import logging
 import numpy as np
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 
+from embed_kd.encode import encode_texts
+from embed_kd.evaluation.loyalty import _mean_cosine, spearman_same_candidates, top_k_overlap
+from embed_kd.index.search import dense_run
+
 logger = logging.getLogger(__name__)
 
 
@@ -30,7 +34,6 @@ class DevLoyaltyEvaluator(SentenceEvaluator):
     def __init__(self, queries: dict[str, str], teacher_q: np.ndarray, doc_emb: np.ndarray, doc_ids: list[str], *,
                  name: str = "dev", batch_size: int = 64, normalize: bool = True, depth: int = 100):
         super().__init__()
-        from embed_kd.index.search import dense_run
 
         self.queries, self.teacher_q = queries, teacher_q
         self.doc_emb, self.doc_ids = doc_emb, doc_ids
@@ -40,10 +43,6 @@ class DevLoyaltyEvaluator(SentenceEvaluator):
         self.greater_is_better = True
 
     def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        from embed_kd.encode import encode_texts
-        from embed_kd.evaluation.loyalty import _mean_cosine, spearman_same_candidates, top_k_overlap
-        from embed_kd.index.search import dense_run
-
         qids = list(self.queries)
         s_q = encode_texts(model, [self.queries[q] for q in qids], batch_size=self.batch_size,
                            normalize=self.normalize, role="query", show_progress=False)

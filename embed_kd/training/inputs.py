@@ -18,18 +18,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from embed_kd.data.inputs import load_inputs
 from embed_kd.errors import EmbedKDError
+from embed_kd.teachers.store import open_scores
 
 
 def load_training_dataset(cfg):
     """The :class:`~embed_kd.data.beir.BeirDataset` of ``cfg`` (table above)."""
-    from embed_kd.data.inputs import load_inputs
-
     if cfg.data or cfg.corpus:
         return load_inputs(data=cfg.data or None, split=cfg.split, corpus=cfg.corpus, queries=cfg.queries)
     if cfg.scores:
-        from embed_kd.teachers.store import open_scores
-
         store = open_scores(cfg.scores)
         texts = store.texts_dir
         if texts is not None:

@@ -19,6 +19,9 @@ import logging
 
 from sentence_transformers.base.evaluation import BaseEvaluator
 
+from embed_kd.evaluation.sparse_eval import encode_sparse, run_from_search, sparse_search, sparse_stats
+from embed_kd.runs import evaluate_run
+
 logger = logging.getLogger(__name__)
 
 
@@ -51,9 +54,6 @@ class SparseDevEvaluator(BaseEvaluator):
         self.greater_is_better = True
 
     def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        from embed_kd.runs import evaluate_run
-        from embed_kd.evaluation.sparse_eval import encode_sparse, run_from_search, sparse_search, sparse_stats
-
         qids, doc_ids = list(self.queries), list(self.docs)
         q = encode_sparse(model, [self.queries[x] for x in qids], role="query", batch_size=self.batch_size,
                           show_progress=False)
