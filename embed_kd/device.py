@@ -131,20 +131,27 @@ def resolve_device(spec: str | None = None, *, what: str = "--device") -> str:
 def select_device(spec: str | None = None, *, what: str = "--device") -> str:
     """Resolve ``spec`` and make it this process's device (models load there, trainers train there).
 
-    Logs ``device: cuda:0 (NVIDIA H200)`` once per process (again only when it changes).
+    Silent: the device is announced (:func:`announce`) when a model is first loaded on it, so a
+    command that stops on bad input before loading anything prints only its error.
     """
-    global _selected, _announced
+    global _selected
     device = resolve_device(spec, what=what)
     if device.startswith("cuda:"):
         import torch
 
         torch.cuda.set_device(int(device.split(":", 1)[1]))  # "cuda" means this GPU for every library
     _selected = device
+    return device
+
+
+def announce(device: str | None = None) -> None:
+    """Log ``device: cuda:0 (NVIDIA H200)`` once per process (again only when it changes); the model
+    loaders (:mod:`embed_kd.models`) call it after a model has loaded on ``device``."""
+    global _announced
+    device = device or current_device()
     if _announced != device:
         _announced = device
-        info = device_info(device)
-        logger.info("device: %s (%s)", device, info["name"])
-    return device
+        logger.info("device: %s (%s)", device, device_info(device)["name"])
 
 
 def current_device() -> str:

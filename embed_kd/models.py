@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from embed_kd.device import current_device
+from embed_kd.device import announce, current_device
 from embed_kd.encode import embedding_dim
 from embed_kd.errors import EmbedKDError, ModelNotFoundError
 from embed_kd.model_kind import check_cross_encoder, check_role, refuse_kind
@@ -67,6 +67,7 @@ def load_sentence_transformer(spec: str | os.PathLike, *, device: str | None = N
         model = SentenceTransformer(source, device=device or _default_device())
     except _load_errors() as exc:
         raise ModelNotFoundError(f"model '{spec}' could not be loaded from {source}: {exc}") from None
+    announce(device or _default_device())
     model.embed_kd_spec = str(spec)  # type: ignore[attr-defined]
     return model
 
@@ -106,6 +107,7 @@ def load_sparse_encoder(spec: str | os.PathLike, *, device: str | None = None, r
         model = SparseEncoder(str(source), device=device or _default_device())
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"sparse model '{spec}' could not be loaded from {source}: {exc}") from None
+    announce(device or _default_device())
     model.embed_kd_spec = str(spec)  # type: ignore[attr-defined]
     return model
 
@@ -130,6 +132,7 @@ def load_cross_encoder(spec: str | os.PathLike, *, device: str | None = None, ma
         model = CrossEncoder(source, device=device or _default_device(), max_length=max_length, **kwargs)
     except _load_errors() as exc:
         raise ModelNotFoundError(f"cross-encoder '{spec}' could not be loaded from {source}: {exc}") from None
+    announce(device or _default_device())
     if require_head:
         check_cross_encoder(model, source, spec=str(spec), role=role)
     model.embed_kd_spec = str(spec)  # type: ignore[attr-defined]

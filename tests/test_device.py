@@ -93,7 +93,9 @@ def test_select_device_is_the_process_default_and_is_recorded(monkeypatch, caplo
     fake(monkeypatch, gpus=2, name="NVIDIA Fake")
     caplog.set_level("INFO", logger="embed_kd.device")
     assert dev.select_device("cuda:1") == "cuda:1"
-    dev.select_device("cuda:1")
+    assert caplog.records == []  # silent until a model loads there (bad input stays one Error line)
+    dev.announce()
+    dev.announce("cuda:1")
     assert [r.getMessage() for r in caplog.records] == ["device: cuda:1 (NVIDIA Fake 1)"]  # logged once
     from embed_kd import distributed
     from embed_kd.models import _default_device
@@ -239,14 +241,21 @@ def test_train_bad_device_exits_2(monkeypatch, tmp_path, tiny_beir):
     assert "Traceback" not in r.output and not (tmp_path / "o").exists()
 
 
-def test_result_json_records_the_device(tmp_path, tiny_beir):
+def test_result_json_records_the_device(tmp_path, tiny_beir, tiny_model):
+    dev.reset()
     out = tmp_path / "r.json"
-    r = CliRunner().invoke(main, ["eval", "--data", str(tiny_beir), "--model", "bm25", "--device", "cpu",
-                                  "-o", str(out), "--no-progress"])
+    r = CliRunner().invoke(main, ["eval", "--data", str(tiny_beir), "--model", str(tiny_model), "--device", "cpu",
+                                  "-o", str(out), "--no-progress", "--no-cache"])
     assert r.exit_code == 0, r.output
     d = json.loads(out.read_text())["device"]
     assert d["device"] == "cpu" and d["type"] == "cpu" and d["name"]
-    assert "device: cpu (" in r.output  # printed once, on stderr
+    assert r.output.count("device: cpu (") == 1  # printed once, on stderr, when the model loaded there
+    dev.reset()
+    r = CliRunner().invoke(main, ["eval", "--data", str(tiny_beir), "--model", "bm25", "--device", "cpu",
+                                  "-o", str(tmp_path / "bm25.json"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "bm25.json").read_text())["device"]["device"] == "cpu"
+    assert "device: cpu (" not in r.output  # no model loaded on a device: nothing to announce
 
 
 def test_torch_fp16_backend_needs_a_gpu(tiny_beir):

@@ -18,6 +18,10 @@ _ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
                errno.ENOTDIR, errno.EISDIR}
 
 
+#: click >= 8.2 raises this for a group called without a command (older click prints the help itself)
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class OneLineErrors(click.Group):
     """The ``embed-kd`` group: click's own usage errors (an unknown option or command, a bad
     value) are one ``Error: <problem> (see '<command> --help')`` line and exit code 2, like every
@@ -26,6 +30,9 @@ class OneLineErrors(click.Group):
     def main(self, *args, standalone_mode: bool = True, **kwargs):  # noqa: D102 - click's entry point
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
+        except _NO_ARGS_IS_HELP as exc:  # `embed-kd` or `embed-kd index` alone: its help, not an error line
+            click.echo(exc.ctx.get_help())
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:
             ctx = exc.ctx
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
