@@ -29,6 +29,24 @@ def test_symmetric_writes_json_and_table(tiny_beir, tiny_model, cache_dir, tmp_p
     assert r["cache"]["docs"] == "miss" and r["dataset"]["n_queries"] == 6
 
 
+def test_quiet_prints_the_result_table_only(tiny_beir, tiny_model, cache_dir, tmp_path):
+    """-q: the result table on stdout, no closing summary on stderr (the demo's terminal shows bars and
+    its final table only); without -q the summary is there. score-teacher likewise."""
+    args = ["eval", "--data", str(tiny_beir), "--model", str(tiny_model), "--cache-dir", str(cache_dir),
+            "--no-progress"]
+    quiet = CliRunner().invoke(main, [*args, "-q", "-o", str(tmp_path / "q.json")])
+    loud = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "l.json")])
+    assert quiet.exit_code == 0 and loud.exit_code == 0, quiet.output + loud.output
+    assert quiet.stdout.startswith("| mode |") and quiet.stderr == "", quiet.stderr
+    assert "doc cache:" in loud.stderr and "| mode |" in loud.stdout
+    st = ["score-teacher", "--data", str(tiny_beir), "--split", "train", "--candidates", "bm25:3", "--teacher",
+          "bm25", "--cache-dir", str(cache_dir), "--no-progress"]
+    quiet = CliRunner().invoke(main, [*st, "-q", "-o", str(tmp_path / "sq")])
+    loud = CliRunner().invoke(main, [*st, "-o", str(tmp_path / "sl")])
+    assert quiet.exit_code == 0 and loud.exit_code == 0, quiet.output + loud.output
+    assert quiet.stderr == "" and "rows, complete=True" in loud.stderr, quiet.stderr
+
+
 def test_second_asymmetric_eval_hits_doc_cache(tiny_beir, tiny_model, tiny_model_b, cache_dir, tmp_path):
     first = _eval(["--data", str(tiny_beir), "--model", str(tiny_model), "-o", str(tmp_path / "a.json")], cache_dir)
     assert first.exit_code == 0, first.output

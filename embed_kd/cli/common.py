@@ -18,6 +18,13 @@ _ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
                errno.ENOTDIR, errno.EISDIR}
 
 
+def note(message: str) -> None:
+    """A command's closing summary on stderr (rows written, cache, time); silent under ``-q`` — which
+    keeps progress bars, warnings, errors and the command's result on stdout."""
+    if logging.getLogger("embed_kd").getEffectiveLevel() <= logging.INFO:
+        click.echo(message, err=True)
+
+
 #: click >= 8.2 raises this for a group called without a command (older click prints the help itself)
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 

@@ -6,7 +6,7 @@ import click
 
 from embed_kd.cli.backend import backend_option
 from embed_kd.cli.compress import compression_from_flags, compression_options
-from embed_kd.cli.common import device_option, run_command, set_threads, setup_logging, verbosity_options
+from embed_kd.cli.common import device_option, note, run_command, set_threads, setup_logging, verbosity_options
 
 
 @click.command("eval")
@@ -117,15 +117,15 @@ def _echo_retrieval(result: dict, output, verbose) -> None:
     if verbose:
         click.echo()
         click.echo(timings_table(result))
-    click.echo(f"\n{result['dataset']['n_queries']} queries × {result['dataset']['n_docs']} docs; "
-               f"doc cache: {result['cache']['docs']}; total {result['timings']['total_s']:.1f}s"
-               + (f"; written to {output}" if output else ""), err=True)
+    note(f"\n{result['dataset']['n_queries']} queries × {result['dataset']['n_docs']} docs; "
+         f"doc cache: {result['cache']['docs']}; total {result['timings']['total_s']:.1f}s"
+         + (f"; written to {output}" if output else ""))
 
 
 def _echo_sts_only(result: dict, output, verbose) -> None:
     _echo_sts(result)
     if output:
-        click.echo(f"written to {output}", err=True)
+        note(f"written to {output}")
 
 
 def _echo_sts(result: dict) -> None:
@@ -135,7 +135,7 @@ def _echo_sts(result: dict) -> None:
         {**result, "model": result["teacher"]["model"], "metrics": result["teacher"]["metrics"], "teacher": None},
         result]
     click.echo("\n" + sts_table(rows))
-    click.echo(result["encoding"], err=True)
+    note(result["encoding"])
 
 
 def _echo_mteb(result: dict, output, verbose) -> None:
@@ -143,7 +143,7 @@ def _echo_mteb(result: dict, output, verbose) -> None:
 
     click.echo(mteb_table(result))
     qps = result["throughput"]["queries_per_s"]
-    click.echo(f"\nMTEB {result['versions']['mteb']}, {result['mode']}; "
-               + (f"query encoding {qps:.1f} queries/s; " if qps else "")
-               + f"doc cache: {result['cache']['docs']}; total {result['timings']['total_s']:.1f}s"
-               + (f"; written to {output}" if output else ""), err=True)
+    note(f"\nMTEB {result['versions']['mteb']}, {result['mode']}; "
+         + (f"query encoding {qps:.1f} queries/s; " if qps else "")
+         + f"doc cache: {result['cache']['docs']}; total {result['timings']['total_s']:.1f}s"
+         + (f"; written to {output}" if output else ""))

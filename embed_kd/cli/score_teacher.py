@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from embed_kd.cli.common import device_option, run_command, set_threads, setup_logging, verbosity_options
+from embed_kd.cli.common import device_option, note, run_command, set_threads, setup_logging, verbosity_options
 from embed_kd.teachers.scorers import BACKENDS
 
 
@@ -122,9 +122,9 @@ def run_command_(data, split, queries_file, corpus_file, candidates, teachers, o
     rate = f"{s['pairs_per_s']:.1f} pairs/s" if s["pairs_per_s"] else "n/a"
     if world.distributed:
         click.echo(f"{world.world_size} processes, one shard each, merged into {s['out']}", err=True)
-    click.echo(f"{s['out']}: {s['rows']} rows, complete={s['complete']}; this run scored {s['queries_scored']} "
-               f"queries / {s['pairs']} pairs ({rate}), skipped {s['chunks_skipped']} committed chunk(s); "
-               f"{s['total_s']:.1f}s", err=True)
+    note(f"{s['out']}: {s['rows']} rows, complete={s['complete']}; this run scored {s['queries_scored']} "
+         f"queries / {s['pairs']} pairs ({rate}), skipped {s['chunks_skipped']} committed chunk(s); "
+         f"{s['total_s']:.1f}s")
 
 
 def _parse_columns(ctx, param, value):
