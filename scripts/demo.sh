@@ -15,8 +15,9 @@
 #
 # -q everywhere: progress bars (per batch, with rate and ETA) and the final table only.
 #
-# First run ≈ 10-15 min on a 2-core laptop CPU (MiniLM encodes the 5,183 abstracts once, ~6 min;
-# they are cached in $EMBED_KD_CACHE, default ~/.cache/embed_kd); later runs skip that.
+# First run ≈ 10-15 min on a 2-core CPU (measured on a clean clone with an empty cache: 12.5 min at
+# load ~3, eval/results/demo.md; MiniLM encodes the 5,183 abstracts once, most of that time, cached
+# in $EMBED_KD_CACHE, default ~/.cache/embed_kd); later runs skip that.
 # Data: $EMBED_KD_DATA (default ../shared/data when present), else BEIR's public URL.
 # Outputs: demo-output/ (the teacher scores are reused on a rerun; the rest is replaced).
 set -euo pipefail
