@@ -77,19 +77,19 @@ import numpy as np
 from embed_kd import distributed as dist
 from embed_kd.data.fingerprint import fingerprint_corpus
 from embed_kd.errors import ArtifactError, EmbedKDError
-from embed_kd.index.compression import BINARY, CompressedSearch, Compression
 from embed_kd.device import device_info
+from embed_kd.index.compression import BINARY, CompressedSearch, Compression
 from embed_kd.index.faiss_index import KIND_CHOICES, build_faiss_index, factory_string, resolve_kind, search_index
 from embed_kd.io import Artifact, atomic_dir, claim_output, read_json, sha256_file, utc_now, versions
 
 logger = logging.getLogger(__name__)
 
 SCHEMA = "embed-kd/index@1"
+#: the ownership rule (:func:`embed_kd.io.claim_output`): only an embed-kd index folder is replaced
+ARTIFACT = Artifact(SCHEMA, "manifest.json", "index folder")
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.json"
 DOCS_FILE = "docs.jsonl"
-#: the ownership rule (:func:`embed_kd.io.claim_output`): only an embed-kd index folder is replaced
-ARTIFACT = Artifact(SCHEMA, "manifest.json", "index folder")
 MANIFEST_FILE = "manifest.json"
 _FILES = (INDEX_FILE, IDS_FILE, DOCS_FILE)
 

@@ -88,12 +88,12 @@ def score_teacher(dataset, candidates: Sequence[str], teachers: Sequence[str], o
     opt = options or ScoreOptions()
     t0 = time.perf_counter()
     check_writable(out)  # an unwritable output fails before mining and scoring
-    if opt.limit:
-        dataset = dataset.sliced(opt.limit)
     if ownership_problem(out, ARTIFACT) is not None and not ScoreStoreWriter.is_scaffolding(Path(out)):
         from embed_kd.io import claim_output
 
         claim_output(out, ARTIFACT, overwrite=opt.overwrite)  # a folder that is not a store: refused now
+    if opt.limit:
+        dataset = dataset.sliced(opt.limit)
     if not dataset.queries:
         raise DataError(f"{dataset.path}: split '{dataset.split}' has no queries to score (pass --queries FILE)")
     if opt.shard is not None:
@@ -140,9 +140,9 @@ def score_teacher(dataset, candidates: Sequence[str], teachers: Sequence[str], o
                     "pairs_per_s": None, "teacher_s": {}, "mine_s": 0.0, "score_s": 0.0, "write_s": 0.0,
                     "complete": True, "shard": done.get("shard"), "out": str(out), "prepare_s": prepare_s,
                     "total_s": time.perf_counter() - t0, "config_fingerprint": done["config_fingerprint"]}
+    existed = out.exists()
     fresh = not (out / "manifest.json").is_file() or opt.overwrite
     writer = ScoreStoreWriter.create(out, manifest, chunk_size=opt.chunk_size, overwrite=opt.overwrite)
-    existed = out.exists()
     try:
         summary = _run_chunks(writer, dataset, miner, built, ensemble, opt)
     except BaseException:
