@@ -124,7 +124,7 @@ def test_alignment_only_student_on_a_plain_text_corpus(tmp_path, tiny_beir, tiny
     texts.write_text("".join(f"{d['title']} {d['text']}\n" for d in docs))
     r = CliRunner().invoke(main, ["train", "--corpus", str(texts), "--teacher", str(tiny_model),
                                   "--student-from-teacher", "--keep-layers", "1", "-o", str(tmp_path / "student"),
-                                  "--set", "losses.score=none", "--set", "examples.align_texts=[corpus]",
+                                  "--set", "losses.score=none",  # default align_texts: corpus (+ no queries)
                                   "--set", "train.max_steps=3", "--set", "train.batch_size=8",
                                   "--set", "average.enabled=false", "--cache-dir", str(cache_dir), "--no-progress",
                                   "-q"])

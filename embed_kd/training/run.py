@@ -136,7 +136,7 @@ def _align_examples(cfg: TrainConfig, teacher, dataset, doc_emb, doc_ids, train_
     """``(texts, teacher embeddings, stats, general sources)`` of the alignment loss."""
     E = cfg.examples
     q_emb = None
-    if "queries" in source_names(E.align_texts):
+    if "queries" in source_names(E.align_texts) and train_qids:  # a corpus alone has no queries
         q_emb = _on_main_first(world, "teacher query embeddings", lambda progress: query_embeddings(
             teacher, dataset.queries, train_qids, cache=cache, show_progress=show_progress and progress))
     general = _on_main_first(  # stsb-train, file:PATH (same order on every rank)
