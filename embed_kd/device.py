@@ -73,15 +73,25 @@ def _mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
-def _launcher_local_rank() -> int | None:
-    """``LOCAL_RANK`` when a launcher set it (``torchrun``, ``accelerate launch``), else None."""
-    raw = os.environ.get("LOCAL_RANK")
+def env_int(name: str, default: int | None) -> int | None:
+    """The integer environment variable ``name`` (``default`` when unset or empty); anything else
+    is one clear error.
+
+    >>> env_int("EMBED_KD_SURELY_UNSET_VARIABLE", 7)
+    7
+    """
+    raw = os.environ.get(name)
     if raw in (None, ""):
-        return None
+        return default
     try:
         return int(raw)
     except ValueError:
-        raise EmbedKDError(f"environment variable LOCAL_RANK={raw!r}: expected an integer") from None
+        raise EmbedKDError(f"environment variable {name}={raw!r}: expected an integer") from None
+
+
+def _launcher_local_rank() -> int | None:
+    """``LOCAL_RANK`` when a launcher set it (``torchrun``, ``accelerate launch``), else None."""
+    return env_int("LOCAL_RANK", None)
 
 
 def _auto_cuda() -> str:

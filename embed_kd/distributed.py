@@ -34,7 +34,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from embed_kd.device import current_device
+from embed_kd.device import current_device, env_int
 from embed_kd.errors import EmbedKDError
 
 logger = logging.getLogger(__name__)
@@ -56,21 +56,11 @@ class World:
         return self.world_size > 1
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise EmbedKDError(f"environment variable {name}={raw!r}: expected an integer") from None
-
-
 def get_world() -> World:
     """This process's place in the launch, from the launcher's environment (1 process when absent)."""
-    world_size = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
-    local_rank = _env_int("LOCAL_RANK", rank)
+    world_size = env_int("WORLD_SIZE", 1)
+    rank = env_int("RANK", 0)
+    local_rank = env_int("LOCAL_RANK", rank)
     if world_size < 1 or not 0 <= rank < world_size:
         raise EmbedKDError(f"RANK={rank}, WORLD_SIZE={world_size}: expected 0 <= RANK < WORLD_SIZE")
     return World(rank, world_size, local_rank)
@@ -121,7 +111,7 @@ def init() -> World:
     if missing:
         raise EmbedKDError(f"WORLD_SIZE={w.world_size} but {', '.join(missing)} is not set; launch with torchrun "
                            "or accelerate launch")
-    timeout = datetime.timedelta(seconds=_env_int(TIMEOUT_ENV, 86400))
+    timeout = datetime.timedelta(seconds=env_int(TIMEOUT_ENV, 86400))
     if torch.cuda.is_available():
         torch.cuda.set_device(w.local_rank % torch.cuda.device_count())
         backend = "cpu:gloo,cuda:nccl"
