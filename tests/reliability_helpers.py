@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 TEMP_MARKERS = (".tmp", ".old-")
@@ -136,3 +138,19 @@ def read_only(folder: Path) -> list[str]:
     """A wrapper: run the command with ``folder`` bind-mounted read-only (EROFS, even for root)."""
     return ["unshare", "-r", "-m", "sh", "-c",
             f"mount --bind '{folder}' '{folder}' && mount -o remount,bind,ro '{folder}' && exec \"$@\"", "sh"]
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds; False when it ended first (the kill -9 tests)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        if ready():
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            return True
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    raise AssertionError("the process neither finished nor reached the kill point in time")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import TOPICS, write_tiny_beir  # noqa: E402
-from reliability_helpers import Case, cli, leftovers  # noqa: E402
+from reliability_helpers import Case, cli, kill_when, leftovers  # noqa: E402
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -33,20 +32,9 @@ def _popen(*args) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240.0) -> bool:
-    """SIGKILL ``proc`` as soon as ``ready()`` is true; False when the process ended first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            return False
-        if ready():
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-            return True
-        time.sleep(0.002)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    raise AssertionError("the process neither finished nor reached the kill point in time")
+    return kill_when(proc, ready, timeout)
 
 
 @pytest.fixture(scope="module")

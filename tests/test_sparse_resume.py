@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import TOPICS, write_tiny_beir  # noqa: E402
+from reliability_helpers import kill_when  # noqa: E402
 from test_sparse import build_tiny_mlm  # noqa: E402
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -32,20 +32,9 @@ def _cli(*args) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300.0) -> bool:
-    """SIGKILL ``proc`` as soon as ``ready()`` holds; False when it ended first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            return False
-        if ready():
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-            return True
-        time.sleep(0.002)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    raise AssertionError("the run neither finished nor reached the kill point in time")
+    return kill_when(proc, ready, timeout)
 
 
 @pytest.fixture(scope="module")
