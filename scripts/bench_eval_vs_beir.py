@@ -57,11 +57,15 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--output", required=True, help="report path without extension (.json and .md are written)")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--backend", action="append", default=[],
+                    help="also a cold `embed-kd eval --backend B` run (repeatable: openvino, onnx); its model "
+                         "conversion is part of its wall time (fresh $EMBED_KD_CACHE)")
     args = ap.parse_args()
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     py = sys.executable
     cache = tempfile.mkdtemp(prefix="embed-kd-bench-cache-")
+    # every run starts cold: a fresh cache for embeddings and converted (OpenVINO/ONNX) models alike
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "EMBED_KD_CACHE": cache}
     out_dir = Path(tempfile.mkdtemp(prefix="embed-kd-bench-"))
     ekd = [py, "-m", "embed_kd", "eval", "--data", args.data, "--split", "test", "--batch-size", str(args.batch_size),
            "--cache-dir", cache, "--no-progress", "-q"]
@@ -73,6 +77,12 @@ def main() -> None:
     warm_wall, _, _ = timed(ekd + ["--query-model", "minilm-l6", "--doc-model", "minilm-l6",
                                    "-o", str(out_dir / "warm.json")], env)
     warm = json.loads((out_dir / "warm.json").read_text())
+    backends = {}
+    for b in args.backend:
+        wall, _, _ = timed(ekd + ["--model", "minilm-l6", "--backend", b, "-o", str(out_dir / f"cold-{b}.json")], env)
+        r = json.loads((out_dir / f"cold-{b}.json").read_text())
+        backends[b] = {"wall_s": wall, "metrics": r["metrics"], "timings": r["timings"], "ratio_to_beir": wall / beir_wall,
+                       "ndcg_at_10_equal_to_torch_4dp": round(r["metrics"]["ndcg_at_10"], 4) == round(cold["metrics"]["ndcg_at_10"], 4)}
 
     report = {
         "machine": {"cpus": os.cpu_count(), "note": "2-core dev machine, shared with other jobs during the run"},
@@ -84,9 +94,10 @@ def main() -> None:
                                            "cache": warm["cache"]["docs"]},
         "ratio_cold_to_beir": cold_wall / beir_wall,
         "ratio_warm_to_beir": warm_wall / beir_wall,
+        "embed_kd_cold_backends": backends,
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    from embed_kd.cpu import machine_info  # CPU, flags, threads, load average, commit
+    from embed_kd.cpu import describe, machine_info  # CPU, flags, threads, load average, commit
 
     report["machine"] = machine_info()
     Path(args.output + ".json").write_text(json.dumps(report, indent=2) + "\n")
@@ -95,15 +106,20 @@ def main() -> None:
 
 Measured in one invocation of `scripts/bench_eval_vs_beir.py` (each run a cold subprocess: imports,
 model load, corpus encoding, search, metrics); batch size {args.batch_size}; {os.cpu_count()} CPU cores,
-shared with other jobs while it ran, so absolute seconds are noisy — compare within the table.
+absolute seconds depend on the load (machine line below) — compare within the table.
 
 | run | wall s | nDCG@10 | Recall@100 | MRR@10 |
 |---|---|---|---|---|
 | BEIR `EvaluateRetrieval(DRES(SentenceBERT))` | {beir_wall:.1f} | {beir['ndcg_at_10']:.4f} | {beir['recall_at_100']:.4f} | {beir['mrr_at_10']:.4f} |
 | `embed-kd eval --model minilm-l6` (cold cache) | {cold_wall:.1f} | {c['ndcg_at_10']:.4f} | {c['recall_at_100']:.4f} | {c['mrr_at_10']:.4f} |
 | `embed-kd eval --query-model minilm-l6 --doc-model minilm-l6` (warm doc cache) | {warm_wall:.1f} | {w['ndcg_at_10']:.4f} | {w['recall_at_100']:.4f} | {w['mrr_at_10']:.4f} |
+""" + "".join(f"| `embed-kd eval --model minilm-l6 --backend {b}` (cold cache, conversion included) | {r['wall_s']:.1f} | "
+              f"{r['metrics']['ndcg_at_10']:.4f} | {r['metrics']['recall_at_100']:.4f} | {r['metrics']['mrr_at_10']:.4f} |\n"
+              for b, r in backends.items()) + f"""
 
-Ratios to BEIR's wall time: cold **{cold_wall / beir_wall:.2f}×**, warm-cache **{warm_wall / beir_wall:.3f}×**.
+Ratios to BEIR's wall time: cold **{cold_wall / beir_wall:.2f}×**, warm-cache **{warm_wall / beir_wall:.3f}×**{"".join(f", cold `--backend {b}` **{r['ratio_to_beir']:.2f}×** (nDCG@10 equal to torch's to 4 decimals: {r['ndcg_at_10_equal_to_torch_4dp']})" for b, r in backends.items())}.
+
+Machine: {describe(report["machine"])}.
 
 embed-kd cold-run stages (s): {', '.join(f'{k} {v:.1f}' for k, v in cold['timings'].items())}.
 """
