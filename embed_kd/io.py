@@ -442,10 +442,20 @@ def versions() -> dict:
     >>> sorted(k for k in versions() if k in ("python", "embed_kd"))
     ['embed_kd', 'python']
     """
+    return {"python": platform.python_version(),
+            **package_versions("embed-kd", "sentence-transformers", "torch", "faiss-cpu", "transformers")}
+
+
+def package_versions(*packages: str) -> dict:
+    """``{name_with_underscores: version}`` of those ``packages`` that are installed.
+
+    >>> package_versions("embed-kd", "surely-not-installed-xyz").keys()
+    dict_keys(['embed_kd'])
+    """
     import importlib.metadata as md
 
-    out = {"python": platform.python_version()}
-    for pkg in ("embed-kd", "sentence-transformers", "torch", "faiss-cpu", "transformers"):
+    out = {}
+    for pkg in packages:
         try:
             out[pkg.replace("-", "_")] = md.version(pkg)
         except md.PackageNotFoundError:

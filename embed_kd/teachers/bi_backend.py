@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from embed_kd.errors import EmbedKDError
-from embed_kd.io import atomic_dir, utc_now
+from embed_kd.io import atomic_dir, package_versions, utc_now
 from embed_kd.models import fingerprint_model
 
 logger = logging.getLogger(__name__)
@@ -107,15 +107,7 @@ def export(model, backend: str, cache_root: Path | None = None) -> tuple[Path, l
 
 
 def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("torch", "transformers", "sentence-transformers", "openvino", "onnxruntime"):
-        try:
-            out[pkg.replace("-", "_")] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+    return package_versions("torch", "transformers", "sentence-transformers", "openvino", "onnxruntime")
 
 
 def _runner(backend: str, graph: Path, names: list[str], threads: int | None):
