@@ -15,7 +15,12 @@ above 1, :func:`init` joins the process group (``env://``) and every command tha
 - backend: ``gloo`` on CPU; ``cpu:gloo,cuda:nccl`` when CUDA is available (the trainer's gradients
   go through NCCL, our small object exchanges through gloo);
 - timeout: ``$EMBED_KD_DIST_TIMEOUT_S`` seconds per collective (default 86400: shards of a long
-  scoring run finish hours apart; ``torchrun`` tears the group down anyway when a worker crashes).
+  scoring run finish hours apart; ``torchrun`` tears the group down anyway when a worker crashes);
+- teardown: every command ends with :func:`shutdown` — a last barrier when it succeeded on this
+  process, then ``destroy_process_group`` — and an ``atexit`` hook destroys a group that is still
+  up. Left to the interpreter's exit, gloo's connection threads can be destroyed while a peer is
+  still closing its sockets, and the process dies with ``terminate called without an active
+  exception`` (SIGABRT) after its work was done.
 
 Multi-node runs need the output folder (and the embedding cache) on a filesystem every node sees.
 
@@ -27,6 +32,7 @@ True
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import logging
@@ -118,6 +124,7 @@ def init() -> World:
     else:
         backend = "gloo"
     dist.init_process_group(backend=backend, timeout=timeout)
+    atexit.register(shutdown, False)
     logger.info("process group up: rank %d of %d (local %d), backend %s", w.rank, w.world_size, w.local_rank,
                 backend)
     return w
@@ -185,3 +192,19 @@ def step(what: str) -> Iterator[None]:
 
 def barrier() -> None:
     agree(None, "barrier")
+
+
+def shutdown(succeeded: bool = True) -> None:
+    """Tear the process group down in order (a no-op without one; safe to call twice).
+
+    ``succeeded``: this process finished its command; it then waits at a last barrier so that no
+    process closes its connections while a peer is still using them. After a failure there is no
+    barrier (a peer may be gone, or stuck in another collective until the launcher stops it).
+    """
+    if not is_initialized():
+        return
+    import torch.distributed as dist
+
+    if succeeded:
+        dist.barrier()
+    dist.destroy_process_group()

@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from embed_kd import distributed as dist
 from embed_kd.errors import EmbedKDError
 
 EXIT_USER_ERROR = 2
@@ -89,7 +90,9 @@ def run_command(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            dist.shutdown(succeeded=True)  # under torchrun: every process done before any disconnects
+            return result
         except EmbedKDError as exc:
             if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun: one report (rank 0 names failed peers)
                 click.echo(f"Error: {exc}", err=True)
