@@ -71,13 +71,15 @@ def _files(folder: Path, include_checkpoints: bool) -> list[tuple[str, int]]:
 
 
 def verify_fingerprint(folder: Path, manifest_path: Path, manifest: dict) -> tuple[str, str]:
-    """Load the model in ``folder`` and compare its fingerprint with the manifest's; ``(kind, fp)``."""
+    """Load the model in ``folder`` and compare its fingerprint with the manifest's; ``(kind, fp)``.
+
+    Loaded on the CPU: only its weights are hashed, nothing runs (so ``publish`` has no ``--device``)."""
     if manifest["schema"] == MANIFESTS["embed_kd_train.json"]:
         kind, expected = "student", (manifest.get("student") or {}).get("fingerprint")
-        model = load_sentence_transformer(folder)
+        model = load_sentence_transformer(folder, device="cpu")
     else:
         kind, expected = "cross-encoder teacher", manifest.get("model_fingerprint")
-        model = load_cross_encoder(folder)
+        model = load_cross_encoder(folder, device="cpu")
     actual = fingerprint_model(model)
     if expected and actual != expected:
         raise ArtifactError(f"{manifest_path}: records model fingerprint {expected} but the weights in {folder} "

@@ -209,36 +209,118 @@ def test_sparse_trainer_honours_the_device(monkeypatch, tmp_path, tiny_beir, tin
     assert not (tmp_path / "o").exists()
 
 
-MODEL_COMMANDS = [["score-teacher", "run"], ["train"], ["train-teacher"], ["eval"], ["index", "build"],
-                  ["index", "add"], ["serve"]]
+def walk_commands(group=main, path=()):
+    """Every leaf command under ``embed-kd``, as its path of names (groups walked recursively)."""
+    import click
+
+    for name, cmd in sorted(group.commands.items()):
+        if isinstance(cmd, click.Group):
+            yield from walk_commands(cmd, (*path, name))
+        else:
+            yield (*path, name), cmd
 
 
-@pytest.mark.parametrize("cmd", MODEL_COMMANDS, ids=" ".join)
-def test_every_model_command_has_device(cmd):
-    r = CliRunner().invoke(main, [*cmd, "--help"])
-    assert r.exit_code == 0 and "--device auto|cpu|cuda|cuda:N|mps" in r.output
+# The commands that load no model on a device, and why; every other command must take --device. A new
+# command lands in neither list by accident: it fails test_every_model_command_has_device until it
+# takes --device or is added here with its reason.
+NO_DEVICE = {
+    ("models",): "lists the presets; loads nothing",
+    ("report",): "reads result JSONs and draws a plot; loads nothing",
+    ("publish",): "loads the folder's model on the CPU only to hash its weights (embed_kd.publish.verify_fingerprint)",
+    ("export", "asym"): "loads both towers on the CPU only to assemble and save the Router (students.asym.build_asym); "
+                        "nothing is encoded, and the saved model loads on any device",
+    ("score-teacher", "import"): "reads score files and the dataset's ids; loads no model",
+    ("score-teacher", "merge"): "joins score-store shards; loads no model",
+    ("score-teacher", "export"): "writes a score store as TSV / datasets; loads no model",
+    ("index", "info"): "reads an index manifest; loads no model",
+}
+COMMANDS = dict(walk_commands())
+MODEL_COMMANDS = [path for path in COMMANDS if path not in NO_DEVICE]
+
+
+def _has_device(cmd) -> bool:
+    return any("--device" in getattr(p, "opts", ()) for p in cmd.params)
+
+
+@pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
+def test_every_model_command_has_device(path):
+    r = CliRunner().invoke(main, [*path, "--help"])
+    assert r.exit_code == 0, r.output
+    if path in NO_DEVICE:
+        assert not _has_device(COMMANDS[path]), f"{' '.join(path)} takes --device: drop it from NO_DEVICE"
+    else:
+        assert "--device auto|cpu|cuda|cuda:N|mps" in r.output, (
+            f"embed-kd {' '.join(path)} has no --device: add @device_option (cli/common.py) if it loads a model, "
+            "else list it in NO_DEVICE with the reason")
+
+
+def test_the_walk_sees_every_command_and_no_stale_exclusion():
+    assert set(NO_DEVICE) <= set(COMMANDS), set(NO_DEVICE) - set(COMMANDS)
+    assert {("eval",), ("train",), ("train-teacher",), ("serve",), ("score-teacher", "run"), ("index", "build"),
+            ("index", "add")} <= set(MODEL_COMMANDS)
+
+
+def _model_command_args(path, tmp, beir, model):
+    """The smallest valid arguments of each model command (nothing is ever loaded: --device fails first)."""
+    o = str(tmp / "o")
+    return {
+        ("eval",): ["--data", beir, "--model", model, "--no-progress"],
+        ("train",): ["--data", beir, "--teacher", model, "--set", "losses.score=none", "--student-from-teacher",
+                     "--keep-layers", "0", "-o", o],
+        ("train-teacher",): ["--data", beir, "--base", model, "--dense-model", model, "-o", o],
+        ("serve",): ["--index", str(tmp / "idx"), "--query-model", model],
+        ("score-teacher", "run"): ["--data", beir, "--candidates", "bm25:5", "--teacher", f"ce:{model}", "-o", o],
+        ("index", "build"): ["--data", beir, "--doc-model", model, "-o", o],
+        ("index", "add"): [str(tmp / "idx"), "--docs", beir],
+    }[path]
 
 
 @pytest.mark.parametrize("value, message", [
     ("tpu", "Error: --device 'tpu': unknown device (choose auto, cpu, cuda, cuda:N, mps)"),
     ("cuda:7", "Error: --device cuda:7: CUDA is not available on this machine"),
 ])
-def test_bad_device_is_one_clear_error(monkeypatch, tiny_beir, value, message):
+@pytest.mark.parametrize("path", MODEL_COMMANDS, ids=" ".join)
+def test_bad_device_is_one_clear_error(monkeypatch, tmp_path, tiny_beir, tiny_model, path, value, message):
+    """Every model command refuses a bad --device with one Error line, exit 2, before loading data or a model
+    (the announce line ``device: …`` never appears) and before creating its output."""
     fake(monkeypatch, gpus=0)
-    r = CliRunner().invoke(main, ["eval", "--data", str(tiny_beir), "--model", "bm25", "--device", value,
-                                  "--no-progress"])
+    try:
+        args = _model_command_args(path, tmp_path, str(tiny_beir), str(tiny_model))
+    except KeyError:
+        pytest.fail(f"embed-kd {' '.join(path)} takes --device: give it its smallest valid arguments in "
+                    "_model_command_args")
+    r = CliRunner().invoke(main, [*path, *args, "--device", value])
     assert r.exit_code == 2, r.output
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(message), r.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.work").exists()
 
 
-def test_train_bad_device_exits_2(monkeypatch, tmp_path, tiny_beir):
+def test_train_bad_device_names_where_it_was_set(monkeypatch, tmp_path, tiny_beir):
+    """train's device comes from --device, --set device=, the config file's device: or $EMBED_KD_DEVICE;
+    a bad one's error names which (the highest-priority one that set it)."""
     fake(monkeypatch, gpus=0)
-    r = CliRunner().invoke(main, ["train", "--data", str(tiny_beir), "--teacher", "minilm-l6", "--set",
-                                  "losses.score=none", "--student-from-teacher", "--keep-layers", "0", "-o", str(tmp_path / "o"),
-                                  "--device", "cuda:7"])
-    assert r.exit_code == 2 and "Error: device cuda:7: CUDA is not available" in r.output, r.output
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {tiny_beir}\nteacher: minilm-l6\noutput: {tmp_path / 'o'}\ndevice: cuda:7\n"
+                   "losses: {score: none}\nstudent: {from_teacher: true, keep_layers: [0]}\n")
+    base = ["train", "--data", str(tiny_beir), "--teacher", "minilm-l6", "--set", "losses.score=none",
+            "--student-from-teacher", "--keep-layers", "0", "-o", str(tmp_path / "o")]
+    for args, env, message in (
+            ([*base, "--device", "cuda:7"], None, "Error: --device cuda:7: CUDA is not available"),
+            ([*base, "--set", "device=tpu"], None, "Error: --set device 'tpu': unknown device"),
+            (["train", str(cfg)], None, f"Error: {cfg}: device cuda:7: CUDA is not available"),
+            (["train", str(cfg), "--device", "tpu"], None, "Error: --device 'tpu': unknown device"),
+            (base, "cuda:3", "Error: $EMBED_KD_DEVICE cuda:3: CUDA is not available")):
+        if env:
+            monkeypatch.setenv("EMBED_KD_DEVICE", env)
+        r = CliRunner().invoke(main, args)
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith(message), (args, r.output)
     assert "Traceback" not in r.output and not (tmp_path / "o").exists()
+    from embed_kd.training.config import TrainConfig
+
+    with pytest.raises(EmbedKDError, match=r"^config: device cuda:7: CUDA"):  # the library, no CLI
+        TrainConfig.from_dict({"data": "d", "output": "o", "device": "cuda:7", "losses": {"score": "none"}}).validate()
 
 
 def test_result_json_records_the_device(tmp_path, tiny_beir, tiny_model):
@@ -256,6 +338,38 @@ def test_result_json_records_the_device(tmp_path, tiny_beir, tiny_model):
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "bm25.json").read_text())["device"]["device"] == "cpu"
     assert "device: cpu (" not in r.output  # no model loaded on a device: nothing to announce
+
+
+def _recorded(block):
+    from embed_kd.cpu import cpu_model
+
+    return block == {"device": "cpu", "type": "cpu", "name": cpu_model()}
+
+
+def test_score_store_train_run_and_index_manifests_record_the_device(tmp_path, tiny_beir, tiny_model, cache_dir):
+    """--device cpu lands in the score store's manifest.json, the student's embed_kd_train.json and the index
+    folder's manifest.json (and its build batch), as eval's result JSON does (the test above)."""
+    def cli(*args):
+        dev.reset()
+        r = CliRunner().invoke(main, [*args, "--device", "cpu", "--no-progress"])
+        assert r.exit_code == 0, r.output
+
+    cli("score-teacher", "run", "--data", str(tiny_beir), "--candidates", "bm25:3", "--teacher", f"bi:{tiny_model}",
+        "--limit", "2", "-o", str(tmp_path / "scores"), "--cache-dir", str(cache_dir))
+    assert _recorded(json.loads((tmp_path / "scores" / "manifest.json").read_text())["device"])
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("".join(f"{json.loads(x)['text']}\n" for x in (tiny_beir / "corpus.jsonl").read_text().splitlines()))
+    cli("train", "--corpus", str(texts), "--teacher", str(tiny_model), "--student-from-teacher", "--keep-layers", "1",
+        "-o", str(tmp_path / "student"), "--set", "losses.score=none", "--set", "train.max_steps=1",
+        "--set", "average.enabled=false", "--cache-dir", str(cache_dir))
+    run = json.loads((tmp_path / "student" / "embed_kd_train.json").read_text())
+    assert _recorded(run["device"]) and run["training"]["precision"] == "fp32"
+
+    cli("index", "build", "--data", str(texts), "--doc-model", str(tiny_model), "-o", str(tmp_path / "idx"),
+        "--cache-dir", str(cache_dir))
+    idx = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert _recorded(idx["device"]) and [b["device"] for b in idx["batches"]] == ["cpu"]
 
 
 def test_torch_fp16_backend_needs_a_gpu(tiny_beir):

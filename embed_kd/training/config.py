@@ -165,6 +165,9 @@ class TrainConfig:
     sparse: SparseConfig = field(default_factory=SparseConfig)
     static: StaticSpec = field(default_factory=StaticSpec)
     name: str | None = None
+    # where ``device`` was set, for its error messages (not a config key): ``--device``, ``--set device``,
+    # ``FILE: device`` (set by config_from_cli); unset, $EMBED_KD_DEVICE names itself (embed_kd.device)
+    device_from: typing.ClassVar[str] = "config: device"
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "config") -> "TrainConfig":
@@ -225,7 +228,8 @@ class TrainConfig:
             raise EmbedKDError("config: train.lr must be > 0 and train.batch_size >= 1")
         self._validate_ranges()
 
-        training_precision(self.train.precision, resolve_device(self.device, what="device"))  # now, not after loading
+        device = resolve_device(self.device, what=self.device_from)  # now, not after loading; names the setting
+        training_precision(self.train.precision, device)
         self.student.validate()
         if self.student.type == "sparse":
             self._validate_sparse()
@@ -473,11 +477,20 @@ def config_from_cli(config_file: str | None, *, student_type: str | None = None,
     >>> cfg = config_from_cli(None, student_type="sparse", data="d", overrides=["train.lr=1e-4"])
     >>> cfg.student.type, cfg.losses.align, cfg.losses.score_documents, cfg.data, cfg.train.lr
     ('sparse', 'none', 'student', 'd', 0.0001)
+
+    ``device_from`` records which of them set ``device`` (``--set device`` over ``--device`` over
+    the file), so a bad value's error names it:
+
+    >>> config_from_cli(None, device="cuda:1").device_from, config_from_cli(None, overrides=["device=cpu"]).device_from
+    ('--device', '--set device')
     """
     if config_file:
         cfg = TrainConfig.from_yaml(config_file, student_type=student_type)
     else:  # a static student's train.* defaults apply through the raw mapping
         cfg = TrainConfig.from_dict({"student": {"type": student_type}} if student_type else {}, source="--student-type")
+    device_from = ("--set device" if any(o.partition("=")[0].strip() == "device" for o in overrides) else
+                   "--device" if flags.get("device") is not None else
+                   f"{config_file}: device" if config_file and cfg.device is not None else TrainConfig.device_from)
     cfg = with_cli(cfg, **flags)
     if flags.get("student.model"):
         cfg.student.from_teacher, cfg.student.keep_layers = False, None
@@ -485,4 +498,6 @@ def config_from_cli(config_file: str | None, *, student_type: str | None = None,
         cfg.student.type = student_type
         if student_type == "sparse":
             cfg.losses.align, cfg.losses.score_documents = "none", "student"
-    return apply_overrides(cfg, list(overrides))
+    cfg = apply_overrides(cfg, list(overrides))
+    cfg.device_from = device_from
+    return cfg
