@@ -13,10 +13,8 @@ import asyncio
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -29,7 +27,7 @@ from embed_kd.errors import EmbedKDError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import VOCAB  # noqa: E402
-from reliability_helpers import Case, cli, leftovers, snapshot  # noqa: E402
+from reliability_helpers import Case, cli, kill_when, leftovers, snapshot  # noqa: E402
 from test_score_teacher import build_tiny_cross_encoder  # noqa: E402
 from test_train_e2e import write_tiny_store  # noqa: E402
 
@@ -601,38 +599,56 @@ def test_train_teacher_non_finite_flags_refused(tiny_beir, tiny_model, tmp_path,
 
 # ------------------------------------------------------------------------------------------- temp files
 
+def _deleted_encode_maps(pid: int) -> list[tuple[int, str]]:
+    """``(bytes, name)`` of each memory map of process ``pid`` onto a removed ``.embed-kd-encode`` temporary."""
+    try:
+        lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for ln in lines:
+        fields = ln.split(None, 5)
+        if len(fields) == 6 and ".embed-kd-encode.pid" in fields[5] and fields[5].endswith("(deleted)"):
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            out.append((hi - lo, fields[5]))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc to see the process's maps")
 def test_index_build_no_cache_matrix_does_not_outlive_kill_9(tiny_model, tmp_path, record_property):
-    """The uncached n × dim matrix lives in $TMPDIR/.embed-kd-encode.pid<PID>-*.tmp; a run killed with -9 leaves it,
-    the next run removes it (its pid is gone)."""
-    case = Case(record_property, "temp files", "`index build --no-cache` killed with -9 mid-encode: its n × dim "
-                                               "matrix in $TMPDIR is removed by the next run (was: kept forever)")
+    """The uncached n × dim matrix is a file in $TMPDIR whose name is removed as soon as it is open and mapped:
+    killed with -9 mid-encode, the process leaves nothing there (the kernel frees the blocks with the process),
+    and the rerun builds the index."""
+    case = Case(record_property, "temp files", "`index build --no-cache` killed with -9 mid-encode: nothing of its "
+                                               "n × dim matrix is left in $TMPDIR (was: kept until the next run "
+                                               "swept it)")
     import random
 
     rng = random.Random(0)
     words = [w for w in VOCAB if w.isalpha() and w not in ("the", "a")]
     corpus = tmp_path / "corpus.jsonl"
+    n = 6000
     corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": " ".join(rng.choice(words)
                                                                                      for _ in range(20))}) + "\n"
-                              for i in range(6000)))
+                              for i in range(n)))
     tmpdir = tmp_path / "tmpdir"
     tmpdir.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TMPDIR": str(tmpdir)}
     args = [sys.executable, "-m", "embed_kd", "index", "build", "--data", str(corpus), "--doc-model", str(tiny_model),
             "-o", str(tmp_path / "idx"), "--no-cache", "--no-progress", "-q"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline, stale = time.time() + 240, []
-    while time.time() < deadline and proc.poll() is None and not stale:
-        stale = [p for p in tmpdir.iterdir() if p.name.startswith(".embed-kd-encode.pid")]
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert stale, "the encode finished before it could be killed"
-    left_after_kill = [p.name for p in tmpdir.iterdir()]
+    maps: list[tuple[int, str]] = []
+    killed = kill_when(proc, lambda: bool(maps.extend(_deleted_encode_maps(proc.pid)) or maps), timeout=240)
+    assert killed, "the encode finished before it could be killed"
+    left_after_kill = sorted(p.name for p in tmpdir.iterdir())
+    # it was killed holding the whole matrix (n × 32 float32), under a name already removed
+    assert maps and maps[0][0] >= n * 32 * 4 and f"{tmpdir}/.embed-kd-encode.pid{proc.pid}-" in maps[0][1], maps
     p = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-    remaining = [q.name for q in tmpdir.iterdir()]
-    case.ok("recovered (swept)", p.returncode, p.stderr, folders=[tmp_path / "idx"],
-            note=f"left by kill -9: {len(left_after_kill)} folder(s); after the rerun: {len(remaining)}")
-    assert left_after_kill and not remaining and (tmp_path / "idx" / "manifest.json").is_file()
+    remaining = sorted(q.name for q in tmpdir.iterdir())
+    case.ok("recovered (nothing left)", p.returncode, p.stderr, folders=[tmp_path / "idx", tmpdir],
+            note=f"killed while mapping its {maps[0][0]}-byte matrix (name already removed); left in $TMPDIR by "
+                 f"kill -9: {len(left_after_kill)}; after the rerun: {len(remaining)}")
+    assert left_after_kill == [] and remaining == [] and (tmp_path / "idx" / "manifest.json").is_file()
 
 
 def test_train_teacher_checkpoint_temp_is_swept(tmp_path, record_property):

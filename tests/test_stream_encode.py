@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -57,6 +60,55 @@ def test_no_cache_leaves_nothing_behind(tmp_path, model, dataset, monkeypatch):
                                  show_progress=False)
     assert res.embeddings.shape == (len(dataset.corpus), 32) and np.isfinite(res.embeddings).all()
     assert not (tmp_path / "cache").exists() and list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc to see the mapping")
+def test_no_cache_matrix_is_unlinked_before_encoding(tmp_path, model, dataset, monkeypatch):
+    """The uncached matrix has no name while documents are encoded (so a kill -9 leaves nothing): at every
+    progress update the temporary folder is empty and this process maps a deleted .embed-kd-encode file.
+    The result equals a cached encode's, and stays readable after its file is gone; a stale temporary
+    of a dead process (a platform where the name could not go) is swept."""
+    import subprocess
+    import tempfile
+
+    import tqdm.auto
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp / f".embed-kd-encode.pid{dead.pid}-abcd.tmp"
+    stale.write_bytes(b"\0" * 4096)
+    seen: list[tuple[list[str], list[str]]] = []
+
+    class Bar:  # looks at the disk and at this process's maps while the corpus is encoded
+        def __init__(self, *a, **k):
+            pass
+
+        def update(self, n):
+            maps = [ln.split(None, 5)[-1] for ln in Path("/proc/self/maps").read_text().splitlines()
+                    if ".embed-kd-encode.pid" in ln]
+            seen.append((sorted(p.name for p in tmp.iterdir()), maps))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    cache = EmbeddingCache(tmp_path / "cache", enabled=False)
+    key = _key(cache, model, dataset)
+    res = encode_corpus_streamed(model, dataset.corpus, key, cache=cache, batch_size=4, block_size=5)
+    assert seen and not stale.exists()
+    for names, maps in seen:
+        assert names == [] and len(maps) == 1, (names, maps)
+        assert maps[0].endswith("(deleted)") and f".embed-kd-encode.pid{os.getpid()}-" in maps[0]
+    # the returned map still reads the (nameless) file: equal to a cached encode, and copy-on-write
+    assert not res.path.exists() and isinstance(res.embeddings, np.memmap)
+    cached = encode_corpus_streamed(model, dataset.corpus, key, cache=EmbeddingCache(tmp_path / "c2"), batch_size=4,
+                                    block_size=5)
+    np.testing.assert_allclose(np.asarray(res.embeddings), np.asarray(cached.embeddings), rtol=0, atol=1e-6)
+    res.embeddings[0, 0] = 123.0
+    assert list(tmp.iterdir()) == []
 
 
 def test_index_factory_defaults_by_size():

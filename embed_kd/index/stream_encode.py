@@ -17,11 +17,16 @@ Under ``torchrun`` / ``accelerate launch`` (a process group is up, :mod:`embed_k
    file) and renames the folder into place (atomic, as a single-process write);
 5. every rank memory-maps the finished entry.
 
-With the cache disabled (``--no-cache``) the same file is written to a temporary folder
-``.embed-kd-encode.pid<PID>-<random>.tmp`` in ``$TMPDIR`` (under the cache root's ``tmp/`` when
-several processes must share it) and deleted once mapped; the folder of a run killed with
-``kill -9`` is removed by the next run (:func:`embed_kd.io.sweep_stale`: its pid is gone). The
-folder must be on a filesystem all processes see (always true on one machine).
+With the cache disabled (``--no-cache``) the matrix is a raw ``(n, dim)`` float32 file
+``.embed-kd-encode.pid<PID>-<random>.tmp`` in ``$TMPDIR`` (in the cache root's ``tmp/`` when several
+processes must share it: a filesystem all processes see, always true on one machine). Every
+process opens it, and then its name is **unlinked at once**, before any document is encoded: the
+open file and its memory maps keep the data alive, and the kernel frees the blocks when the last
+process holding it exits — even by ``kill -9``. Nothing reads the temporary by its name after that
+(the result is a copy-on-write map of the open file; :attr:`CacheResult.path` is the former name,
+for the record only). Where an open file cannot be unlinked (Windows), the name stays until the
+encode returns; one left by a killed run is removed by the next run's
+:func:`embed_kd.io.sweep_stale` (its pid is gone), which every uncached encode still calls.
 
 Row ``i`` is document ``ids[i]`` whatever the number of processes; only the composition of the
 length-sorted batches changes (embeddings equal within float rounding, ~1e-6).
@@ -29,6 +34,7 @@ length-sorted batches changes (embeddings equal within float rounding, ~1e-6).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -49,7 +55,8 @@ logger = logging.getLogger(__name__)
 
 #: documents encoded (and held in RAM as texts + embeddings) at a time
 DEFAULT_BLOCK = 8192
-#: the uncached matrix lives in ``$TMPDIR/.embed-kd-encode.pid<PID>-<random>.tmp/`` (swept when stale)
+#: the uncached matrix is ``$TMPDIR/.embed-kd-encode.pid<PID>-<random>.tmp``, unlinked once open (swept when
+#: stale on platforms where it cannot be)
 TMP_NAME = "embed-kd-encode"
 
 
@@ -84,54 +91,93 @@ def encode_rows_into(out: np.ndarray, text_of_row: Callable[[int], str], start: 
     return written
 
 
+def _allocate(fd: int, size: int) -> None:
+    """Allocate ``size`` bytes of the file now: a full disk is an ``OSError`` here, not a ``SIGBUS``
+    when a memory-mapped page is first written (``ftruncate`` only where ``posix_fallocate`` is missing)."""
+    if size and hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, 0, size)
+    else:
+        os.ftruncate(fd, size)
+
+
 def _create_npy(folder: Path, n: int, dim: int) -> None:
-    """An ``(n, dim)`` float32 ``.npy`` whose blocks are allocated now: a full disk is an ``OSError``
-    here, not a ``SIGBUS`` when a memory-mapped page is first written."""
+    """An ``(n, dim)`` float32 ``.npy`` (a cache entry's) whose blocks are allocated now."""
     npy = folder / "embeddings.npy"
     np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(n, dim)).flush()
     fd = os.open(npy, os.O_RDWR)
     try:
-        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        _allocate(fd, os.fstat(fd).st_size)
     finally:
         os.close(fd)
 
 
-def _tmp_folder(cache: EmbeddingCache, key: str, world: dist.World, n: int, dim: int) -> tuple[Path, Path | None]:
-    """``(folder to write, final entry path or None)`` holding an allocated ``embeddings.npy``;
-    created by rank 0 only. A cache that cannot take the entry (read-only, full) is skipped with a
-    warning: the run encodes into a temporary folder instead."""
-    if cache.enabled:
-        final = cache.entry_path(key)
-        folder = None
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            sweep_stale(final)
-            folder = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.pid{os.getpid()}-",
-                                           suffix=".tmp"))
-            os.chmod(folder, 0o777 & ~current_umask())
-            _create_npy(folder, n, dim)
-            return folder, final
-        except OSError as exc:
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
-            logger.warning("embedding cache not written (%s: %s); encoding without it", exc.filename or final.parent,
-                           exc.strerror or exc)
-            if world.distributed:
-                raise ArtifactError(f"{final.parent}: cannot write the embedding cache entry that the processes "
-                                    f"share ({exc.strerror or exc})") from None
-    # peers must see the folder: the cache root, not a node-local /tmp. The name carries this pid,
-    # so a run killed with -9 leaves a folder the next run's sweep recognises as stale and removes.
+def _cache_folder(cache: EmbeddingCache, key: str, world: dist.World, n: int, dim: int) -> tuple[Path, Path] | None:
+    """``(temporary folder holding an allocated embeddings.npy, final entry path)``, or None when the
+    cache is disabled or cannot take the entry (read-only, full: a warning, and the run encodes into
+    an unlinked temporary instead). Rank 0 only."""
+    if not cache.enabled:
+        return None
+    final = cache.entry_path(key)
+    folder = None
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale(final)
+        folder = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.pid{os.getpid()}-", suffix=".tmp"))
+        os.chmod(folder, 0o777 & ~current_umask())
+        _create_npy(folder, n, dim)
+        return folder, final
+    except OSError as exc:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        logger.warning("embedding cache not written (%s: %s); encoding without it", exc.filename or final.parent,
+                       exc.strerror or exc)
+        if world.distributed:
+            raise ArtifactError(f"{final.parent}: cannot write the embedding cache entry that the processes "
+                                f"share ({exc.strerror or exc})") from None
+    return None
+
+
+def _create_temporary(cache: EmbeddingCache, world: dist.World, n: int, dim: int) -> Path:
+    """An allocated raw ``n * dim`` float32 file named ``.embed-kd-encode.pid<PID>-<random>.tmp`` (rank 0).
+
+    Peers must see it: the cache root, not a node-local /tmp, under a process group. The name carries
+    this pid, so a temporary that could not be unlinked and outlived a killed run is recognised as
+    stale and removed by the next run's sweep.
+    """
     root = cache.root / "tmp" if world.distributed else Path(tempfile.gettempdir())
     root.mkdir(parents=True, exist_ok=True)
     sweep_stale(root / TMP_NAME)
-    folder = Path(tempfile.mkdtemp(dir=root, prefix=f".{TMP_NAME}.pid{os.getpid()}-", suffix=".tmp"))
+    fd, name = tempfile.mkstemp(dir=root, prefix=f".{TMP_NAME}.pid{os.getpid()}-", suffix=".tmp")
     try:
-        _create_npy(folder, n, dim)
+        _allocate(fd, n * dim * np.dtype(np.float32).itemsize)
     except OSError as exc:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise ArtifactError(f"{folder}: cannot hold the {n} x {dim} document embeddings "
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise ArtifactError(f"{name}: cannot hold the {n} x {dim} document embeddings "
                             f"({exc.strerror or exc}); free space there or set TMPDIR") from None
-    return folder, None
+    os.close(fd)
+    return Path(name)
+
+
+def _unlink(path: Path) -> bool:
+    """Remove ``path``; False where an open file cannot be removed (Windows: the sweep will)."""
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        logger.debug("%s: not removed while open (%s); removed after the encode or swept by the next run", path, exc)
+        return False
+
+
+def _map(fh, n: int, dim: int, mode: str) -> np.ndarray:
+    """The ``(n, dim)`` float32 rows of the open raw file ``fh`` (an empty array when there are none:
+    an empty file cannot be mapped)."""
+    if n * dim == 0:
+        return np.zeros((n, dim), dtype=np.float32)
+    return np.memmap(fh, dtype=np.float32, mode=mode, shape=(n, dim))
 
 
 def encode_corpus_streamed(model, corpus: Mapping[str, Mapping[str, str]], key_fields: dict, *,
@@ -166,14 +212,37 @@ def encode_corpus_streamed(model, corpus: Mapping[str, Mapping[str, str]], key_f
             logger.info("embedding cache hit: %s", cache.entry_path(key_fields["key"]))
             return CacheResult(emb, list(ids), True, cache.entry_path(key_fields["key"]))
 
-    # 2. rank 0 makes the folder and an empty (n, dim) .npy
+    # 2. rank 0 makes an empty (n, dim) matrix: the cache entry's temporary folder, or a temporary file
     dim = embedding_dim(model)
-    folder = final = None
+    made = None
     with dist.step("creating the embedding file"):
         if world.is_main:
-            folder, final = _tmp_folder(cache, key_fields["key"], world, n, dim)
-    folder, final = dist.broadcast_object((folder, final))
-    npy = folder / "embeddings.npy"
+            made = _cache_folder(cache, key_fields["key"], world, n, dim)
+            if made is None:
+                made = (_create_temporary(cache, world, n, dim), None)
+    folder, final = dist.broadcast_object(made)  # folder: the temporary file itself when final is None
+    fh = None
+
+    def _discard() -> None:
+        if fh is not None:
+            fh.close()
+        if world.is_main:
+            if final is None:
+                _unlink(folder)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    # 2b. uncached: every rank opens the file, then its name goes (the open file keeps the data; the kernel
+    # frees it when the last holder exits, kill -9 included). ``unlinked`` is False where that fails (Windows).
+    unlinked = True
+    if final is None:
+        try:
+            with dist.step("opening the temporary embedding file"):
+                fh = open(folder, "r+b")
+            unlinked = dist.broadcast_object(_unlink(folder) if world.is_main else None)
+        except BaseException:
+            _discard()
+            raise
 
     # 3. every rank fills its rows
     start, stop = dist.shard_range(n, world.rank, world.world_size)
@@ -187,35 +256,36 @@ def encode_corpus_streamed(model, corpus: Mapping[str, Mapping[str, str]], key_f
 
     try:
         with dist.step("encoding the corpus"):
-            out = np.load(npy, mmap_mode="r+")
+            out = (_map(fh, n, dim, "r+") if final is None else np.load(folder / "embeddings.npy", mmap_mode="r+"))
             encode_rows_into(out, lambda i: doc_text(corpus[ids[i]]), start, stop, _encode, block_size=block_size)
-            out.flush()
+            if isinstance(out, np.memmap):
+                out.flush()
             del out
     except BaseException:
-        if world.is_main:
-            shutil.rmtree(folder, ignore_errors=True)
+        _discard()
         raise
     finally:
         bar.close()
 
-    # 4. rank 0 commits the entry (or leaves the temporary file for mapping)
-    path = final or folder
+    # 4. uncached: a copy-on-write map of the open file (never reopened by name)
+    if final is None:
+        emb = _map(fh, n, dim, "c")
+        fh.close()
+        if not unlinked:  # every rank holds its map now; the sweep removes what still cannot go
+            dist.barrier()
+            if world.is_main:
+                _unlink(folder)
+        return CacheResult(emb, list(ids), False, folder)
+
+    # 5. rank 0 commits the entry, then every rank maps it
     with dist.step("committing the embedding cache entry"):
         if world.is_main:
             try:
-                if final is not None:
-                    write_entry_meta(folder, key_fields, ids, (n, dim), model_label)
-                    if final.exists():
-                        shutil.rmtree(final)  # an invalid entry the lookup did not remove (a race)
-                    os.replace(folder, final)
+                write_entry_meta(folder, key_fields, ids, (n, dim), model_label)
+                if final.exists():
+                    shutil.rmtree(final)  # an invalid entry the lookup did not remove (a race)
+                os.replace(folder, final)
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
-
-    # 5. map it; a temporary (no-cache) file is unlinked once every rank holds its mapping
-    emb = np.load(path / "embeddings.npy", mmap_mode="c")
-    if final is None:
-        dist.barrier()
-        if world.is_main:
-            shutil.rmtree(folder, ignore_errors=True)
-    return CacheResult(emb, list(ids), False, path)
+    return CacheResult(np.load(final / "embeddings.npy", mmap_mode="c"), list(ids), False, final)
