@@ -135,6 +135,45 @@ def test_alignment_only_student_on_a_plain_text_corpus(tmp_path, tiny_beir, tiny
     assert m["student"]["fingerprint"] != m["student"]["init_fingerprint"]
 
 
+def test_alignment_only_student_on_raw_text_files_needs_no_dataset(tmp_path, tiny_beir, tiny_model, cache_dir):
+    """LEAF's recipe: only `align_texts: [file:PATH]`, no score loss — no data, corpus, queries or scores. The
+    student learns from the file's texts; there is no dev slice (nothing to evaluate) and the manifest says so."""
+    docs = [json.loads(x) for x in (tiny_beir / "corpus.jsonl").read_text().splitlines()]
+    texts = tmp_path / "general.txt"
+    texts.write_text("".join(f"{d['text']}\n" for d in docs[:12]) + "\n")  # blank lines are skipped
+    cfg = tmp_path / "leaf.yaml"
+    cfg.write_text(f"teacher: {tiny_model}\noutput: {tmp_path / 'student'}\n"
+                   "student: {from_teacher: true, keep_layers: [1]}\n"
+                   f"examples: {{align_texts: ['file:{texts}']}}\n"
+                   "losses: {score: none}\ntrain: {max_steps: 2, batch_size: 4}\naverage: {enabled: false}\n")
+    r = CliRunner().invoke(main, ["train", str(cfg), "--cache-dir", str(cache_dir), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "no dataset: aligning on the examples.align_texts files only; no dev slice to evaluate" in r.output
+    m = json.loads((tmp_path / "student" / "embed_kd_train.json").read_text())
+    align = m["examples"]["align"]
+    assert m["examples"]["score"] is None and align["texts"] == 12 and align["corpus_docs"] == 0
+    assert [s["source"] for s in align["sources"]] == [f"file:{texts}"]
+    assert m["dev"] is None and m["dataset"]["dev_queries"] == [] and m["training"]["global_step"] == 2
+    assert m["student"]["fingerprint"] != m["student"]["init_fingerprint"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({}, "config: data is required"),  # the default align_texts (corpus, queries) needs a dataset
+    ({"examples": {"align_texts": ["file:x.txt", "corpus"]}}, "config: data is required"),
+    ({"examples": {"align_texts": ["file:x.txt"]}, "losses": {"score": "margin_mse"}, "scores": None},
+     "config: losses.score needs a score store"),
+    ({"examples": {"align_texts": ["file:x.txt"]}, "student": {"type": "static"}},
+     "config: a static student weighs its vocabulary on the training corpus"),
+])
+def test_no_dataset_is_refused_unless_alignment_is_on_files_only(extra, message):
+    from embed_kd.errors import EmbedKDError
+    from embed_kd.training.config import TrainConfig
+
+    raw = {"output": "o", "losses": {"score": "none"}, **extra}
+    with pytest.raises(EmbedKDError, match=message):
+        TrainConfig.from_dict(raw).validate()
+
+
 def test_eval_with_a_corpus_file_matches_the_folder(tmp_path, tiny_beir, tiny_model, cache_dir):
     docs = [json.loads(x) for x in (tiny_beir / "corpus.jsonl").read_text().splitlines()]
     tsv = tmp_path / "corpus.tsv"

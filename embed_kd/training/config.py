@@ -63,7 +63,7 @@ from embed_kd.device import PRECISIONS, resolve_device, training_precision
 from embed_kd.errors import EmbedKDError, describe_parse_error
 from embed_kd.students.build import StudentSpec
 from embed_kd.students.static import StaticSpec, TRAIN_DEFAULTS
-from embed_kd.training.align_mix import parse_align_texts
+from embed_kd.training.align_mix import FILE_PREFIX, parse_align_texts, source_names
 
 SCORE_LOSSES = ("margin_mse", "kl", "none")
 ALIGN_LOSSES = ("cosine", "mse", "l2", "none")
@@ -213,8 +213,13 @@ class TrainConfig:
             raise EmbedKDError("config: losses.score and losses.align are both 'none'; nothing to train")
         if self.losses.score != "none" and not self.scores:
             raise EmbedKDError("config: losses.score needs a score store (scores: PATH / --scores)")
-        if not (self.data or self.corpus or self.scores):
-            raise EmbedKDError("config: data is required (--data, or --corpus FILE [--queries FILE])")
+        if not (self.data or self.corpus or self.scores) and not self.alignment_on_files_only():
+            raise EmbedKDError("config: data is required (--data, or --corpus FILE [--queries FILE]; or, to align "
+                               "on raw texts only, losses.score: none and every examples.align_texts source a "
+                               "file:PATH)")
+        if self.student.type == "static" and not (self.data or self.corpus or self.scores):
+            raise EmbedKDError("config: a static student weighs its vocabulary on the training corpus and queries; "
+                               "give it data (--data, or --corpus FILE)")
         if not self.output:
             raise EmbedKDError("config: output is required (--output)")
         if self.examples.negatives < 1:
@@ -236,6 +241,21 @@ class TrainConfig:
         if self.student.type == "static":
             self.static.validate()
         return self
+
+    def alignment_on_files_only(self) -> bool:
+        """LEAF's recipe without a dataset: no score loss, and every alignment source a ``file:PATH`` of raw
+        texts — no judgments, scores or corpus are read, and there is no dev slice to evaluate
+        (:func:`embed_kd.training.inputs.load_training_dataset` gives an empty dataset).
+
+        >>> TrainConfig.from_dict({"losses": {"score": "none"},
+        ...                        "examples": {"align_texts": ["file:general.txt"]}}).alignment_on_files_only()
+        True
+        >>> TrainConfig.from_dict({"losses": {"score": "none"}}).alignment_on_files_only()  # default: corpus, queries
+        False
+        """
+        names = source_names(self.examples.align_texts)
+        return (self.losses.score == "none" and self.losses.align != "none" and bool(names)
+                and all(n.startswith(FILE_PREFIX) for n in names))
 
     def _validate_ranges(self) -> None:
         """Numbers in their meaningful ranges (types and finiteness are checked when the config is built)."""

@@ -11,16 +11,22 @@ config                                 dataset
 ``data: D`` + ``corpus: C``            ``D``'s queries and qrels against the corpus ``C``
 none of them, ``scores: S``            the texts an import stored in ``S`` (``S/texts/``, e.g. a
                                        ``flag-jsonl`` import), with the store's split
+none of them, no ``scores``            an empty dataset, when the run aligns on ``file:`` texts only
+                                       (``TrainConfig.alignment_on_files_only``): no dev slice
 =====================================  ===================================================================
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from embed_kd.data.beir import BeirDataset
 from embed_kd.data.inputs import load_inputs
 from embed_kd.errors import EmbedKDError
 from embed_kd.teachers.store import open_scores
+
+logger = logging.getLogger(__name__)
 
 
 def load_training_dataset(cfg):
@@ -38,4 +44,7 @@ def load_training_dataset(cfg):
             return ds
         raise EmbedKDError(f"{cfg.scores}: the store holds no texts; pass --data (or --corpus / --queries) with the "
                            "dataset its ids refer to")
+    if cfg.alignment_on_files_only() and not cfg.queries:
+        logger.info("no dataset: aligning on the examples.align_texts files only; no dev slice to evaluate")
+        return BeirDataset("align-texts", Path("."), cfg.split, {}, {}, {}, 0, ["no dataset: file alignment texts only"])
     raise EmbedKDError("config: data is required (--data, or --corpus FILE [--queries FILE])")
