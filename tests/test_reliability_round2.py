@@ -153,7 +153,40 @@ OWNERSHIP_CASES = {
     "store-onto-file": ("`score-teacher run -o FILE --overwrite` where FILE is a file",
                         lambda fx, t: _score_args(fx["beir"], t, "--overwrite"), "text",
                         ["is a file"]),
+    "asym-onto-user": ("`export asym -o DIR --overwrite`, DIR a user's folder (refused before loading the models)",
+                       lambda fx, t: ("export", "asym", "--query-model", fx["model"], "--doc-model", fx["model"],
+                                      "-o", t, "--overwrite"), "user",
+                       ["not written by embed-kd as an asym model", "even with --overwrite"]),
+    "save-weights-onto-user-json": ("`eval --ensemble E --save-weights notes.json --overwrite`, notes.json a "
+                                    "user's JSON",
+                                    lambda fx, t: ("eval", "--data", fx["beir"], "--ensemble", fx["ensemble"],
+                                                   "--save-weights", t, "--overwrite", "--no-progress"), "json",
+                                    ["not written by embed-kd as an ensemble-weights file", "even with --overwrite"]),
+    "mteb-onto-user-json": ("`eval --mteb beir:DATA -o notes.json --overwrite`, notes.json a user's JSON",
+                            lambda fx, t: ("eval", "--mteb", f"beir:{fx['beir']}", "--model", fx["model"], "-o", t,
+                                           "--overwrite", "--no-progress"), "json",
+                            ["not written by embed-kd as a", "MTEB result", "even with --overwrite"]),
+    "sts-onto-user-json": ("`eval --sts PAIRS -o notes.json --overwrite`, notes.json a user's JSON",
+                           lambda fx, t: ("eval", "--sts", fx["sts"], "--model", fx["model"], "-o", t, "--overwrite",
+                                          "--no-progress"), "json",
+                           ["not written by embed-kd as a", "STS result", "even with --overwrite"]),
 }
+
+
+@pytest.fixture(scope="module")
+def ensemble_config(tmp_path_factory) -> Path:
+    """Two BM25 members whose weights are fitted on the train split (what --save-weights writes)."""
+    conf = tmp_path_factory.mktemp("ensemble") / "e.yaml"
+    conf.write_text("members:\n  - {name: a, kind: bm25, k: 10}\n  - {name: b, kind: bm25, k: 5}\n"
+                    "fit: dev\ndev_queries: 2\ngrid: [0, 1]\n")
+    return conf
+
+
+@pytest.fixture(scope="module")
+def sts_pairs(tmp_path_factory) -> Path:
+    from test_sts import write_sts
+
+    return write_sts(tmp_path_factory.mktemp("sts") / "pairs.csv")
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +199,8 @@ def eval_result(tiny_beir, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("cid", list(OWNERSHIP_CASES))
 def test_overwrite_refuses_what_embed_kd_did_not_write_as_that_artifact(cid, tiny_beir, tiny_model, bm25_store,
-                                                                        index_dir, eval_result, tmp_path,
-                                                                        record_property):
+                                                                        index_dir, eval_result, ensemble_config,
+                                                                        sts_pairs, tmp_path, record_property):
     import shutil
 
     desc, build, kind, needles = OWNERSHIP_CASES[cid]
@@ -189,7 +222,8 @@ def test_overwrite_refuses_what_embed_kd_did_not_write_as_that_artifact(cid, tin
     elif kind == "result":
         shutil.copy(eval_result, target)
     before = snapshot(target)
-    fx = {"beir": tiny_beir, "model": tiny_model, "store": bm25_store, "result": eval_result}
+    fx = {"beir": tiny_beir, "model": tiny_model, "store": bm25_store, "result": eval_result,
+          "ensemble": ensemble_config, "sts": sts_pairs}
     code, err, exc, _ = invoke(*build(fx, target))
     case.error(code, err, needles, unchanged={target: before}, absent=[Path(f"{target}.work")], folders=[tmp_path],
                exception=exc)
