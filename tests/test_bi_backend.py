@@ -52,6 +52,35 @@ def test_eval_backend_same_metrics_own_cache_entry(tiny_beir, tiny_model, tiny_m
     assert meta["backend"] == "openvino-f32"
 
 
+def test_index_add_backend_equals_a_torch_build(tiny_beir, tiny_model, cache_dir, tmp_path):
+    """``index add --backend openvino`` appends what torch would have (same hits, scores within 1e-5) and records
+    the runtime in its batch; the index's doc model (fingerprint) is unchanged."""
+    pytest.importorskip("openvino")
+    from embed_kd.data import load_corpus
+    from embed_kd.index.store import open_index
+
+    def index(*args):
+        r = CliRunner().invoke(main, ["index", *args, "--no-progress", "-q", "--cache-dir", str(cache_dir)])
+        assert r.exit_code == 0, r.output
+        return r
+
+    corpus = load_corpus(tiny_beir / "corpus.jsonl")
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(json.dumps({"_id": d, **v}) + "\n" for d, v in list(corpus.items())[20:]))
+    part, full = tmp_path / "part", tmp_path / "full"
+    index("build", "--data", str(tiny_beir), "--doc-model", str(tiny_model), "-o", str(part), "--limit-docs", "20")
+    index("add", str(part), "--docs", str(new), "--backend", "openvino")
+    index("build", "--data", str(tiny_beir), "--doc-model", str(tiny_model), "-o", str(full))
+    a, b = open_index(part), open_index(full)
+    assert a.ids == b.ids and a.manifest["doc_model"] == b.manifest["doc_model"]
+    assert [x.get("backend") for x in a.manifest["batches"]] == [None, "openvino-f32"]
+    np.testing.assert_allclose(a.index.reconstruct_n(0, a.n), b.index.reconstruct_n(0, b.n), atol=1e-5, rtol=0)
+    q = b.index.reconstruct_n(0, b.n)[::5]
+    ra, rb = a.search(q, k=5), b.search(q, k=5)
+    assert [r[0] for r in ra] == [r[0] for r in rb]
+    assert "encoded with openvino-f32" in CliRunner().invoke(main, ["index", "info", str(part)]).stdout
+
+
 def test_serve_backend_same_hits(tiny_beir, tiny_model, cache_dir, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     from embed_kd.serve.engine import SearchEngine

@@ -359,6 +359,44 @@ def test_bi_encoder_and_bm25_teachers_agree_with_their_retrievers(tiny_beir, tin
     np.testing.assert_allclose(t["score"], (np.array(t[f"score__{name}"]) + np.array(t["score__bm25"])) / 2, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("bi_backend", ["openvino", "onnx"])
+def test_bi_backend_equals_torch_and_is_recorded(tiny_beir, tiny_model, tmp_path, bi_backend):
+    """--bi-backend runs dense candidates and bi-encoder teachers with a float32 graph: the same candidates and
+    scores within 1e-4; the manifest records the runtime, and a store of the other runtime is another config."""
+    pytest.importorskip("openvino" if bi_backend == "openvino" else "onnxruntime")
+
+    def run(out, *extra):
+        r = _invoke(_args(tiny_beir, out, tmp_path / "cache", "--candidates", f"dense:{tiny_model}:5",
+                          "--teacher", f"bi:{tiny_model}", "--chunk-size", "2", *extra))
+        assert r.exit_code == 0, r.output
+        return open_scores(out)
+
+    ref, fast = run(tmp_path / "torch"), run(tmp_path / "fast", "--bi-backend", bi_backend)
+    t_ref, t_fast = ref.table().to_pydict(), fast.table().to_pydict()
+    for col in ("query_id", "doc_id", "label", "rank__bm25", "rank__dense"):
+        assert t_fast[col] == t_ref[col], col
+    assert np.std(t_ref["score"]) > 0
+    np.testing.assert_allclose(t_fast["score"], t_ref["score"], atol=1e-4, rtol=0)
+    m_ref, m_fast = ref.manifest, fast.manifest
+    assert m_fast["teachers"][0]["backend"] == bi_backend and m_ref["teachers"][0]["backend"] == "torch"
+    dense = {c["name"]: c for c in m_fast["candidates"]}["dense"]
+    assert dense["backend"] == bi_backend and "backend" not in {c["name"]: c for c in m_ref["candidates"]}["dense"]
+    assert dense["model_fingerprint"] == {c["name"]: c for c in m_ref["candidates"]}["dense"]["model_fingerprint"]
+    assert m_fast["config_fingerprint"] != m_ref["config_fingerprint"]
+    # the document embeddings of each runtime have their own cache entry; the conversion is cached once
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "embeddings").glob("*/meta.json")]
+    assert sorted(str(m.get("backend")) for m in metas if "queries:" not in m["corpus_fingerprint"]) == \
+        sorted(["None", f"{bi_backend}-f32"])
+    assert len(list((tmp_path / "cache" / "bi-encoder").iterdir())) == 1
+    r = _invoke(_args(tiny_beir, tmp_path / "fast", tmp_path / "cache", "--candidates", f"dense:{tiny_model}:5",
+                      "--teacher", f"bi:{tiny_model}", "--chunk-size", "2"))
+    _assert_clean_error(r, None, "another config")
+    # the same runtime again is the same config: the complete store is kept, not refused as another config
+    r = _invoke(_args(tiny_beir, tmp_path / "fast", tmp_path / "cache", "--candidates", f"dense:{tiny_model}:5",
+                      "--teacher", f"bi:{tiny_model}", "--chunk-size", "2", "--bi-backend", bi_backend))
+    _assert_clean_error(r, None, "already complete")
+
+
 def test_torch_bf16_backend(tiny_beir, tiny_ce, tmp_path, cpu_bf16, caplog):
     """Fast mode torch-bf16: the same predict with the model in bfloat16; close to exact, recorded in the
     store; on a CPU without native bf16 (faked) it warns that bf16 is emulated, on one with it it does not."""

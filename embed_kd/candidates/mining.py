@@ -4,7 +4,10 @@ A candidate spec names one source (``NAME=`` is optional and names its ``rank__N
 
     bm25:K              BM25 (bm25s, see embed_kd.candidates.bm25), top K
     dense:MODEL:K       a bi-encoder (path, hub id or preset) through FAISS, top K; document
-                        embeddings come from the shared embedding cache of ``embed-kd eval``
+                        embeddings come from the shared embedding cache of ``embed-kd eval``;
+                        run by torch, or by OpenVINO / ONNX Runtime with ``--bi-backend`` (the
+                        manifest entry then records ``backend``; torch entries carry none, so
+                        stores scored before the option keep their config fingerprint)
 
 Several sources are unioned per query: documents in the order first seen (sources in the order
 given, each in rank order), each keeping its 1-based rank in every source that retrieved it (-1
@@ -25,6 +28,7 @@ import logging
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from embed_kd.candidates.shared import bi_backend_name
 from embed_kd.errors import EmbedKDError
 from embed_kd.index.search import dense_run
 from embed_kd.models import fingerprint_model
@@ -120,8 +124,11 @@ class CandidateMiner:
                 model = self.res.bi_encoder(s.model)
                 self._models[s.name] = model
                 self.res.doc_embeddings(model)
-                entries.append({"source": "dense", "name": s.name, "model": s.model,
-                                "model_fingerprint": fingerprint_model(model), "k": s.k, "index": "flat"})
+                entry = {"source": "dense", "name": s.name, "model": s.model,
+                         "model_fingerprint": fingerprint_model(model), "k": s.k, "index": "flat"}
+                if bi_backend_name(model) != "torch":  # near-ties may rank otherwise: part of the config
+                    entry["backend"] = bi_backend_name(model)
+                entries.append(entry)
         return entries
 
     def mine(self, qids: Sequence[str]) -> list[QueryCandidates]:

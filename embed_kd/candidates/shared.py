@@ -4,12 +4,19 @@
 ``minilm-l6`` bi-encoder teacher load MiniLM once, read its document embeddings once from the
 embedding cache of ``embed-kd eval`` (:func:`~embed_kd.index.encoding.encode_corpus`)
 and encode each query of a chunk once.
+
+``prepare_bi_encoder`` runs on every bi-encoder loaded here — dense candidate sources and bi-encoder
+teachers alike: ``score-teacher --bi-backend openvino|onnx`` passes
+:func:`~embed_kd.teachers.bi_backend.with_backend` (exact-grade float32 graphs, converted once and
+cached by model fingerprint); :func:`bi_backend_name` is the runtime a loaded model actually uses
+(``torch`` for a model with no transformer to convert). The embedding cache keys on that runtime, so
+document embeddings of two runtimes never mix.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -23,12 +30,25 @@ from embed_kd.models import fingerprint_model, load_sentence_transformer
 logger = logging.getLogger(__name__)
 
 
+def bi_backend_name(model) -> str:
+    """The runtime ``model`` encodes with: ``torch``, ``openvino`` or ``onnx``.
+
+    >>> class M: pass
+    >>> m = M(); bi_backend_name(m)
+    'torch'
+    >>> m.embed_kd_backend = "openvino-f32"; bi_backend_name(m)
+    'openvino'
+    """
+    return (getattr(model, "embed_kd_backend", None) or "torch").removesuffix("-f32")
+
+
 class SharedResources:
     """A per-run registry: one BM25 index, one model per spec, one doc-embedding matrix per model."""
 
     def __init__(self, dataset: BeirDataset, *, cache: EmbeddingCache | None = None, batch_size: int = 32,
-                 show_progress: bool = False):
+                 show_progress: bool = False, prepare_bi_encoder: Callable | None = None):
         self.dataset = dataset
+        self.prepare_bi_encoder = prepare_bi_encoder
         self.cache = cache or EmbeddingCache()
         self.batch_size = batch_size
         self.show_progress = show_progress
@@ -47,7 +67,8 @@ class SharedResources:
 
     def bi_encoder(self, spec: str):
         if spec not in self._bi:
-            self._bi[spec] = load_sentence_transformer(spec, role=f"a dense source / teacher ({spec})")
+            model = load_sentence_transformer(spec, role=f"a dense source / teacher ({spec})")
+            self._bi[spec] = self.prepare_bi_encoder(model) if self.prepare_bi_encoder else model
         return self._bi[spec]
 
     def doc_embeddings(self, model) -> tuple[np.ndarray, list[str], dict[str, int]]:

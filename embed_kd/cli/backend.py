@@ -1,4 +1,4 @@
-"""``--backend torch|openvino|onnx``: the bi-encoder runtime flag ``eval``, ``index build`` and ``serve`` share."""
+"""``--backend torch|openvino|onnx``: the bi-encoder runtime flag ``eval``, ``index build|add`` and ``serve`` share."""
 
 from __future__ import annotations
 

@@ -130,10 +130,12 @@ def build_command(data, doc_model, output, kind, limit_docs, overwrite, batch_si
 @click.option("--doc-model", help="The index's doc model (default: the spec recorded in its manifest); "
                                   "its fingerprint must match.")
 @_with_common
+@backend_option
 @device_option
 @verbosity_options
 @run_command
-def add_command(index_dir, docs, doc_model, batch_size, cache_dir, no_cache, threads, no_progress, verbose, quiet, device=None):
+def add_command(index_dir, docs, doc_model, batch_size, cache_dir, no_cache, threads, no_progress, verbose, quiet, device=None,
+                backend="torch"):
     """Encode new documents and append them to INDEX_DIR (atomic; ids already indexed are refused)."""
     from embed_kd import distributed as dist
     from embed_kd.index.store import add_documents, read_manifest
@@ -149,6 +151,10 @@ def add_command(index_dir, docs, doc_model, batch_size, cache_dir, no_cache, thr
     manifest = read_manifest(index_dir)
     corpus, _, source = _load_docs(docs)
     model = document_route(load_sentence_transformer(doc_model or manifest["doc_model"]["spec"]))
+    if backend != "torch":
+        from embed_kd.teachers.bi_backend import with_backend
+
+        model = with_backend(model, backend, threads=threads, cache_root=Path(cache_dir) if cache_dir else None)
     before = manifest["n"]
     manifest = add_documents(index_dir, corpus, model, cache=_cache(cache_dir, no_cache), batch_size=batch_size,
                              source=source, show_progress=not no_progress)
@@ -173,5 +179,6 @@ def info_command(index_dir, as_json, no_verify):
     else:
         click.echo(_summary(manifest, index_dir))
         for b in manifest.get("batches", []):
+            runtime = f", encoded with {b['backend']}" if b.get("backend") else ""
             click.echo(f"  rows {b['first_row']}..{b['first_row'] + b['n'] - 1}: {b['n']} docs from "
-                       f"{b['source'] or '?'} ({b['corpus_fingerprint']}), {b['added']}")
+                       f"{b['source'] or '?'} ({b['corpus_fingerprint']}), {b['added']}{runtime}")

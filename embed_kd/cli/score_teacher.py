@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from embed_kd.cli.common import device_option, note, run_command, set_threads, setup_logging, verbosity_options
+from embed_kd.teachers.bi_backend import BACKENDS as BI_BACKENDS
 from embed_kd.teachers.scorers import BACKENDS
 
 
@@ -71,6 +72,10 @@ def _parse_shard(ctx, param, value):
                    "weights: the fast mode on a GPU), openvino (float32, "
                    "scores within ~1e-5 of torch, faster), openvino-bf16 (fast mode for CPUs with "
                    "AVX512-BF16/AMX), or ONNX Runtime with fp32 or int8 weights.")
+@click.option("--bi-backend", type=click.Choice(list(BI_BACKENDS)), default="torch", show_default=True,
+              help="Runtime of the bi-encoders (dense:MODEL:K candidates, bi:MODEL teachers): torch, or OpenVINO / "
+                   "ONNX Runtime in float32 (embeddings within ~1e-5 of torch; converted once, cached by model "
+                   "fingerprint; recorded in the store).")
 @click.option("--chunk-size", default=32, show_default=True, type=click.IntRange(1),
               help="Queries per committed chunk (the unit of resume).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Pairs per model batch.")
@@ -86,7 +91,7 @@ def _parse_shard(ctx, param, value):
 @verbosity_options
 @run_command
 def run_command_(data, split, queries_file, corpus_file, candidates, teachers, output, overwrite, ensemble_norm, weights, activation,
-                 max_length, backend, chunk_size, batch_size, shard, limit, no_positives,
+                 max_length, backend, bi_backend, chunk_size, batch_size, shard, limit, no_positives,
                  allow_missing_ids, cache_dir, no_cache, threads, no_progress, verbose, quiet, device=None):
     """Score candidates of a split with one or more teachers into a score store (resumes by default)."""
     from embed_kd import distributed as dist
@@ -106,7 +111,7 @@ def run_command_(data, split, queries_file, corpus_file, candidates, teachers, o
                           allow_missing_ids=allow_missing_ids)
     opts = ScoreOptions(chunk_size=chunk_size, batch_size=batch_size, shard=shard, limit=limit, overwrite=overwrite,
                         include_positives=not no_positives, activation=None if activation == "none" else activation,
-                        max_length=max_length, backend=backend,
+                        max_length=max_length, backend=backend, bi_backend=bi_backend,
                         ensemble_norm=ensemble_norm, weights=w, cache_dir=cache_dir, use_cache=not no_cache,
                         show_progress=not no_progress)
     try:

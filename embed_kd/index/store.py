@@ -21,9 +21,11 @@ On-disk layout (schema ``embed-kd/index@1``)::
       "metric": "inner_product",
       "n": int, "dim": int,
       "normalize": bool,                         # documents (and queries) are L2-normalised
-      "doc_model": {"spec", "fingerprint", "dim", "max_seq_length"},
+      "doc_model": {"spec", "fingerprint", "dim", "max_seq_length"[, "backend"]},  # backend: --backend
+                                                 # openvino|onnx of the build ("openvino-f32" / "onnx-f32")
       "corpus": {"name", "source", "fingerprint", "n_docs"},  # fingerprint over all docs, row order
-      "batches": [{"source", "corpus_fingerprint", "n", "first_row", "added", "device"}],  # build, then each add
+      "batches": [{"source", "corpus_fingerprint", "n", "first_row", "added", "device"[, "backend"]}],
+                                                 # build, then each add; backend: its runtime when not torch
       "device": {"device", "type", "name"},      # where the build encoded (embed_kd.device.device_info)
       "files": {"index.faiss": sha256, "ids.json": sha256, "docs.jsonl": sha256},
       "compression": {"truncate_dim", "precision", "rescore", "dim", "bytes_per_vector",
@@ -241,7 +243,7 @@ def write_index(output: str | Path, emb: np.ndarray, corpus: Mapping[str, Mappin
             "doc_model": dict(doc_model),
             "corpus": {"name": name, "source": source, "fingerprint": corpus_fp, "n_docs": len(ids)},
             "batches": [{"source": source, "corpus_fingerprint": corpus_fp, "n": len(ids), "first_row": 0,
-                         "added": created, "device": device_info()["device"]}],
+                         "added": created, "device": device_info()["device"], **_backend_field(doc_model)}],
             "device": device_info(), "files": files, "versions": versions(), "created": created, "updated": created,
         }
         _write_manifest(tmp, manifest)
@@ -260,12 +262,19 @@ def _folder_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def _backend_field(info: Mapping) -> dict:
+    """``{"backend": …}`` for a batch encoded by a graph runtime (``model_info``'s ``backend``), else ``{}``."""
+    return {"backend": info["backend"]} if info.get("backend") else {}
+
+
 def append_to_index(path: str | Path, emb: np.ndarray, corpus: Mapping[str, Mapping[str, str]], *,
-                    doc_model_fingerprint: str, source: str = "") -> dict:
+                    doc_model_fingerprint: str, source: str = "", backend: str | None = None) -> dict:
     """Add documents (``emb`` row i = ``list(corpus)[i]``) to an index folder, atomically.
 
     ``doc_model_fingerprint`` must be the index's doc model (documents from another model would
-    live in another embedding space). Ids already in the index are refused. Returns the new manifest.
+    live in another embedding space). Ids already in the index are refused. ``backend``: the runtime
+    that encoded them when not torch (``"openvino-f32"`` / ``"onnx-f32"``), recorded in their batch.
+    Returns the new manifest.
     """
     path = Path(path)
     if not corpus:
@@ -306,7 +315,8 @@ def append_to_index(path: str | Path, emb: np.ndarray, corpus: Mapping[str, Mapp
                 "corpus": {**m["corpus"], "fingerprint": fingerprint_corpus(all_docs), "n_docs": len(ids)},
                 "batches": m["batches"] + [{"source": source, "corpus_fingerprint": fingerprint_corpus(corpus),
                                             "n": len(new_ids), "first_row": current.n, "added": now,
-                                            "device": device_info()["device"]}],
+                                            "device": device_info()["device"],
+                                            **_backend_field({"backend": backend})}],
             }
             _write_manifest(tmp, manifest)
     logger.info("added %d docs to %s (now %d)", len(new_ids), path, len(ids))
@@ -438,7 +448,8 @@ def add_documents(path: str | Path, corpus: Mapping[str, Mapping[str, str]], doc
     new = None
     with dist.step("adding to the index"):  # under torchrun: encoded data-parallel above, one process appends
         if dist.active().is_main:
-            new = append_to_index(path, emb, corpus, doc_model_fingerprint=fp, source=source)
+            new = append_to_index(path, emb, corpus, doc_model_fingerprint=fp, source=source,
+                                  backend=getattr(doc_model, "embed_kd_backend", None))
     return dist.broadcast_object(new)
 
 

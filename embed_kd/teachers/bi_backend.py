@@ -1,6 +1,7 @@
 """Fast exact bi-encoder encoding: a SentenceTransformer's transformer run by OpenVINO or ONNX Runtime.
 
-``--backend torch|openvino|onnx`` (``eval``, ``index build``, ``serve``): the model's first module —
+``--backend torch|openvino|onnx`` (``eval``, ``index build`` / ``add``, ``serve``; ``score-teacher
+--bi-backend`` for its dense candidates and bi-encoder teachers): the model's first module —
 a ``Transformer`` — has its Hugging Face model converted once and run by a float32 graph runtime;
 tokenisation, pooling, projection and normalisation stay sentence-transformers' own torch modules.
 Both graph backends are *exact-grade*: float32 throughout (OpenVINO compiled with
@@ -134,23 +135,25 @@ def _runner(backend: str, graph: Path, names: list[str], threads: int | None):
     return lambda feed: np.asarray(session.run(None, feed)[0], dtype=np.float32)
 
 
-def with_backend(model, backend: str = "torch", *, threads: int | None = None, cache_root: Path | None = None):
-    """``model`` encoding through ``backend`` (in place; returns it). ``torch`` changes nothing."""
+def with_backend(model, backend: str = "torch", *, threads: int | None = None, cache_root: Path | None = None,
+                 flag: str = "--backend"):
+    """``model`` encoding through ``backend`` (in place; returns it). ``torch`` changes nothing.
+    ``flag`` names the option in messages (``score-teacher``'s is ``--bi-backend``)."""
     import torch
 
     if backend not in BACKENDS:
-        raise EmbedKDError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+        raise EmbedKDError(f"{flag} {backend}: choose one of {', '.join(BACKENDS)}")
     if backend == "torch" or getattr(model, "embed_kd_backend", None) == f"{backend}-f32":
         return model
     first, hf = _transformer(model)
     if first is None:
-        logger.info("--backend %s: %s has no transformer to convert; encoding with torch",
-                    backend, getattr(model, "embed_kd_spec", "the model"))
+        logger.info("%s %s: %s has no transformer to convert; encoding with torch", flag, backend,
+                    getattr(model, "embed_kd_spec", "the model"))
         return model
     try:
         __import__("openvino" if backend == "openvino" else "onnxruntime")
     except ImportError:
-        raise EmbedKDError(f"--backend {backend} needs {'OpenVINO' if backend == 'openvino' else 'ONNX Runtime'}: "
+        raise EmbedKDError(f"{flag} {backend} needs {'OpenVINO' if backend == 'openvino' else 'ONNX Runtime'}: "
                            "pip install 'embed-kd[fast]'") from None
     graph, names = export(model, backend, cache_root)
     run = _runner(backend, graph, names, threads or torch.get_num_threads())

@@ -9,7 +9,9 @@ A teacher spec (``--teacher``; ``NAME=`` is optional and names the ``score__NAME
                               ``--activation sigmoid`` to squash
     bi:MODEL | bi-encoder:MODEL
                               a SentenceTransformer: similarity of query and document embeddings
-                              (document embeddings from the shared embedding cache)
+                              (document embeddings from the shared embedding cache; run by
+                              torch, OpenVINO or ONNX Runtime: ``--bi-backend``, recorded as
+                              the teacher's ``backend``)
     MODEL                     kind guessed from the model folder / preset (cross-encoder when its
                               config is a *ForSequenceClassification)
 
@@ -52,6 +54,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from embed_kd.candidates.shared import bi_backend_name
 from embed_kd.cpu import native_bf16
 from embed_kd.device import bf16_supported, is_gpu
 from embed_kd.errors import EmbedKDError, ModelNotFoundError
@@ -161,7 +164,7 @@ class BiEncoderTeacher(Teacher):
     def manifest_entry(self) -> dict:
         return {"name": self.name, "spec": self.spec.model, "kind": "bi-encoder", "fingerprint": self.fingerprint,
                 "activation": None, "max_length": getattr(self.model, "max_seq_length", None),
-                "backend": "torch", "similarity": str(getattr(self.model, "similarity_fn_name", None) or "cosine")}
+                "backend": bi_backend_name(self.model), "similarity": str(getattr(self.model, "similarity_fn_name", None) or "cosine")}
 
     def score(self, queries, docs, progress=None):
         import torch

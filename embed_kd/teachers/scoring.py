@@ -45,6 +45,8 @@ class ScoreOptions:
     activation: str | None = None
     max_length: int | None = None
     backend: str = "torch"
+    #: runtime of the bi-encoders (dense candidate sources, ``bi:`` teachers): torch, openvino or onnx
+    bi_backend: str = "torch"
     ensemble_norm: str = "zscore"
     weights: dict[str, float] | None = None
     cache_dir: str | Path | None = None
@@ -79,6 +81,7 @@ def score_teacher(dataset, candidates: Sequence[str], teachers: Sequence[str], o
     from embed_kd.candidates.mining import CandidateMiner, parse_candidate_spec
     from embed_kd.candidates.shared import SharedResources
     from embed_kd.index.cache import EmbeddingCache
+    from embed_kd.teachers.bi_backend import BACKENDS as BI_BACKENDS
     from embed_kd.teachers.combine import NORMS, parse_weights
     from embed_kd.teachers.scorers import build_teacher, parse_teacher_spec
     from embed_kd.teachers.store import ARTIFACT, ScoreStoreWriter, new_manifest
@@ -100,6 +103,8 @@ def score_teacher(dataset, candidates: Sequence[str], teachers: Sequence[str], o
         i, n = opt.shard
         if not (n >= 1 and 0 <= i < n):
             raise EmbedKDError(f"--shard {i}/{n}: expected I/N with 0 <= I < N")
+    if opt.bi_backend not in BI_BACKENDS:
+        raise EmbedKDError(f"--bi-backend must be one of {', '.join(BI_BACKENDS)}; got {opt.bi_backend!r}")
     if opt.ensemble_norm not in NORMS:
         raise EmbedKDError(f"--ensemble must be one of {', '.join(NORMS)}; got {opt.ensemble_norm!r}")
     cand_specs = [parse_candidate_spec(c) for c in candidates]
@@ -115,8 +120,9 @@ def score_teacher(dataset, candidates: Sequence[str], teachers: Sequence[str], o
         raise EmbedKDError("--weights needs several teachers")
     weights = parse_weights(",".join(f"{k}={v}" for k, v in opt.weights.items()) if opt.weights else None, names)
 
-    res = SharedResources(dataset, cache=EmbeddingCache(opt.cache_dir, enabled=opt.use_cache),
-                          batch_size=opt.batch_size, show_progress=opt.show_progress)
+    cache = EmbeddingCache(opt.cache_dir, enabled=opt.use_cache)
+    res = SharedResources(dataset, cache=cache, batch_size=opt.batch_size, show_progress=opt.show_progress,
+                          prepare_bi_encoder=_bi_runtime(opt.bi_backend, cache.root))
     miner = CandidateMiner(cand_specs, res, include_positives=opt.include_positives)
     t = time.perf_counter()
     cand_entries = miner.prepare()
@@ -157,6 +163,15 @@ def score_teacher(dataset, candidates: Sequence[str], teachers: Sequence[str], o
     summary.update({"out": str(out), "prepare_s": prepare_s, "total_s": time.perf_counter() - t0,
                     "config_fingerprint": manifest["config_fingerprint"]})
     return summary
+
+
+def _bi_runtime(backend: str, cache_root: Path):
+    """What every loaded bi-encoder goes through: ``with_backend`` (conversions cached under ``cache_root``)."""
+    if backend == "torch":
+        return None
+    from embed_kd.teachers.bi_backend import with_backend
+
+    return lambda model: with_backend(model, backend, cache_root=cache_root, flag="--bi-backend")
 
 
 def _complete_store(out: Path, manifest: dict) -> dict | None:
