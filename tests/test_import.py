@@ -75,6 +75,111 @@ def test_margin_mse_tsv_round_trip_and_training(tmp_path, tiny_beir, tiny_model,
     assert m["examples"]["score"]["examples"] == 2 * 4 and "dev_ndcg_at_10" in m["dev"]["metrics_final"]
 
 
+def _export(store, fmt, out, *extra):
+    r = CliRunner().invoke(main, ["score-teacher", "export", str(store), "--format", fmt, "-o", str(out), *extra])
+    assert r.exit_code == 0, r.output
+
+
+def _same_dataset(back, orig):
+    for k in ("corpus_fingerprint", "queries_fingerprint", "qrels_fingerprint", "n_queries", "split"):
+        assert back.manifest["dataset"][k] == orig.manifest["dataset"][k]
+
+
+def test_hf_scores_round_trip_through_hf_columns(tmp_path, tiny_beir, tiny_store):
+    """export hf-scores → import --format hf-columns: the same rows (query, doc, score, label), every score
+    column; the export's ids and columns are found without --columns."""
+    _export(tiny_store, "hf-scores", tmp_path / "hf")
+    orig = open_scores(tiny_store)
+    r = _import(["--format", "hf-columns", "--data", str(tiny_beir), str(tmp_path / "hf")], tmp_path / "imp")
+    assert r.exit_code == 0, r.output
+    back = open_scores(tmp_path / "imp")
+    assert back.score_kind == "absolute" and back.manifest["imported"]["rows_read"] == orig.table().num_rows
+    assert _rows(back) == _rows(orig)
+    assert list(back.to_run()) == list(orig.to_run())  # the dataset's query order
+    _same_dataset(back, orig)
+    r = _import(["--format", "hf-columns", "--data", str(tiny_beir), "--columns", "score=score__dense",
+                 str(tmp_path / "hf")], tmp_path / "dense")
+    assert r.exit_code == 0, r.output
+    assert _rows(open_scores(tmp_path / "dense")) == {q: sorted(rows) for q, rows in orig.iter_queries("score__dense")}
+
+
+def _ids_by_text(tiny_beir):
+    """The exported texts back to ids (the hf-margin-mse / hf-listwise exports carry texts for the losses)."""
+    from embed_kd.data import load_beir
+
+    ds = load_beir(tiny_beir, "train")
+    docs, queries = {ds.doc_text(d): d for d in ds.corpus}, {t: q for q, t in ds.queries.items()}
+    assert len(docs) == len(ds.corpus) and len(queries) == len(ds.queries)  # texts name ids unambiguously
+    return docs, queries
+
+
+def test_hf_margin_mse_round_trip_through_hf_columns(tmp_path, tiny_beir, tiny_store):
+    """export hf-margin-mse → (texts mapped back to ids) → import --format hf-columns as margin triples: the
+    store's margins are exactly the exported ones, which are the original store's s+ - s- (in float32)."""
+    import datasets
+    import numpy as np
+
+    from embed_kd.teachers.export import margin_triples
+
+    _export(tiny_store, "hf-margin-mse", tmp_path / "hf", "--data", str(tiny_beir))
+    ex = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert ex.column_names == ["query", "positive", "negative", "label"]
+    docs, queries = _ids_by_text(tiny_beir)
+    ids = datasets.Dataset.from_dict({"query_id": [queries[t] for t in ex["query"]],
+                                      "positive_id": [docs[t] for t in ex["positive"]],
+                                      "negative_id": [docs[t] for t in ex["negative"]], "margin": ex["label"]})
+    ids.save_to_disk(str(tmp_path / "ids"))
+    r = _import(["--format", "hf-columns", "--data", str(tiny_beir), str(tmp_path / "ids")], tmp_path / "imp")
+    assert r.exit_code == 0, r.output
+    back = open_scores(tmp_path / "imp")
+    assert back.score_kind == "margin"
+    got = {(q, p, n): m for q, rows in back.iter_margins() for p, n, m in rows}
+    want = {(q, p, n): float(np.float32(ps - ns)) for q, rows in open_scores(tiny_store).iter_queries()
+            for ps, ns, _, p, n in margin_triples(q, rows)}
+    assert got == want and len(got) == len(ex)
+    _same_dataset(back, open_scores(tiny_store))
+
+
+def test_hf_listwise_round_trip_through_hf_columns(tmp_path, tiny_beir, tiny_store):
+    """export hf-listwise (each positive with the N highest-scored negatives) → pointwise (query, doc, score)
+    rows → import --format hf-columns: every exported (query, doc) has its original score and label."""
+    import datasets
+
+    _export(tiny_store, "hf-listwise", tmp_path / "hf", "--negatives", "3", "--data", str(tiny_beir))
+    ex = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert ex.column_names == ["query", "positive", "negative_1", "negative_2", "negative_3", "label"]
+    docs, queries = _ids_by_text(tiny_beir)
+    pairs = {}
+    for row in ex:
+        q = queries[row["query"]]
+        for text, score in zip([row["positive"], row["negative_1"], row["negative_2"], row["negative_3"]],
+                               row["label"]):
+            pairs[(q, docs[text])] = score
+    datasets.Dataset.from_dict({"query_id": [q for q, _ in pairs], "doc_id": [d for _, d in pairs],
+                                "score": list(pairs.values())}).save_to_disk(str(tmp_path / "ids"))
+    r = _import(["--format", "hf-columns", "--data", str(tiny_beir), str(tmp_path / "ids")], tmp_path / "imp")
+    assert r.exit_code == 0, r.output
+    orig = {q: {d: (s, label) for d, s, label in rows} for q, rows in open_scores(tiny_store).iter_queries()}
+    back = _rows(open_scores(tmp_path / "imp"))
+    assert back == {q: sorted((d, *orig[q][d]) for qq, d in pairs if qq == q) for q in back}
+    # what was exported, and so imported: per query its positives and its 3 highest-scored negatives
+    hardest = {q: {d for d, _ in sorted(((d, s) for d, (s, label) in docs_.items() if label <= 0),
+                                       key=lambda x: (-x[1], x[0]))[:3]} | {d for d, (_, label) in docs_.items()
+                                                                          if label > 0}
+               for q, docs_ in orig.items()}
+    assert {q: {d for d, _, _ in rows} for q, rows in back.items()} == hardest
+    assert len(pairs) == sum(map(len, back.values()))
+
+
+def test_text_exports_are_refused_by_hf_columns_in_one_line(tmp_path, tiny_beir, tiny_store):
+    """hf-margin-mse carries texts, not ids: importing it as is names the missing id column."""
+    _export(tiny_store, "hf-margin-mse", tmp_path / "hf", "--data", str(tiny_beir))
+    r = _import(["--format", "hf-columns", "--data", str(tiny_beir), str(tmp_path / "hf")], tmp_path / "imp")
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error:") and "query_id" in lines[0], r.output
+    assert not (tmp_path / "imp").exists()
+
+
 def test_st_scores_pkl_with_hard_negative_lists(tmp_path, tiny_beir, tiny_model, tiny_store, cache_dir):
     run = open_scores(tiny_store).to_run("score__dense")
     pkl = tmp_path / "ce-scores.pkl.gz"

@@ -501,8 +501,10 @@ def config_from_cli(config_file: str | None, *, student_type: str | None = None,
     ``device_from`` records which of them set ``device`` (``--set device`` over ``--device`` over
     the file), so a bad value's error names it:
 
-    >>> config_from_cli(None, device="cuda:1").device_from, config_from_cli(None, overrides=["device=cpu"]).device_from
-    ('--device', '--set device')
+    >>> config_from_cli(None, device="cuda:1").device_from
+    '--device'
+    >>> config_from_cli(None, device="cuda:1", overrides=["device=cpu"]).device_from
+    '--set device'
     """
     if config_file:
         cfg = TrainConfig.from_yaml(config_file, student_type=student_type)

@@ -46,5 +46,6 @@ def load_training_dataset(cfg):
                            "dataset its ids refer to")
     if cfg.alignment_on_files_only() and not cfg.queries:
         logger.info("no dataset: aligning on the examples.align_texts files only; no dev slice to evaluate")
-        return BeirDataset("align-texts", Path("."), cfg.split, {}, {}, {}, 0, ["no dataset: file alignment texts only"])
+        return BeirDataset("align-texts", Path("."), cfg.split, {}, {}, {}, 0,
+                           ["no dataset: file alignment texts only"])
     raise EmbedKDError("config: data is required (--data, or --corpus FILE [--queries FILE])")
