@@ -429,6 +429,51 @@ def test_a_diverging_run_stops_at_its_first_non_finite_loss(tiny_beir, tiny_mode
     assert (out / "embed_kd_train.json").is_file()
 
 
+def _stopped_at(err: str) -> int:
+    import re
+
+    m = re.search(r"training stopped at step (\d+)", err)
+    return int(m.group(1)) if m else 0
+
+
+def test_a_run_whose_loss_becomes_nan_stops_and_removes_its_work_folder(tiny_beir, tiny_model, dense_store, tmp_path,
+                                                                        record_property):
+    """train.lr=1e30 is finite and valid, but the first optimizer steps blow the weights up until the forward pass
+    makes NaN (inf - inf): a real NaN loss after real steps, with checkpoints already in OUT.work (save_steps=1).
+    docs/reliability.md promises the work folder is removed, not left resumable."""
+    case = Case(record_property, "non-finite", "`train --set train.lr=1e30`: the weights blow up and the loss becomes "
+                                               "NaN after checkpoints were saved: stops with a clear error, no student, "
+                                               "work folder removed (not resumable)")
+    out = tmp_path / "student"
+    code, err, exc, _ = invoke(*_train_args(tiny_beir, dense_store, tiny_model, out, "--set", "train.lr=1e30",
+                                            "--set", "train.max_steps=4", "--set", "train.save_steps=1",
+                                            "--set", "losses.align=none"))
+    case.error(code, err, ["training stopped at step", "the score loss is nan (not finite)", "train.lr = 1e+30",
+                           "Nothing was saved", "student.work was removed"],
+               absent=[out, Path(f"{out}.work")], folders=[tmp_path], exception=exc)
+    assert _stopped_at(err) >= 2  # step 1 ran on the initial weights (a finite loss) and was checkpointed
+
+
+def test_a_diverging_sparse_run_stops_and_removes_its_work_folder(tiny_beir, dense_store, tmp_path_factory, tmp_path,
+                                                                  record_property):
+    """The sparse driver (SpladeLoss: base loss + FLOPS regularisers, one module) is guarded the same way."""
+    from test_sparse import build_tiny_mlm
+
+    case = Case(record_property, "non-finite", "`train --student-type sparse --set train.lr=1e30`: the SPLADE loss "
+                                               "becomes NaN: stops with a clear error naming the term, no student, "
+                                               "work folder removed (not resumable)")
+    mlm = build_tiny_mlm(tmp_path_factory.mktemp("models") / "tiny-mlm")
+    out = tmp_path / "sparse"
+    code, err, exc, _ = invoke("train", "--data", tiny_beir, "--scores", dense_store, "--student-type", "sparse",
+                               "--student", mlm, "-o", out, "--no-progress", "-q", "--set", "train.max_steps=4",
+                               "--set", "train.batch_size=4", "--set", "train.save_steps=1", "--set", "train.lr=1e30",
+                               "--set", "examples.dev_queries=0")
+    case.error(code, err, ["training stopped at step", "term of the training loss is nan (not finite)",
+                           "Nothing was saved", "sparse.work was removed"],
+               absent=[out, Path(f"{out}.work")], folders=[tmp_path], exception=exc)
+    assert _stopped_at(err) >= 2
+
+
 def test_nan_weights_are_never_published(tiny_model, record_property):
     import torch
     from sentence_transformers import SentenceTransformer

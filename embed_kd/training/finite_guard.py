@@ -24,6 +24,20 @@ refused by ``--resume`` anyway: ``run.json`` fingerprints the config).
 Traceback (most recent call last):
 ...
 embed_kd.training.finite_guard.NonFiniteLossError: training stopped at step 2: the score loss is inf (not finite)
+
+A loss that returns its terms (sentence-transformers' ``SpladeLoss``: ``base_loss`` and the FLOPS
+regularisers) names the term that is not finite:
+
+>>> class Terms(torch.nn.Module):
+...     def forward(self, x):
+...         return {"base_loss": x.mean(), "query_regularizer_loss": x.abs().sum()}
+>>> terms = Terms()
+>>> _ = guard_losses(terms)
+>>> try:
+...     terms(torch.tensor([float("nan")]))
+... except NonFiniteLossError as exc:
+...     print(exc)
+training stopped at step 1: the base_loss term of the training loss is nan (not finite)
 """
 
 from __future__ import annotations
@@ -64,10 +78,10 @@ def guard_losses(losses, *, step: Callable[[], int] | None = None) -> list:
             for part, t in _tensors(output):
                 if t.numel() and t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
                     value = float(t.detach().float().reshape(-1)[0]) if t.numel() == 1 else "non-finite"
-                    label = _name if part is None else f"{_name} ({part})"
+                    label = f"{_name} loss" if part is None else f"{part} term of the {_name} loss"
                     at = step() + 1 if step is not None else _calls[0]
                     shown = value if isinstance(value, str) else ("nan" if math.isnan(value) else repr(value))
-                    raise NonFiniteLossError(f"training stopped at step {at}: the {label} loss is {shown} (not finite)")
+                    raise NonFiniteLossError(f"training stopped at step {at}: the {label} is {shown} (not finite)")
 
         handles.append(module.register_forward_hook(hook))
     return handles
