@@ -24,6 +24,7 @@ from typing import Iterable
 
 from embed_kd.cards import MANIFESTS, find_manifest, write_model_card
 from embed_kd.errors import ArtifactError, EmbedKDError
+from embed_kd.evaluation.report import CARD_SCHEMAS, read_results
 from embed_kd.models import fingerprint_model, load_cross_encoder, load_sentence_transformer
 from embed_kd.presets import hub_reachable
 
@@ -88,10 +89,15 @@ def verify_fingerprint(folder: Path, manifest_path: Path, manifest: dict) -> tup
 
 
 def prepare_publish(folder: str | os.PathLike, repo_id: str, *, eval_results: Iterable[dict] = (),
-                    include_checkpoints: bool = False) -> PublishPlan:
-    """Steps 1–3: check the manifest and weights, write the card, list the files to upload."""
+                    eval_files: Iterable[str | os.PathLike] = (), include_checkpoints: bool = False) -> PublishPlan:
+    """Steps 1–3: check the manifest and weights, write the card, list the files to upload.
+
+    ``eval_files`` (``--eval``): result JSONs read and checked by
+    :func:`embed_kd.evaluation.report.read_results` (``embed-kd/eval@1`` / ``embed-kd/mteb@1``, the
+    fields the tables read) before the model loads, tabulated after ``eval_results``."""
     folder = Path(folder)
     _check_repo_id(repo_id)
+    eval_results = [*eval_results, *read_results(eval_files, CARD_SCHEMAS)]
     manifest_path, manifest = find_manifest(folder)
     kind, fp = verify_fingerprint(folder, manifest_path, manifest)
     card = write_model_card(folder, manifest=manifest, name=repo_id, eval_results=eval_results)

@@ -26,18 +26,10 @@ def publish_command(model_dir, repo_id, dry_run, eval_files, private, include_ch
     embed-kd publish runs/scifact-l3 --repo-id me/scifact-l3 --eval runs/l3-asym.json --dry-run
     embed-kd publish runs/scifact-l3 --repo-id me/scifact-l3 --eval runs/l3-asym.json
     """
-    from embed_kd.errors import ArtifactError
-    from embed_kd.io import read_json
     from embed_kd.publish import prepare_publish, push
 
     setup_logging(verbose, quiet)
-    results = []
-    for path in eval_files:
-        r = read_json(path, "eval result")
-        if not isinstance(r, dict) or r.get("schema") not in ("embed-kd/eval@1", "embed-kd/mteb@1"):
-            raise ArtifactError(f"{path}: not an embed-kd eval result (schema embed-kd/eval@1 or embed-kd/mteb@1)")
-        results.append(r)
-    plan = prepare_publish(model_dir, repo_id, eval_results=results, include_checkpoints=include_checkpoints)
+    plan = prepare_publish(model_dir, repo_id, eval_files=eval_files, include_checkpoints=include_checkpoints)
     click.echo(f"{plan.kind} {plan.folder} (fingerprint {plan.fingerprint}, manifest {plan.manifest.name}) "
                f"→ hub repo {plan.repo_id}")
     click.echo(f"model card: {plan.card}")

@@ -6,9 +6,6 @@ import click
 
 from embed_kd.cli.common import run_command, setup_logging, verbosity_options
 
-SCHEMAS = ("embed-kd/eval@1", "embed-kd/mteb@1", "embed-kd/sts@1")
-STS_FIELDS = ("model.spec", "dataset.name", "metrics.spearman_cosine", "metrics.pearson_cosine")
-
 
 @click.command("report")
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
@@ -39,10 +36,11 @@ def report_command(results, plot_path, labels, title, teacher_path, overwrite, v
     """
     from pathlib import Path
 
-    from embed_kd.errors import ArtifactError, EmbedKDError
+    from embed_kd.errors import EmbedKDError
     from embed_kd.evaluation.mteb_eval import mteb_table
-    from embed_kd.evaluation.report import default_teacher, distillation_lines, markdown_table, missing_fields
-    from embed_kd.io import read_json, refuse_existing
+    from embed_kd.evaluation.report import (default_teacher, distillation_lines, markdown_table, read_results,
+                                            read_teacher_result)
+    from embed_kd.io import refuse_existing
 
     setup_logging(verbose, quiet)
     if plot_path:
@@ -55,27 +53,10 @@ def report_command(results, plot_path, labels, title, teacher_path, overwrite, v
         if not sep or not text:
             raise EmbedKDError(f"--label {item!r}: use RESULT=TEXT")
         by_file[Path(path).resolve()] = text
-    loaded = []
-    for path in results:
-        r = read_json(path, "eval result")
-        if not isinstance(r, dict) or r.get("schema") not in SCHEMAS:
-            raise ArtifactError(f"{path}: not an embed-kd eval result (schema {' or '.join(SCHEMAS)})")
-        missing = (missing_fields(r) if r["schema"] == "embed-kd/eval@1" else
-                   missing_fields(r, STS_FIELDS) if r["schema"] == "embed-kd/sts@1" else [])
-        if not missing and isinstance(r.get("sts"), dict):
-            missing = [f"sts.{f}" for f in missing_fields(r["sts"], STS_FIELDS)]
-        if missing:
-            raise ArtifactError(f"{path}: eval result is missing field(s) {', '.join(missing)}")
-        loaded.append(r)
+    loaded = read_results(results)
     evals = [r for r in loaded if r["schema"] == "embed-kd/eval@1"]
     if evals:
-        teacher = default_teacher(evals)
-        if teacher_path:
-            teacher = read_json(teacher_path, "eval result")
-            bad = missing_fields(teacher) if isinstance(teacher, dict) else ["schema"]
-            if bad or teacher.get("schema") != "embed-kd/eval@1":
-                raise ArtifactError(f"{teacher_path}: --teacher must be an embed-kd/eval@1 result "
-                                    f"(missing {', '.join(bad) or 'schema'})")
+        teacher = read_teacher_result(teacher_path) if teacher_path else default_teacher(evals)
         click.echo(markdown_table(evals, teacher=teacher))
         for line in distillation_lines(evals):
             click.echo(line)

@@ -16,11 +16,21 @@ measured by that eval (``throughput.queries_per_s``) with its ratio to the teach
 
 from __future__ import annotations
 
+import os
 from typing import Iterable, Sequence
 
+from embed_kd.errors import ArtifactError
+from embed_kd.io import read_json
+
+#: the result files ``report`` reads (``eval -o``, ``eval --mteb -o``, ``eval --sts -o``)
+RESULT_SCHEMAS = ("embed-kd/eval@1", "embed-kd/mteb@1", "embed-kd/sts@1")
+#: the ones a model card tabulates (``publish --eval``, :func:`embed_kd.cards.write_model_card`)
+CARD_SCHEMAS = ("embed-kd/eval@1", "embed-kd/mteb@1")
 #: fields the table reads from an ``embed-kd/eval@1`` result (dotted paths)
 REQUIRED_EVAL_FIELDS = ("mode", "dataset.name", "dataset.split", "metrics.ndcg_at_10", "metrics.recall_at_100",
                         "metrics.mrr_at_10", "timings.total_s")
+#: fields the STS table reads from an ``embed-kd/sts@1`` result, or from an eval result's ``sts`` block
+STS_FIELDS = ("model.spec", "dataset.name", "metrics.spearman_cosine", "metrics.pearson_cosine")
 
 
 def missing_fields(result: dict, fields: Iterable[str] = REQUIRED_EVAL_FIELDS) -> list[str]:
@@ -37,6 +47,63 @@ def missing_fields(result: dict, fields: Iterable[str] = REQUIRED_EVAL_FIELDS) -
         if value is None:
             out.append(f)
     return out
+
+
+def result_missing_fields(result: dict) -> list[str]:
+    """The fields the tables need that ``result`` lacks, by its schema (an eval result with an ``sts``
+    block: that block's, as ``sts.<field>``).
+
+    >>> result_missing_fields({"schema": "embed-kd/sts@1", "model": {"spec": "m"}, "dataset": {"name": "stsb"},
+    ...                        "metrics": {"spearman_cosine": 0.8}})
+    ['metrics.pearson_cosine']
+    >>> result_missing_fields({"schema": "embed-kd/mteb@1"})
+    []
+    """
+    schema = result.get("schema")
+    missing = (missing_fields(result) if schema == "embed-kd/eval@1" else
+               missing_fields(result, STS_FIELDS) if schema == "embed-kd/sts@1" else [])
+    if not missing and isinstance(result.get("sts"), dict):
+        missing = [f"sts.{f}" for f in missing_fields(result["sts"], STS_FIELDS)]
+    return missing
+
+
+def read_result(path: str | os.PathLike, schemas: Sequence[str] = RESULT_SCHEMAS) -> dict:
+    """One result JSON, checked: one of ``schemas``, with every field the tables read
+    (:func:`result_missing_fields`); else an :class:`~embed_kd.errors.ArtifactError` naming ``path``.
+
+    >>> import json, pathlib, tempfile
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "r.json"
+    >>> _ = p.write_text(json.dumps({"schema": "embed-kd/sts@1", "model": {"spec": "m"}}))
+    >>> read_result(p, CARD_SCHEMAS)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    embed_kd.errors.ArtifactError: .../r.json: not an embed-kd eval result (schema embed-kd/eval@1 or embed-kd/mteb@1)
+    >>> read_result(p)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    embed_kd.errors.ArtifactError: .../r.json: eval result is missing field(s) dataset.name, metrics.spearman_cosine, ...
+    """
+    r = read_json(path, "eval result")
+    if not isinstance(r, dict) or r.get("schema") not in schemas:
+        raise ArtifactError(f"{path}: not an embed-kd eval result (schema {' or '.join(schemas)})")
+    missing = result_missing_fields(r)
+    if missing:
+        raise ArtifactError(f"{path}: eval result is missing field(s) {', '.join(missing)}")
+    return r
+
+
+def read_results(paths: Iterable[str | os.PathLike], schemas: Sequence[str] = RESULT_SCHEMAS) -> list[dict]:
+    """:func:`read_result` of each path, in order (the first bad one is the error)."""
+    return [read_result(p, schemas) for p in paths]
+
+
+def read_teacher_result(path: str | os.PathLike) -> dict:
+    """``report --teacher``: an ``embed-kd/eval@1`` result with the table's fields."""
+    teacher = read_json(path, "eval result")
+    bad = missing_fields(teacher) if isinstance(teacher, dict) else ["schema"]
+    if bad or teacher.get("schema") != "embed-kd/eval@1":
+        raise ArtifactError(f"{path}: --teacher must be an embed-kd/eval@1 result (missing {', '.join(bad) or 'schema'})")
+    return teacher
 
 
 def _name(info) -> str:
