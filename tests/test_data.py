@@ -43,6 +43,36 @@ def test_corpus_errors_name_file_and_line(tiny_beir, tmp_path, line, message):
         load_beir(ds, "test")
 
 
+@pytest.mark.parametrize("kind, row, message", [
+    ("corpus", {"_id": "", "text": "x"}, "empty document id"),
+    ("corpus", {"_id": "cat-0", "text": "dup"}, "duplicate document id 'cat-0'"),
+    ("corpus", {"_id": "z", "title": " ", "text": ""}, "document 'z' has an empty title and text"),
+    ("queries", {"_id": "", "text": "x"}, "empty query id"),
+    ("queries", {"_id": "q-cat-test", "text": "dup"}, "duplicate query id 'q-cat-test'"),
+    ("queries", {"_id": "qe", "text": "  "}, "query 'qe' has an empty text"),
+])
+def test_beir_folder_and_user_files_share_one_row_rule(tiny_beir, tmp_path, kind, row, message):
+    """A BEIR folder's corpus/queries.jsonl and a --corpus/--queries file (JSONL or TSV) refuse the same bad
+    row with the same message, naming file and line (one rule: data.beir.add_document / add_query)."""
+    import json
+
+    from embed_kd.data.inputs import read_corpus, read_queries
+
+    ds = _copy(tiny_beir, tmp_path)
+    lines = (ds / f"{kind}.jsonl").read_text().splitlines()
+    lines.insert(2, json.dumps(row))
+    (ds / f"{kind}.jsonl").write_text("\n".join(lines) + "\n")
+    tsv = tmp_path / f"{kind}.tsv"
+    tsv.write_text("".join(f"{json.loads(x)['_id']}\t{json.loads(x)['text']}\n" for x in lines))
+    read = read_corpus if kind == "corpus" else read_queries
+    errors = []
+    for load in (lambda: load_beir(ds, "test"), lambda: read(ds / f"{kind}.jsonl"), lambda: read(tsv)):
+        with pytest.raises(DataError) as err:
+            load()
+        errors.append(str(err.value))
+    assert errors == [f"{ds / f'{kind}.jsonl'}:3: {message}"] * 2 + [f"{tsv}:3: {message}"]
+
+
 def test_bad_utf8_names_line(tiny_beir, tmp_path):
     ds = _copy(tiny_beir, tmp_path)
     data = (ds / "queries.jsonl").read_bytes().split(b"\n")

@@ -147,21 +147,56 @@ def _string_field(path: Path, lineno: int, obj: dict, name: str, *, required: bo
     return value
 
 
+def add_document(corpus: dict[str, dict[str, str]], where: str, doc_id: str, title: str, text: str) -> None:
+    """Check one corpus row and add it to ``corpus``: the rule of every corpus reader (BEIR
+    ``corpus.jsonl`` here, ``--corpus`` files in :mod:`embed_kd.data.inputs`). ``where`` names the
+    row (``file:line``, ``source: row N``) in the :class:`~embed_kd.errors.DataError`.
+
+    >>> c = {}
+    >>> add_document(c, "c.jsonl:1", "d1", "", "cats purr"); c
+    {'d1': {'title': '', 'text': 'cats purr'}}
+    >>> add_document(c, "c.jsonl:2", "d1", "Dogs", "bark")
+    Traceback (most recent call last):
+    ...
+    embed_kd.errors.DataError: c.jsonl:2: duplicate document id 'd1'
+    """
+    if not doc_id:
+        raise DataError(f"{where}: empty document id")
+    if doc_id in corpus:
+        raise DataError(f"{where}: duplicate document id '{doc_id}'")
+    if not (title.strip() or text.strip()):
+        raise DataError(f"{where}: document '{doc_id}' has an empty title and text")
+    corpus[doc_id] = {"title": title, "text": text}
+
+
+def add_query(queries: dict[str, str], where: str, qid: str, text: str) -> None:
+    """Check one query row and add it to ``queries`` (as :func:`add_document` does for documents).
+
+    >>> q = {}
+    >>> add_query(q, "q.tsv:1", "q1", "what is a cat"); q
+    {'q1': 'what is a cat'}
+    >>> add_query(q, "q.tsv:2", "q2", "  ")
+    Traceback (most recent call last):
+    ...
+    embed_kd.errors.DataError: q.tsv:2: query 'q2' has an empty text
+    """
+    if not qid:
+        raise DataError(f"{where}: empty query id")
+    if qid in queries:
+        raise DataError(f"{where}: duplicate query id '{qid}'")
+    if not text.strip():
+        raise DataError(f"{where}: query '{qid}' has an empty text")
+    queries[qid] = text
+
+
 def load_corpus(path: str | Path) -> dict[str, dict[str, str]]:
     """Read ``corpus.jsonl`` into ``{doc_id: {"title": str, "text": str}}`` (file order kept)."""
     path = Path(path)
     corpus: dict[str, dict[str, str]] = {}
     for lineno, obj in iter_json_objects(path):
-        doc_id = _string_field(path, lineno, obj, "_id", required=True)
-        if not doc_id:
-            raise DataError(f"{path}:{lineno}: empty '_id'")
-        if doc_id in corpus:
-            raise DataError(f"{path}:{lineno}: duplicate document id '{doc_id}'")
-        title = _string_field(path, lineno, obj, "title", required=False)
-        text = _string_field(path, lineno, obj, "text", required=True)
-        if not (title.strip() or text.strip()):
-            raise DataError(f"{path}:{lineno}: document '{doc_id}' has an empty title and text")
-        corpus[doc_id] = {"title": title, "text": text}
+        add_document(corpus, f"{path}:{lineno}", _string_field(path, lineno, obj, "_id", required=True),
+                     _string_field(path, lineno, obj, "title", required=False),
+                     _string_field(path, lineno, obj, "text", required=True))
     if not corpus:
         raise DataError(f"{path}: no documents")
     return corpus
@@ -172,15 +207,8 @@ def load_queries(path: str | Path) -> dict[str, str]:
     path = Path(path)
     queries: dict[str, str] = {}
     for lineno, obj in iter_json_objects(path):
-        qid = _string_field(path, lineno, obj, "_id", required=True)
-        if not qid:
-            raise DataError(f"{path}:{lineno}: empty '_id'")
-        if qid in queries:
-            raise DataError(f"{path}:{lineno}: duplicate query id '{qid}'")
-        text = _string_field(path, lineno, obj, "text", required=True)
-        if not text.strip():
-            raise DataError(f"{path}:{lineno}: query '{qid}' has an empty text")
-        queries[qid] = text
+        add_query(queries, f"{path}:{lineno}", _string_field(path, lineno, obj, "_id", required=True),
+                  _string_field(path, lineno, obj, "text", required=True))
     if not queries:
         raise DataError(f"{path}: no queries")
     return queries

@@ -53,7 +53,7 @@ import logging
 import os
 from pathlib import Path
 
-from embed_kd.data.beir import BeirDataset, corpus_path, load_beir, load_corpus
+from embed_kd.data.beir import BeirDataset, add_document, add_query, corpus_path, load_beir, load_corpus
 from embed_kd.data.lines import base_suffix, iter_json_objects, iter_lines
 from embed_kd.data.resolve import resolve_dataset
 from embed_kd.data.tables import is_table_source, iter_batches, parse_source, resolve_columns
@@ -141,13 +141,7 @@ def read_queries(spec: str | os.PathLike) -> dict[str, str]:
     """``{query_id: text}`` of a queries source (see the module docstring), file order kept."""
     queries: dict[str, str] = {}
     for where, qid, _, text in _records(spec, want_title=False):
-        if not qid:
-            raise DataError(f"{where}: empty query id")
-        if qid in queries:
-            raise DataError(f"{where}: duplicate query id '{qid}'")
-        if not text.strip():
-            raise DataError(f"{where}: query '{qid}' has an empty text")
-        queries[qid] = text
+        add_query(queries, where, qid, text)
     if not queries:
         raise DataError(f"{spec}: no queries")
     return queries
@@ -157,13 +151,7 @@ def read_corpus(spec: str | os.PathLike) -> dict[str, dict[str, str]]:
     """``{doc_id: {"title", "text"}}`` of a corpus source (see the module docstring), file order kept."""
     corpus: dict[str, dict[str, str]] = {}
     for where, doc_id, title, text in _records(spec, want_title=True):
-        if not doc_id:
-            raise DataError(f"{where}: empty document id")
-        if doc_id in corpus:
-            raise DataError(f"{where}: duplicate document id '{doc_id}'")
-        if not (title.strip() or text.strip()):
-            raise DataError(f"{where}: document '{doc_id}' has an empty title and text")
-        corpus[doc_id] = {"title": title, "text": text}
+        add_document(corpus, where, doc_id, title, text)
     if not corpus:
         raise DataError(f"{spec}: no documents")
     return corpus
