@@ -606,7 +606,10 @@ def test_micro_batcher_retries_a_failed_batch_request_by_request(record_property
 # ------------------------------------------------------------------------------------- recovery advice
 
 def test_bad_chunk_advice_works(tiny_beir, tmp_path, record_property):
-    """'checksum does not match … delete it and rerun': the rerun recomputes that chunk (it said 'complete')."""
+    """'checksum does not match … delete it and rerun': once deleted, the chunk is pending (readers refuse the store
+    as incomplete, naming it) and the rerun scores exactly that chunk; the store equals the original."""
+    import re
+
     case = Case(record_property, "recovery advice", "a chunk with a flipped byte: delete it as the error says, rerun "
                                                     "the same command → only that chunk is recomputed, the store "
                                                     "equals the original")
@@ -615,19 +618,40 @@ def test_bad_chunk_advice_works(tiny_beir, tmp_path, record_property):
             "bm25", "--chunk-size", "2", "-o", out, "--no-progress", "-q")
     assert invoke(*args)[0] == 0
     original = snapshot(out / "shards")
-    chunk = sorted((out / "shards").glob("*.parquet"))[1]
+    chunks = sorted((out / "shards").glob("*.parquet"))
+    chunk, others = chunks[1], chunks[:1] + chunks[2:]
+    first, last = (int(x) for x in re.findall(r"\d+", chunk.name))
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF
     chunk.write_bytes(bytes(data))
-    code, err, _, _ = invoke("score-teacher", "export", out, "--format", "margin-mse-tsv", "-o", tmp_path / "t.tsv")
+    tsv = tmp_path / "t.tsv"
+    code, err, _, _ = invoke("score-teacher", "export", out, "--format", "margin-mse-tsv", "-o", tsv)
     assert code == 2 and "delete it and rerun" in err, err
     chunk.unlink()
+    # deleted, the chunk is pending: the store (marked complete before) is refused as incomplete, naming it
+    pending = Case(record_property, "recovery advice", "a store marked complete, one chunk deleted (as the advice "
+                                                       "says): readers refuse it as incomplete, naming the pending "
+                                                       "chunk and the rerun (was: 'marked complete but its chunks "
+                                                       "cover 4 of 6 queries', no advice)")
+    code, err, exc, _ = invoke("score-teacher", "export", out, "--format", "margin-mse-tsv", "-o", tsv)
+    pending.error(code, err, ["incomplete score store", f"pending: {chunk.name}", "rerun the same score-teacher command"],
+               absent=[tsv], folders=[tmp_path], exception=exc)
+    kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in others}
     code, err, exc, r = invoke(*args[:-1], "-v")
+    # the rerun's own account: every other chunk skipped, the deleted chunk's queries scored
+    resumed = re.search(r"(\d+) of (\d+) chunk\(s\) already committed", err)
+    scored = re.search(r"this run scored (\d+) queries", err)
+    assert resumed and scored, err
+    skipped, total, n_scored = int(resumed.group(1)), int(resumed.group(2)), int(scored.group(1))
     same = snapshot(out / "shards") == original
     m = json.loads((out / "manifest.json").read_text())
     case.ok("recovered", code, err, folders=[tmp_path], exception=exc, lost=not same,
-            note=f"rerun recomputed 1 chunk; store complete={m['complete']}, chunks byte-identical={same}")
-    assert same and m["complete"]
+            note=f"after the delete: refused as incomplete, {chunk.name} pending; the rerun skipped {skipped} of "
+                 f"{total} chunks and scored {n_scored} queries (that chunk's {last - first + 1}); store "
+                 f"complete={m['complete']}, chunks byte-identical={same}")
+    assert (skipped, total) == (len(others), len(chunks)) and n_scored == last - first + 1
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in others} == kept  # the others not rewritten
+    assert same and m["complete"] and m["progress"]["chunks"] == len(chunks)
 
 
 def test_float_id_gets_a_conversion_hint(tiny_beir, tmp_path, record_property):

@@ -783,6 +783,11 @@ def open_scores(path: str | os.PathLike, *, allow_incomplete: bool = False) -> S
             raise ArtifactError(f"{folder}: incomplete score store ({prog.get('queries_done', '?')}/{n} queries "
                                 "scored); rerun the same score-teacher command to resume it")
         covered = sum(b - a + 1 for a, b, _ in chunks)
+        missing = _missing_chunks(folder, m)
+        if missing:  # a chunk deleted after completion (the bad-chunk advice): pending again, not complete
+            raise ArtifactError(f"{folder}: incomplete score store: its chunks cover {covered} of {n} queries "
+                                f"(pending: {', '.join(chunk_name(a, b) for a, b in missing)}); rerun the same "
+                                "score-teacher command to score the missing chunk(s)")
         if covered != n or (chunks and (chunks[0][0] != 0 or chunks[-1][1] != n - 1)):
             raise ArtifactError(f"{folder}: marked complete but its chunks cover {covered} of {n} queries")
         for (a1, b1, _), (a2, _, p2) in zip(chunks, chunks[1:]):
