@@ -156,6 +156,32 @@ def test_kill9_then_resume_equals_clean_run(tiny_beir, tiny_ce, tmp_path):
     assert a.table().equals(b.table())
 
 
+def test_ctrl_c_keeps_committed_chunks_and_says_how_to_resume(tiny_beir, tmp_path):
+    """A real SIGINT mid-run: exit 130, one line naming the folder that keeps the committed chunks; the rerun
+    of the same command finishes the store."""
+    out = tmp_path / "s"
+    args = _args(tiny_beir, out, tmp_path / "cache", "--teacher", "bm25", "--chunk-size", "1")
+    env = {**os.environ, "EMBED_KD_SCORE_PAUSE_AFTER_CHUNKS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "embed_kd", *args]
+    cmd.remove("-q")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, line = time.time() + 120, ""
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        if "pausing before committing" in line or (not line and proc.poll() is not None):
+            break
+    assert "pausing before committing" in line, "the scoring subprocess did not reach the pause point"
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=30) == 130
+    assert rest.strip().splitlines()[-1] == (f"Interrupted: the chunks committed so far are kept in {out}; rerun the "
+                                             "same command to resume."), rest
+    assert "Traceback" not in rest
+    assert [p.name for p in (out / "shards").glob("chunk-*")] == ["chunk-000000-000000.parquet"]
+    assert _invoke(args).exit_code == 0
+    assert open_scores(out).manifest["complete"]
+
+
 def test_shards_merge_equals_clean(tiny_beir, tiny_ce, tmp_path):
     extra = ("--teacher", f"ce:{tiny_ce}", "--chunk-size", "2")
     cache = tmp_path / "cache"

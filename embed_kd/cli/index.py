@@ -3,39 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 
 import click
 
 from embed_kd.cli.backend import backend_option
 from embed_kd.cli.compress import compression_from_flags, compression_options
 from embed_kd.cli.common import device_option, run_command, set_threads, setup_logging, verbosity_options
-
-
-def _load_docs(spec: str, limit: int | None = None) -> tuple[dict, str, str]:
-    """``(corpus, name, source)`` from a corpus file (JSONL / TSV / plain text, ``.gz``; an HF dataset or
-    Parquet source: :mod:`embed_kd.data.inputs`), a BEIR folder or a dataset name."""
-    from embed_kd.data import load_corpus, resolve_dataset
-    from embed_kd.data.beir import corpus_path
-    from embed_kd.data.inputs import input_kind, read_corpus
-
-    p = Path(spec).expanduser()
-    if p.is_file() or input_kind(spec) == "table":
-        name = p.parent.name if p.is_file() else p.name
-        corpus, source = read_corpus(spec if input_kind(spec) == "table" else p), str(spec)
-    else:
-        folder = resolve_dataset(spec)
-        corpus, name, source = load_corpus(corpus_path(folder)), Path(folder).name, str(folder)
-    if limit:
-        corpus = dict(list(corpus.items())[:limit])
-    return corpus, name, source
-
-
-def _cache(cache_dir, no_cache):
-    from embed_kd.index.cache import EmbeddingCache
-
-    return EmbeddingCache(cache_dir, enabled=not no_cache)
+from embed_kd.cli.options import encoding_options
 
 
 def _summary(manifest: dict, path: str) -> str:
@@ -56,20 +30,11 @@ def index_group() -> None:
     """
 
 
-_common = [
-    click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Encoding batch size."),
-    click.option("--cache-dir", type=click.Path(file_okay=False),
-                 help="Embedding cache root (default $EMBED_KD_CACHE or ~/.cache/embed_kd)."),
-    click.option("--no-cache", is_flag=True, help="Do not read or write the document-embedding cache."),
-    click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: torch's choice)."),
-    click.option("--no-progress", is_flag=True, help="No progress bars."),
-]
-
-
 def _with_common(fn):
-    for opt in reversed(_common):
-        fn = opt(fn)
-    return fn
+    """``--batch-size`` and the encoding-run flags (:func:`embed_kd.cli.options.encoding_options`)."""
+    fn = encoding_options(fn)
+    return click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1),
+                        help="Encoding batch size.")(fn)
 
 
 @index_group.command("build")
@@ -95,38 +60,25 @@ def build_command(data, doc_model, output, kind, limit_docs, overwrite, batch_si
 
     Under torchrun / accelerate launch every process encodes a share of the corpus; rank 0 writes.
     """
-    from embed_kd import distributed as dist
-    from embed_kd.index.store import ARTIFACT, build_index
-    from embed_kd.io import check_writable, claim_output
-    from embed_kd.models import load_sentence_transformer
-    from embed_kd.students.asym import document_route
+    from embed_kd.serve.indexing import IndexBuildRequest, run_index_build
 
     setup_logging(verbose, quiet)
     set_threads(threads)
-    world = dist.init()
-    from embed_kd.device import select_device
-    select_device(device)  # --device / $EMBED_KD_DEVICE / auto; logged once
-    claim_output(output, ARTIFACT, overwrite=overwrite)
-    check_writable(output)  # before the encode
-    t0 = time.perf_counter()
-    corpus, name, source = _load_docs(data, limit_docs)
-    model = document_route(load_sentence_transformer(doc_model))  # an asym model: its document route
-    if backend != "torch":
-        from embed_kd.teachers.bi_backend import with_backend
-
-        model = with_backend(model, backend, threads=threads, cache_root=Path(cache_dir) if cache_dir else None)
-    manifest = build_index(output, corpus, model, kind=kind, cache=_cache(cache_dir, no_cache), batch_size=batch_size,
-                           name=name, source=source, overwrite=overwrite, show_progress=not no_progress,
-                           compression=compression_from_flags(truncate_dim, precision, rescore))
-    if not world.is_main:
+    res = run_index_build(IndexBuildRequest(
+        data=data, doc_model_spec=doc_model, output=output, kind=kind, limit_docs=limit_docs, overwrite=overwrite,
+        batch_size=batch_size, cache_dir=cache_dir, use_cache=not no_cache, threads=threads,
+        show_progress=not no_progress, device=device, backend=backend,
+        compression=compression_from_flags(truncate_dim, precision, rescore)))
+    if not res.is_main:
         return
-    click.echo(_summary(manifest, output))
-    click.echo(f"built in {time.perf_counter() - t0:.1f}s", err=True)
+    click.echo(_summary(res.manifest, output))
+    click.echo(f"built in {res.seconds:.1f}s", err=True)
 
 
 @index_group.command("add")
 @click.argument("index_dir", type=click.Path(file_okay=False))
-@click.option("--docs", required=True, help="New documents: a corpus.jsonl file (BEIR format) or a BEIR folder.")
+@click.option("--docs", required=True, help="New documents: a corpus file (JSONL/TSV/plain text, .gz, hf:/Parquet), "
+                                             "a BEIR folder or a dataset name.")
 @click.option("--doc-model", help="The index's doc model (default: the spec recorded in its manifest); "
                                   "its fingerprint must match.")
 @_with_common
@@ -137,31 +89,17 @@ def build_command(data, doc_model, output, kind, limit_docs, overwrite, batch_si
 def add_command(index_dir, docs, doc_model, batch_size, cache_dir, no_cache, threads, no_progress, verbose, quiet, device=None,
                 backend="torch"):
     """Encode new documents and append them to INDEX_DIR (atomic; ids already indexed are refused)."""
-    from embed_kd import distributed as dist
-    from embed_kd.index.store import add_documents, read_manifest
-    from embed_kd.models import load_sentence_transformer
-    from embed_kd.students.asym import document_route
+    from embed_kd.serve.indexing import IndexAddRequest, run_index_add
 
     setup_logging(verbose, quiet)
     set_threads(threads)
-    world = dist.init()  # under torchrun: data-parallel encoding, rank 0 appends
-    from embed_kd.device import select_device
-    select_device(device)  # --device / $EMBED_KD_DEVICE / auto; logged once
-    t0 = time.perf_counter()
-    manifest = read_manifest(index_dir)
-    corpus, _, source = _load_docs(docs)
-    model = document_route(load_sentence_transformer(doc_model or manifest["doc_model"]["spec"]))
-    if backend != "torch":
-        from embed_kd.teachers.bi_backend import with_backend
-
-        model = with_backend(model, backend, threads=threads, cache_root=Path(cache_dir) if cache_dir else None)
-    before = manifest["n"]
-    manifest = add_documents(index_dir, corpus, model, cache=_cache(cache_dir, no_cache), batch_size=batch_size,
-                             source=source, show_progress=not no_progress)
-    if not world.is_main:
+    res = run_index_add(IndexAddRequest(
+        index_dir=index_dir, docs=docs, doc_model_spec=doc_model, batch_size=batch_size, cache_dir=cache_dir,
+        use_cache=not no_cache, threads=threads, show_progress=not no_progress, device=device, backend=backend))
+    if not res.is_main:
         return
-    click.echo(_summary(manifest, index_dir))
-    click.echo(f"added {manifest['n'] - before} docs in {time.perf_counter() - t0:.1f}s", err=True)
+    click.echo(_summary(res.manifest, index_dir))
+    click.echo(f"added {res.added} docs in {res.seconds:.1f}s", err=True)
 
 
 @index_group.command("info")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from embed_kd.cli.common import device_option, note, run_command, set_threads, setup_logging, verbosity_options
+from embed_kd.cli.options import encoding_options
 from embed_kd.teachers.bi_backend import BACKENDS as BI_BACKENDS
 from embed_kd.teachers.scorers import BACKENDS
 
@@ -83,50 +84,37 @@ def _parse_shard(ctx, param, value):
 @click.option("--limit", type=click.IntRange(1), help="Smoke run: only the first N judged queries.")
 @click.option("--no-positives", is_flag=True, help="Do not add qrels positives that no source retrieved.")
 @click.option("--allow-missing-ids", is_flag=True, help="Drop (and count) qrels rows naming unknown ids.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Embedding cache root (default $EMBED_KD_CACHE).")
-@click.option("--no-cache", is_flag=True, help="Do not read or write the document-embedding cache.")
-@click.option("--threads", type=click.IntRange(1), help="torch CPU threads.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@encoding_options
 @device_option
 @verbosity_options
 @run_command
-def run_command_(data, split, queries_file, corpus_file, candidates, teachers, output, overwrite, ensemble_norm, weights, activation,
-                 max_length, backend, bi_backend, chunk_size, batch_size, shard, limit, no_positives,
+def run_command_(data, split, queries_file, corpus_file, candidates, teachers, output, overwrite, ensemble_norm, weights,
+                 activation, max_length, backend, bi_backend, chunk_size, batch_size, shard, limit, no_positives,
                  allow_missing_ids, cache_dir, no_cache, threads, no_progress, verbose, quiet, device=None):
     """Score candidates of a split with one or more teachers into a score store (resumes by default)."""
-    from embed_kd import distributed as dist
-    from embed_kd.data.inputs import load_inputs
-    from embed_kd.device import select_device
-    from embed_kd.teachers.combine import ensemble_weights
-    from embed_kd.teachers.parallel import parts_folder, score_teacher_launched
-    from embed_kd.teachers.scorers import parse_teacher_spec
-    from embed_kd.teachers.scoring import ScoreOptions
+    from embed_kd.teachers.request import ScoreRequest, ScoringInterrupted, run_score_teacher
 
     setup_logging(verbose, quiet)
     set_threads(threads)
-    select_device(device)  # --device / $EMBED_KD_DEVICE / auto; logged once
-    world = dist.get_world()  # WORLD_SIZE > 1 under torchrun / accelerate launch
-    w = ensemble_weights(weights, [parse_teacher_spec(t).name for t in teachers], ensemble_norm)
-    dataset = load_inputs(data=data, split=split, corpus=corpus_file, queries=queries_file,
-                          allow_missing_ids=allow_missing_ids)
-    opts = ScoreOptions(chunk_size=chunk_size, batch_size=batch_size, shard=shard, limit=limit, overwrite=overwrite,
-                        include_positives=not no_positives, activation=None if activation == "none" else activation,
-                        max_length=max_length, backend=backend, bi_backend=bi_backend,
-                        ensemble_norm=ensemble_norm, weights=w, cache_dir=cache_dir, use_cache=not no_cache,
-                        show_progress=not no_progress)
+    req = ScoreRequest(
+        candidates=candidates, teachers=teachers, output=output, data=data, split=split, queries_file=queries_file,
+        corpus_file=corpus_file, overwrite=overwrite, ensemble_norm=ensemble_norm, weights=weights,
+        activation=activation, max_length=max_length, backend=backend, bi_backend=bi_backend, chunk_size=chunk_size,
+        batch_size=batch_size, shard=shard, limit=limit, include_positives=not no_positives,
+        allow_missing_ids=allow_missing_ids, cache_dir=cache_dir, use_cache=not no_cache,
+        show_progress=not no_progress, device=device)
     try:
-        s = score_teacher_launched(dataset, candidates, teachers, output, opts)
-    except KeyboardInterrupt:
-        kept = parts_folder(output) if world.distributed else output
-        if world.is_main:
-            click.echo(f"Interrupted: the chunks committed so far are kept in {kept}; rerun the same command to "
-                       "resume.", err=True)
+        res = run_score_teacher(req)
+    except ScoringInterrupted as exc:
+        if exc.is_main:
+            click.echo(exc.message, err=True)
         raise SystemExit(130) from None
-    if not world.is_main:
+    if not res.is_main:  # under torchrun: rank 0 reports
         return
+    s = res.summary
     rate = f"{s['pairs_per_s']:.1f} pairs/s" if s["pairs_per_s"] else "n/a"
-    if world.distributed:
-        click.echo(f"{world.world_size} processes, one shard each, merged into {s['out']}", err=True)
+    if res.distributed:
+        click.echo(f"{res.world_size} processes, one shard each, merged into {s['out']}", err=True)
     note(f"{s['out']}: {s['rows']} rows, complete={s['complete']}; this run scored {s['queries_scored']} "
          f"queries / {s['pairs']} pairs ({rate}), skipped {s['chunks_skipped']} committed chunk(s); "
          f"{s['total_s']:.1f}s")

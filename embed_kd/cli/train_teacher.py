@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from embed_kd.cli.common import device_option, run_command, set_threads, setup_logging, verbosity_options
+from embed_kd.cli.options import encoding_options
 
 
 @click.command("train-teacher")
@@ -38,10 +37,7 @@ from embed_kd.cli.common import device_option, run_command, set_threads, setup_l
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="Training precision: auto = bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU.")
 @click.option("--limit-queries", type=click.IntRange(1), help="Smoke run: only the first N training queries.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Embedding cache root (default $EMBED_KD_CACHE).")
-@click.option("--no-cache", is_flag=True, help="Do not read or write the document-embedding cache.")
-@click.option("--threads", type=click.IntRange(1), help="torch CPU threads.")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@encoding_options
 @device_option
 @verbosity_options
 @run_command
@@ -55,29 +51,20 @@ def train_teacher_command(data, split, base, output, overwrite, loss, targets, l
     embed-kd train-teacher --data scifact --split train --base minilm-l6 --output runs/ce
     embed-kd eval --data scifact --model bm25 --rerank runs/ce --rerank-depth 20
     """
-    from embed_kd.io import claim_output
-    from embed_kd.training.train_teacher import ARTIFACT
+    from embed_kd.training.teacher_request import TrainTeacherRequest, run_train_teacher
+    from embed_kd.training.train_teacher import TrainTeacherConfig
 
     setup_logging(verbose, quiet)
     set_threads(threads)
-    from embed_kd.device import select_device
-    select_device(device)  # --device / $EMBED_KD_DEVICE / auto; logged once
-    claim_output(output, ARTIFACT, overwrite=overwrite)
-
-    from embed_kd.data import load_beir, resolve_dataset
-    from embed_kd.training.train_teacher import TrainTeacherConfig, train_teacher
-
     config = TrainTeacherConfig(
         base=base, dense_model=dense_model, loss=loss, targets=targets, label_boost=label_boost, negatives=negatives,
         neg_depth=neg_depth, max_length=max_length, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes,
         learning_rate=learning_rate, batch_size=batch_size, dev_queries=dev_queries, seed=seed,
         eval_queries=eval_queries, eval_depth=eval_depth, eval_steps=eval_steps,
         early_stopping_patience=early_stopping_patience, precision=precision, limit_queries=limit_queries)
-    config.validate()
-    folder = resolve_dataset(data)
-    dataset = load_beir(folder, split, name=Path(folder).name)
-    manifest = train_teacher(config, dataset, output, overwrite=overwrite, cache_dir=cache_dir, use_cache=not no_cache,
-                             show_progress=not no_progress)
+    manifest = run_train_teacher(TrainTeacherRequest(
+        data=data, output=output, config=config, split=split, overwrite=overwrite, cache_dir=cache_dir,
+        use_cache=not no_cache, show_progress=not no_progress, device=device))
     dev = manifest["dev"]
     key = "dev_ndcg@10"
     click.echo(f"saved {output} ({manifest['examples']} examples, {manifest['train']['steps']} steps, "
