@@ -296,3 +296,39 @@ def test_serving_a_large_k_and_many_queries_uses_one_batch(server):
     assert all(len(set(r["ids"])) == 20 for r in res)
     emb = engine.encode(QUERIES[:4])
     assert emb.shape == (4, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_micro_batcher_waits_only_for_announced_arrivals():
+    """With arrivals announced (as the app does), a lone request is not held for the gathering
+    window, while a request that has arrived but not yet submitted is waited for."""
+    sizes = []
+
+    def process(items):
+        sizes.append(len(items))
+        return [x * 2 for x in items]
+
+    async def run():
+        b = MicroBatcher(process, max_batch_size=8, max_wait_ms=30_000)
+        await b.start()
+        lone = b.announce()
+        t = time.perf_counter()
+        assert await b.submit([1], lone) == [2]
+        lone_s = time.perf_counter() - t
+        first, second = b.announce(), b.announce()  # two requests inside the server
+
+        async def late():
+            await asyncio.sleep(0.2)  # still being read/validated when the first one submits
+            return await b.submit([3], second)
+
+        outs = await asyncio.gather(b.submit([1], first), late())
+        refused = b.announce()
+        b.withdraw(refused)  # refused before submitting: nobody waits for it
+        t = time.perf_counter()
+        assert await b.submit([5], b.announce()) == [10]
+        after_withdraw_s = time.perf_counter() - t
+        await b.stop()
+        return lone_s, outs, after_withdraw_s
+
+    lone_s, outs, after_withdraw_s = asyncio.run(run())
+    assert lone_s < 15 and after_withdraw_s < 15  # far below the 30 s window: no gathering wait
+    assert outs == [[2], [6]] and sizes == [1, 2, 1]  # the late arrival joined the first one's batch

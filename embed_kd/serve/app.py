@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from embed_kd import __version__
 from embed_kd.device import device_info
 from embed_kd.io import versions
-from embed_kd.serve.batching import MicroBatcher
+from embed_kd.serve.batching import Arrival, MicroBatcher
 from embed_kd.serve.engine import SearchEngine
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -149,11 +149,33 @@ class _BodyLimit:
         await self.app(scope, replay, send)
 
 
+class _Arrivals:
+    """Pure ASGI middleware: announce each ``POST /search`` to the micro-batcher as soon as it
+    reaches the server (before its body is read and validated), and withdraw it if it never
+    submits — so the batcher waits for requests that are on their way, and only for those."""
+
+    def __init__(self, app, batcher: MicroBatcher):
+        self.app, self.batcher = app, batcher
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") != "/search":
+            await self.app(scope, receive, send)
+            return
+        arrival = scope[ARRIVAL_KEY] = self.batcher.announce()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.batcher.withdraw(arrival)  # a no-op once the request has submitted
+
+
+ARRIVAL_KEY = "embed_kd.arrival"
+
+
 def create_app(engine: "SearchEngine", settings: ServeSettings | None = None) -> "FastAPI":
     """Build the app around a loaded engine (its micro-batcher starts with the app's lifespan)."""
     import contextlib
 
-    from fastapi import FastAPI
+    from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -219,6 +241,7 @@ def create_app(engine: "SearchEngine", settings: ServeSettings | None = None) ->
                   description="Asymmetric dense retrieval: documents encoded by the teacher, queries by the "
                               "query model (a student aligned to it, or the teacher itself).")
     app.add_middleware(_BodyLimit, limit=s.max_body_bytes)
+    app.add_middleware(_Arrivals, batcher=batcher)  # outermost: counts a request before anything reads it
     app.state.engine, app.state.batcher, app.state.settings = engine, batcher, s
 
     @app.exception_handler(RequestValidationError)
@@ -249,12 +272,13 @@ def create_app(engine: "SearchEngine", settings: ServeSettings | None = None) ->
                             headers=getattr(exc, "headers", None))
 
     @app.post("/search")
-    async def search(req: SearchRequest) -> dict:
+    async def search(req: SearchRequest, request: Request) -> dict:
         """Top-k documents for one query or a list of queries."""
         t = time.perf_counter()
         queries = [req.query] if isinstance(req.query, str) else req.query
+        arrival: Arrival | None = request.scope.get(ARRIVAL_KEY)
         try:
-            hits = await batcher.submit([(q, req.k) for q in queries])
+            hits = await batcher.submit([(q, req.k) for q in queries], arrival)
         except Exception as exc:  # noqa: BLE001 - this request's own failure (the batcher isolated it)
             return JSONResponse({"error": f"the query could not be processed ({type(exc).__name__}: "
                                           f"{' '.join(str(exc).split())[:300]})", "problems": []}, status_code=500)

@@ -7,8 +7,18 @@ load, and one that encodes on the event loop stalls every other connection meanw
 waiting request, then keeps collecting requests for at most ``max_wait_ms`` or until
 ``max_batch_size`` items are gathered, runs ``process(items)`` once in a worker thread, and hands
 each request its slice of the results. While one batch is being encoded, the next one gathers,
-so under load batches grow by themselves; with one client, the added latency is at most
-``max_wait_ms``. A request with more items than ``max_batch_size`` is processed whole, never split.
+so under load batches grow by themselves. A request with more items than ``max_batch_size`` is
+processed whole, never split.
+
+Arrivals (adaptive gathering). The server knows more than the queue does: a request that has
+reached it but is still being read and validated will be submitted in a moment. The app
+:meth:`~MicroBatcher.announce`\s each ``/search`` request as it arrives and hands the
+:class:`Arrival` to :meth:`~MicroBatcher.submit` (or :meth:`~MicroBatcher.withdraw`\s it when it
+is refused before that). Once a batcher has seen an announcement it gathers only while an
+announced request is still on its way, and for at most ``max_wait_ms``: a lone client pays no
+gathering wait at all, and under load the batch takes in every request already inside the server.
+A batcher that is never told of arrivals (a library user calling ``submit`` alone) always gathers
+for the whole window.
 
 ``process`` receives a list of items and must return a list of results of the same length. If it
 raises for a batch of several requests, the failure is isolated: each request of the batch is
@@ -60,6 +70,13 @@ class BatchStats:
 
 
 @dataclass
+class Arrival:
+    """A request that reached the server and may soon submit (see :meth:`MicroBatcher.announce`)."""
+
+    open: bool = True
+
+
+@dataclass
 class _Pending:
     items: list
     future: asyncio.Future
@@ -82,6 +99,20 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._upcoming = 0  # announced requests that have not submitted (or withdrawn) yet
+        self._tracking = False  # set by the first announce(): gather only while arrivals are on their way
+
+    def announce(self) -> Arrival:
+        """A request has reached the server and will probably :meth:`submit` soon."""
+        self._tracking = True
+        self._upcoming += 1
+        return Arrival()
+
+    def withdraw(self, arrival: Arrival) -> None:
+        """The announced request will not submit (refused, failed, or already submitted: a no-op)."""
+        if arrival.open:
+            arrival.open = False
+            self._upcoming -= 1
 
     async def start(self) -> None:
         """Start the worker task (call from the event loop that will call :meth:`submit`)."""
@@ -101,8 +132,11 @@ class MicroBatcher:
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    async def submit(self, items: list) -> list:
-        """Queue ``items`` and wait for their results (in the same order)."""
+    async def submit(self, items: list, arrival: Arrival | None = None) -> list:
+        """Queue ``items`` and wait for their results (in the same order); ``arrival``: the
+        :meth:`announce` of this request, if it was announced."""
+        if arrival is not None:
+            self.withdraw(arrival)  # no longer on its way: it is in the queue from here on
         if self._queue is None or self._task is None:
             raise RuntimeError("MicroBatcher.submit() before start()")
         if self._task.done():  # the worker died: fail loudly rather than hang
@@ -119,6 +153,8 @@ class MicroBatcher:
         deadline = loop.time() + self.max_wait_ms / 1000.0
         while n < self.max_batch_size:
             remaining = deadline - loop.time()
+            if self._tracking and self._upcoming <= 0 and self._queue.empty():
+                break  # nobody else is inside the server: waiting would only add latency
             try:
                 if remaining <= 0:
                     nxt = self._queue.get_nowait()
