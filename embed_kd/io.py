@@ -89,6 +89,14 @@ _TEMP_RE = re.compile(r"^\..+\.pid\d+-[^/]*\.tmp$")
 
 
 def _article(what: str) -> str:
+    """'a' or 'an' as the word is spoken; an acronym is spelled out (an STS result, an MTEB result).
+
+    >>> [f"{_article(w)} {w}" for w in ("index folder", "eval result", "STS result", "MTEB result", "BEIR folder")]
+    ['an index folder', 'an eval result', 'an STS result', 'an MTEB result', 'a BEIR folder']
+    """
+    word = what.split(" ", 1)[0]
+    if len(word) > 1 and word.isupper():  # letters' names: eff, aitch, el, em, en, ar, ess, ex start with a vowel
+        return "an" if word[0] in "AEFHILMNORSX" else "a"
     return "an" if what[:1].lower() in "aeiou" else "a"
 
 
