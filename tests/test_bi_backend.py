@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
@@ -53,7 +54,7 @@ def test_eval_backend_same_metrics_own_cache_entry(tiny_beir, tiny_model, tiny_m
 
 
 def test_index_add_backend_equals_a_torch_build(tiny_beir, tiny_model, cache_dir, tmp_path):
-    """``index add --backend openvino`` appends what torch would have (same hits, scores within 1e-5) and records
+    """``index add --backend openvino`` (documents from a gzipped TSV) appends what torch would have (same hits, scores within 1e-5) and records
     the runtime in its batch; the index's doc model (fingerprint) is unchanged."""
     pytest.importorskip("openvino")
     from embed_kd.data import load_corpus
@@ -65,14 +66,16 @@ def test_index_add_backend_equals_a_torch_build(tiny_beir, tiny_model, cache_dir
         return r
 
     corpus = load_corpus(tiny_beir / "corpus.jsonl")
-    new = tmp_path / "new.jsonl"
-    new.write_text("".join(json.dumps({"_id": d, **v}) + "\n" for d, v in list(corpus.items())[20:]))
+    new = tmp_path / "new.tsv.gz"  # `index add --docs` takes any corpus file the readers take, not only BEIR's
+    new.write_bytes(gzip.compress(("id\ttitle\ttext\n" + "".join(f"{d}\t{v['title']}\t{v['text']}\n" for d, v in
+                                                                 list(corpus.items())[20:])).encode()))
     part, full = tmp_path / "part", tmp_path / "full"
     index("build", "--data", str(tiny_beir), "--doc-model", str(tiny_model), "-o", str(part), "--limit-docs", "20")
     index("add", str(part), "--docs", str(new), "--backend", "openvino")
     index("build", "--data", str(tiny_beir), "--doc-model", str(tiny_model), "-o", str(full))
     a, b = open_index(part), open_index(full)
     assert a.ids == b.ids and a.manifest["doc_model"] == b.manifest["doc_model"]
+    assert a.manifest["corpus"]["fingerprint"] == b.manifest["corpus"]["fingerprint"]
     assert [x.get("backend") for x in a.manifest["batches"]] == [None, "openvino-f32"]
     np.testing.assert_allclose(a.index.reconstruct_n(0, a.n), b.index.reconstruct_n(0, b.n), atol=1e-5, rtol=0)
     q = b.index.reconstruct_n(0, b.n)[::5]

@@ -182,6 +182,29 @@ def test_ctrl_c_keeps_committed_chunks_and_says_how_to_resume(tiny_beir, tmp_pat
     assert open_scores(out).manifest["complete"]
 
 
+def test_run_score_teacher_is_the_command_without_the_cli(tiny_beir, tmp_path):
+    """The library call behind `score-teacher run`: the same store as the command, a result to render, and the
+    request's mistakes refused before anything is written."""
+    from embed_kd.errors import EmbedKDError
+    from embed_kd.teachers.request import ScoreRequest, run_score_teacher
+
+    req = ScoreRequest(candidates=("bm25:4",), teachers=("bm25", "b2=bm25"), output=str(tmp_path / "lib"),
+                       data=str(tiny_beir), weights="bm25=1,b2=3", ensemble_norm="minmax", chunk_size=2,
+                       cache_dir=str(tmp_path / "cache"), show_progress=False)
+    res = run_score_teacher(req)
+    assert res.is_main and not res.distributed and res.summary["complete"] and res.summary["out"] == req.output
+    assert res.summary["rows"] == open_scores(req.output).manifest["progress"]["rows"] > 0
+    r = _invoke(_args(tiny_beir, tmp_path / "cli", tmp_path / "cache", "--teacher", "bm25", "--teacher", "b2=bm25",
+                      "--weights", "bm25=1,b2=3", "--ensemble", "minmax", "--chunk-size", "2"))
+    assert r.exit_code == 0, r.output
+    assert open_scores(req.output).table().equals(open_scores(tmp_path / "cli").table())
+    bad = ScoreRequest(candidates=("bm25:4",), teachers=("bm25",), output=str(tmp_path / "bad"), data=str(tiny_beir),
+                       bi_backend="tensorrt")
+    with pytest.raises(EmbedKDError, match="--bi-backend must be one of torch, openvino, onnx"):
+        run_score_teacher(bad)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_shards_merge_equals_clean(tiny_beir, tiny_ce, tmp_path):
     extra = ("--teacher", f"ce:{tiny_ce}", "--chunk-size", "2")
     cache = tmp_path / "cache"
