@@ -45,10 +45,10 @@ reads it.
       "dataset": {"name", "split", "corpus_fingerprint", "queries_fingerprint", "qrels_fingerprint",
                   "n_queries", "notes"},
       "candidates": [{"source": "bm25", "name", "k", ...config}, {"source": "dense", "name", "model",
-                     "model_fingerprint", "k"}],
+                     "model_fingerprint", "k"[, "backend": "openvino"|"onnx" (--bi-backend; absent = torch)]}],
       "include_positives": true,
       "teachers": [{"name", "spec", "kind": "cross-encoder"|"bi-encoder"|"bm25", "fingerprint",
-                    "activation", "max_length", "backend"}],
+                    "activation", "max_length", "backend"}],   # bi-encoders: the --bi-backend runtime
       "ensemble": null | {"norm": "zscore"|"minmax"|"none"|"mean", "weights": {name: w}},
       "config_fingerprint": fingerprint of (dataset fingerprints + n_queries, candidates,
                             include_positives, teachers, ensemble),
