@@ -38,6 +38,86 @@ def percentile(values: list[float], q: float) -> float:
     return s[rank - 1]
 
 
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection written with asyncio streams: the lightest client there is,
+    so that at high concurrency the load generator (sharing the server's cores) costs as little as
+    possible. It speaks only what this benchmark needs: POST a JSON body, read a Content-Length reply."""
+
+    def __init__(self, url: str):
+        host_port = url.split("://", 1)[1].rstrip("/")
+        self.host, _, port = host_port.partition(":")
+        self.port = int(port or 80)
+        self.reader = self.writer = None
+
+    async def post_json(self, path: str, payload: dict) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        body = json.dumps(payload).encode()
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        await self.writer.drain()
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
+        length = {k.strip().lower(): v.strip() for k, v in headers.items()}.get("content-length")
+        if length is None:
+            raise RuntimeError("reply without Content-Length")
+        return status, await self.reader.readexactly(int(length))
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            await self.writer.wait_closed()
+
+
+async def run_level_raw(url: str, queries: list[str], concurrency: int, n_requests: int, max_seconds: float,
+                        k: int) -> dict:
+    """:func:`run_level` with one :class:`RawConnection` per client instead of an httpx pool."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    counter = iter(range(n_requests))
+    conns = [RawConnection(url) for _ in range(concurrency)]
+    start = time.perf_counter()
+    deadline = start + max_seconds
+
+    async def worker(conn: RawConnection) -> None:
+        for i in counter:
+            if time.perf_counter() > deadline:
+                return
+            t = time.perf_counter()
+            try:
+                status, body = await conn.post_json("/search", {"query": queries[i % len(queries)], "k": k})
+                ok = status == 200 and len(json.loads(body)["results"][0]["ids"]) == k
+                if not ok:
+                    errors.append(f"HTTP {status}: {body[:200]!r}")
+                    continue
+            except (OSError, asyncio.IncompleteReadError, RuntimeError, ValueError) as exc:
+                errors.append(f"{exc.__class__.__name__}: {exc}")
+                await conn.close()
+                conn.writer = None
+                continue
+            latencies.append(time.perf_counter() - t)
+
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - start
+    for c in conns:
+        await c.close()
+    return _level_result(concurrency, latencies, errors, elapsed, n_requests)
+
+
+def _level_result(concurrency: int, latencies: list[float], errors: list[str], elapsed: float, n_requests: int) -> dict:
+    return {
+        "concurrency": concurrency, "requests": len(latencies) + len(errors), "ok": len(latencies),
+        "errors": len(errors), "error_samples": errors[:5], "elapsed_s": elapsed,
+        "qps": len(latencies) / elapsed if elapsed > 0 else None,
+        "p50_ms": percentile(latencies, 50) * 1000 if latencies else None,
+        "p99_ms": percentile(latencies, 99) * 1000 if latencies else None,
+        "mean_ms": statistics.fmean(latencies) * 1000 if latencies else None,
+        "stopped_by": "time" if len(latencies) + len(errors) < n_requests else "count",
+    }
+
+
 async def run_level(url: str, queries: list[str], concurrency: int, n_requests: int, max_seconds: float, k: int) -> dict:
     latencies: list[float] = []
     errors: list[str] = []
@@ -65,15 +145,7 @@ async def run_level(url: str, queries: list[str], concurrency: int, n_requests: 
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
-    return {
-        "concurrency": concurrency, "requests": len(latencies) + len(errors), "ok": len(latencies),
-        "errors": len(errors), "error_samples": errors[:5], "elapsed_s": elapsed,
-        "qps": len(latencies) / elapsed if elapsed > 0 else None,
-        "p50_ms": percentile(latencies, 50) * 1000 if latencies else None,
-        "p99_ms": percentile(latencies, 99) * 1000 if latencies else None,
-        "mean_ms": statistics.fmean(latencies) * 1000 if latencies else None,
-        "stopped_by": "time" if len(latencies) + len(errors) < n_requests else "count",
-    }
+    return _level_result(concurrency, latencies, errors, elapsed, n_requests)
 
 
 def main() -> int:
@@ -90,6 +162,9 @@ def main() -> int:
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--port", type=int, default=0, help="0: a free port")
     ap.add_argument("--serve-arg", action="append", default=[], help="extra flag for embed-kd serve (repeatable)")
+    ap.add_argument("--client", choices=("httpx", "raw"), default="httpx",
+                    help="load generator: an httpx connection pool, or one raw asyncio HTTP/1.1 keep-alive "
+                         "connection per client (lighter: the client shares the server's cores)")
     ap.add_argument("-o", "--output", help="write the measurements as JSON here")
     args = ap.parse_args()
 
@@ -117,7 +192,8 @@ def main() -> int:
             for c in levels:
                 before = httpx.get(f"{url}/info").json()["batching"]
                 load0 = os.getloadavg()[0]
-                r = asyncio.run(run_level(url, queries, c, args.requests, args.max_seconds, args.k))
+                level = run_level_raw if args.client == "raw" else run_level
+                r = asyncio.run(level(url, queries, c, args.requests, args.max_seconds, args.k))
                 after = httpx.get(f"{url}/info").json()["batching"]
                 batches = after["batches"] - before["batches"]
                 r["mean_batch"] = (after["items"] - before["items"]) / batches if batches else None
@@ -132,7 +208,7 @@ def main() -> int:
 
     env = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
            "loadavg_end": os.getloadavg(), "k": args.k, "requests_per_level": args.requests,
-           "max_seconds_per_level": args.max_seconds, "data": f"{args.data}/{args.split}",
+           "max_seconds_per_level": args.max_seconds, "data": f"{args.data}/{args.split}", "client": args.client,
            "n_queries": len(queries), "index": args.index, "serve_args": args.serve_arg,
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = {"env": env, "runs": runs}
