@@ -32,11 +32,12 @@ def fake_bf16() -> bool | None:
     """The faked bf16 capability from ``EMBED_KD_FAKE_CPU_BF16`` (None: not faked).
 
     >>> import os
+    >>> before = os.environ.get("EMBED_KD_FAKE_CPU_BF16")  # CI fakes it for the whole run: put it back after
     >>> os.environ["EMBED_KD_FAKE_CPU_BF16"] = "0"; fake_bf16()
     False
     >>> os.environ["EMBED_KD_FAKE_CPU_BF16"] = ""; fake_bf16() is None
     True
-    >>> del os.environ["EMBED_KD_FAKE_CPU_BF16"]
+    >>> _ = os.environ.pop("EMBED_KD_FAKE_CPU_BF16") if before is None else os.environ.update(EMBED_KD_FAKE_CPU_BF16=before)
     """
     value = os.environ.get(FAKE_BF16_ENV, "").strip()
     if not value:

@@ -99,3 +99,20 @@ def test_serve_backend_same_hits(tiny_beir, tiny_model, cache_dir, tmp_path, mon
     got, want = fast.search_items(items), plain.search_items(items)
     assert [g[0] for g in got] == [w[0] for w in want]
     np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["bm25", "ensemble", "mteb", "sts"])
+def test_eval_backend_refused_where_it_would_be_ignored(mode, tiny_beir, tiny_model, tmp_path):
+    """--backend converts the dense retrieval's encoders; modes that run on torch refuse it (one Error line,
+    exit 2, before any work) instead of silently ignoring it."""
+    ens = tmp_path / "ens.yaml"
+    ens.write_text("schema: embed-kd/ensemble@1\nnorm: zscore\nmembers:\n  - {name: b, spec: bm25}\n")
+    args = {"bm25": ["--data", str(tiny_beir), "--model", "bm25"],
+            "ensemble": ["--data", str(tiny_beir), "--ensemble", str(ens)],
+            "mteb": ["--mteb", "SciFact", "--model", str(tiny_model)],
+            "sts": ["--sts", str(tmp_path / "pairs.tsv"), "--model", str(tiny_model)]}[mode]
+    r = CliRunner().invoke(main, ["eval", "--backend", "openvino", "--no-progress", "-q", *args,
+                                  "-o", str(tmp_path / "r.json")])
+    errors = [line for line in r.output.splitlines() if line.startswith("Error: ")]
+    assert r.exit_code == 2 and len(errors) == 1 and "--backend openvino" in errors[0], r.output
+    assert not (tmp_path / "r.json").exists()

@@ -119,6 +119,11 @@ class EvalRequest:
             raise EmbedKDError("--save-weights needs --ensemble")
         if not self.ensemble_config and not self.model and not (self.query_model and self.doc_model):
             raise EmbedKDError("pass --model, or both --query-model and --doc-model")
+        if self.backend != "torch" and self.mode in ("mteb", "sts", "ensemble", "bm25", "sparse"):
+            what = {"mteb": "--mteb", "sts": "--sts", "ensemble": "--ensemble", "bm25": "bm25",
+                    "sparse": "a sparse model"}[self.mode]
+            raise EmbedKDError(f"--backend {self.backend} converts a dense retrieval's query/document encoders; "
+                               f"{what} runs on torch (leave --backend out)")
         if self.loyalty_teacher and (self.ensemble_config or self.model == "bm25"):
             raise EmbedKDError("--loyalty-teacher compares a dense retriever's embeddings with the teacher's: it "
                                "needs --model M or --query-model/--doc-model (not bm25 or --ensemble)")
