@@ -91,7 +91,8 @@ def render(rows: list[dict], *, rc: int | None, wall_s: float | None) -> str:
              f"`{' '.join(TESTS)}` — not typed by hand. "
              f"Python {platform.python_version()}, {platform.system()} {platform.release()}, "
              f"euid {os.geteuid()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-             + (f"; pytest exit code {rc}, {wall_s:.0f} s wall on a shared, loaded machine" if rc is not None else "")
+             + (f"; pytest exit code {rc}, {wall_s:.0f} s wall, 1-minute load average {os.getloadavg()[0]:.1f} at the "
+                "end (the case outcomes do not depend on it)" if rc is not None else "")
              + ".", "",
              "## Counts", "",
              "| cases tried | clear errors | expected successes (accepted / recovered / resumed) | crashes | "
