@@ -33,7 +33,8 @@ def _layers(text: str | None):
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Output folder (a sentence-transformers model).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. train.lr=1e-4 (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint (OUTPUT.work/).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint (OUTPUT.work/); "
+                                                    "a config's finished phases are reused.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Embedding cache root (default $EMBED_KD_CACHE).")
 @click.option("--limit-queries", type=click.IntRange(1), help="Smoke run: only the first N train queries.")
 @click.option("--limit-docs", type=click.IntRange(1), help="Smoke run: judged docs + others up to N docs.")
@@ -53,6 +54,8 @@ def train_command(config, data, split, queries_file, corpus_file, scores, teache
     embed-kd train --data scifact --scores runs/scifact-train-ens --teacher minilm-l6 \\
         --student-from-teacher --keep-layers 0,2,4 -o runs/student --set train.max_steps=200
     torchrun --nproc-per-node 2 -m embed_kd train CONFIG   (DDP; global batch = 2 × train.batch_size)
+
+    A config with `phases:` trains them in order, each from the previous output (embed_kd.training.phases).
     """
     setup_logging(verbose, quiet)
     set_threads(threads)
@@ -67,9 +70,9 @@ def train_command(config, data, split, queries_file, corpus_file, scores, teache
 
         click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return
-    from embed_kd.training.run import train_student  # a sparse student: training.sparse_run, same layout
+    from embed_kd.training.phases import train_phases  # one run, or the config's phases in order
 
-    m = train_student(cfg, overwrite=overwrite, resume=resume, show_progress=not no_progress, cache_dir=cache_dir,
+    m = train_phases(cfg, overwrite=overwrite, resume=resume, show_progress=not no_progress, cache_dir=cache_dir,
                       limit_queries=limit_queries, limit_docs=limit_docs, config_file=config,
                       overrides=list(overrides))
     from embed_kd.distributed import get_world
@@ -78,6 +81,14 @@ def train_command(config, data, split, queries_file, corpus_file, scores, teache
         return
     tr = m["training"]
     ex = m["examples"]
+    for ph in m.get("phases") or []:
+        dev = (ph["dev"] or {}).get("dev_ndcg_at_10")
+        click.echo(f"phase {ph['phase']} ({ph['name']}): {ph['global_step']} steps, {ph['train_time_s'] / 60:.1f} min"
+                   + (f", dev nDCG@10 {dev:.4f}" if dev is not None else "") + f" → {ph['output']}")
+    if m.get("phases"):
+        from embed_kd.training.config import phase_configs
+
+        click.echo(f"phase {len(m['phases']) + 1} ({phase_configs(cfg)[-1][0]}):")
     click.echo(f"student: {m['student']['init']} → {cfg.output}")
     click.echo(f"examples: score {ex['score']['examples'] if ex['score'] else 0}, "
                f"align {ex['align']['texts'] if ex['align'] else 0}; steps {tr['global_step']}; "

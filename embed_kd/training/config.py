@@ -25,6 +25,9 @@ A config file (``yaml.safe_load``; unknown keys are refused, naming the key) mir
                                      # (SparseConfig; docs/sparse.md)
     static:    {init: teacher, token_pooling: mean, pca_dims: null, weighting: sif, ...}  # student.type: static
                                      # only (embed_kd.students.static.StaticSpec; docs/static.md)
+    phases:                          # then train on from this run's output (dense; embed_kd.training.phases)
+      - name: general                # each phase = the config above + its own `set` (not PHASE_FIXED keys)
+        set: {losses.score: none, examples.align_texts: [stsb-train], train.max_steps: 1200}
 
 Student-type defaults: with ``student.type: static`` in the file (or ``--student-type static``),
 the ``train:`` keys the file does not set take the static defaults
@@ -51,6 +54,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -165,6 +169,7 @@ class TrainConfig:
     sparse: SparseConfig = field(default_factory=SparseConfig)
     static: StaticSpec = field(default_factory=StaticSpec)
     name: str | None = None
+    phases: list = field(default_factory=list)  # later runs from this one's output (phase_configs)
     # where ``device`` was set, for its error messages (not a config key): ``--device``, ``--set device``,
     # ``FILE: device`` (set by config_from_cli); unset, $EMBED_KD_DEVICE names itself (embed_kd.device)
     device_from: typing.ClassVar[str] = "config: device"
@@ -240,6 +245,11 @@ class TrainConfig:
             self._validate_sparse()
         if self.student.type == "static":
             self.static.validate()
+        if self.phases:
+            if self.student.type != "dense":
+                raise EmbedKDError(f"config: phases chain dense students; this student is {self.student.type!r}")
+            for _, phase in phase_configs(self)[1:]:
+                phase.validate()
         return self
 
     def alignment_on_files_only(self) -> bool:
@@ -450,18 +460,90 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as exc:
             raise EmbedKDError(f"--set {item!r}: value is not valid YAML ({describe_parse_error(exc)})") from None
-        if isinstance(value, str) and _looks_float(value):
-            value = float(value)
-        node = raw
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                raise EmbedKDError(f"--set {item!r}: unknown section {part!r}")
-            node = node[part]
-        if parts[-1] not in node:
-            raise EmbedKDError(f"--set {item!r}: unknown key {key!r}")
-        node[parts[-1]] = value
+        _set_key(raw, key, value, f"--set {item!r}")
     return _build(TrainConfig, raw, "config (after --set)")
+
+
+def _set_key(raw: dict, key: str, value: Any, where: str) -> None:
+    """Set the dotted ``key`` of a raw config mapping; ``where`` names the setting in errors."""
+    if isinstance(value, str) and _looks_float(value):
+        value = float(value)
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise EmbedKDError(f"{where}: unknown section {part!r}")
+        node = node[part]
+    if parts[-1] not in node:
+        raise EmbedKDError(f"{where}: unknown key {key!r}")
+    node[parts[-1]] = value
+
+
+#: what a phase may not change: where the result goes, the chain itself, the student (each phase starts
+#: from the previous phase's output) and the device (--device applies to every phase)
+PHASE_FIXED = ("output", "phases", "student", "device")
+_PHASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+
+
+def phase_configs(cfg: TrainConfig) -> list[tuple[str, TrainConfig]]:
+    """The runs of a config with ``phases`` (:mod:`embed_kd.training.phases`): ``[(name, config), ...]``.
+
+    Phase 1 (``base``) is the config itself; phase *k* > 1 is the same config with its own ``set``
+    applied (every phase starts from the *base* config, not from the previous phase's settings) and
+    the previous phase's output as its student. Every phase but the last writes
+    ``OUTPUT.phases/<k>-<name>``; the last writes ``OUTPUT``. Each phase config is built and
+    validated here, so a bad key fails before anything trains.
+
+    >>> cfg = TrainConfig.from_dict({"data": "d", "scores": "s", "output": "runs/st",
+    ...     "student": {"from_teacher": True, "keep_layers": [0, 2]},
+    ...     "phases": [{"name": "general", "set": {"losses.score": "none", "train.lr": "1e-4"}}]})
+    >>> [(name, c.output, c.student.describe(), c.losses.score, c.train.lr) for name, c in phase_configs(cfg)]
+    [('base', 'runs/st.phases/1-base', 'teacher layers [0, 2]', 'margin_mse', 0.0002), ('general', 'runs/st', 'model runs/st.phases/1-base', 'none', 0.0001)]
+    """
+    if not cfg.phases:
+        return [("base", cfg)]
+    out = Path(cfg.output)
+    base = cfg.to_dict()
+    base["phases"] = []
+    plans: list[tuple[str, dict]] = [("base", base)]
+    names = {"base"}
+    for i, entry in enumerate(cfg.phases):
+        where = f"config: phases[{i}]"
+        if not isinstance(entry, dict):
+            raise EmbedKDError(f"{where}: expected a mapping {{name: ..., set: {{key: value}}}}, got {entry!r}")
+        unknown = sorted(set(entry) - {"name", "set"})
+        if unknown:
+            raise EmbedKDError(f"{where}: unknown key(s) {', '.join(map(str, unknown))} (allowed: name, set)")
+        name = entry.get("name", f"phase{i + 2}")
+        if not isinstance(name, str) or not _PHASE_NAME.match(name):
+            raise EmbedKDError(f"{where}.name = {name!r}: use letters, digits, '-', '_' or '.' (at most 40)")
+        if name in names:
+            raise EmbedKDError(f"{where}.name = {name!r}: two phases have this name")
+        names.add(name)
+        sets = entry.get("set")
+        if not isinstance(sets, dict) or not sets:
+            raise EmbedKDError(f"{where}.set: expected a non-empty mapping of config keys to values, "
+                               f"e.g. {{losses.score: none, train.max_steps: 1200}}")
+        raw = copy.deepcopy(base)
+        for key, value in sets.items():
+            if not isinstance(key, str) or key.split(".")[0] in PHASE_FIXED:
+                raise EmbedKDError(f"{where}.set: {key!r} cannot change between phases (fixed: "
+                                   f"{', '.join(PHASE_FIXED)}; each phase trains the previous phase's output)")
+            _set_key(raw, key, value, f"{where}.set.{key}")
+        plans.append((name, raw))
+    runs = []
+    for k, (name, raw) in enumerate(plans):
+        last = k == len(plans) - 1
+        raw = copy.deepcopy(raw)
+        raw["output"] = str(out) if last else str(out.with_name(out.name + ".phases") / f"{k + 1}-{name}")
+        if k:  # the previous phase's output, as it is (a cut, a projection: already in its weights)
+            raw["student"] = {**dataclasses.asdict(StudentSpec(type=cfg.student.type)),
+                              "model": runs[-1][1].output, "max_seq_length": cfg.student.max_seq_length}
+        where = "config" if not k else f"config: phases[{k - 1}] ({name})"
+        phase = _build(TrainConfig, raw, where)
+        phase.device_from = cfg.device_from
+        runs.append((name, phase))
+    return runs
 
 
 def _looks_float(text: str) -> bool:  # yaml 1.1 reads "1e-4" as a string

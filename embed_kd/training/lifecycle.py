@@ -256,7 +256,7 @@ class RunLifecycle:
             "config": cfg.to_dict(), "config_file": config_file, "overrides": list(overrides or []),
             "dataset": {"name": ds.name, "path": str(ds.path), "split": ds.split, **run.full_fps,
                         "n_queries": len(ds.queries), "train_queries": len(train_qids), "dev_queries": dev_qids,
-                        "notes": ds.notes},
+                        "limit_queries": run.limit_queries, "limit_docs": run.limit_docs, "notes": ds.notes},
             "scores": scores_block(store),
             "teacher": teacher,
             "student": student,

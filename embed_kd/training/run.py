@@ -49,7 +49,8 @@ Run manifest ``embed_kd_train.json`` (schema ``embed-kd/train-run@1``)::
       "config": the resolved TrainConfig (after the YAML file, CLI flags and --set overrides),
       "config_file": path or null, "overrides": ["key=value", ...],
       "dataset": {"name", "path", "split", "corpus_fingerprint", "queries_fingerprint",
-                  "qrels_fingerprint", "n_queries", "train_queries", "dev_queries": [ids], "notes"},
+                  "qrels_fingerprint", "n_queries", "train_queries", "dev_queries": [ids], "limit_queries",
+                  "limit_docs", "notes"},
       "scores": null | {"path", "config_fingerprint", "teachers": [...], "ensemble", "split"},
       "teacher": {"spec", "fingerprint", "dim", "max_seq_length"},
       "student": {"init": description, "init_fingerprint", "fingerprint" (final), "dim", "type" (dense | static),
@@ -59,6 +60,7 @@ Run manifest ``embed_kd_train.json`` (schema ``embed-kd/train-run@1``)::
                    "global_batch_size", "log_history": [trainer logs: loss per dataset, dev metrics, lr]},
       "averaging": {"enabled", "checkpoints": [names], "applied": bool},
       "dev": {"metrics_final": {...}} | null,
+      "recipe", "phases": only for a config with phases (embed_kd.training.phases),
       "device": {"device", "type", "name"} (embed_kd.device.device_info: where it trained),
       "versions": {...}, "git": {"commit", "dirty"},
       "machine": {"cpu", "arch", "cores", "flags": {avx2, avx512f, ...: bool}, "threads", "load_avg": [1, 5,
@@ -175,8 +177,11 @@ def _student_block(cfg: TrainConfig, student, init_desc: str, init_fp: str) -> d
 
 def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False, show_progress: bool = True,
                   cache_dir: str | None = None, limit_queries: int | None = None, limit_docs: int | None = None,
-                  config_file: str | None = None, overrides: list[str] | None = None) -> dict:
+                  config_file: str | None = None, overrides: list[str] | None = None,
+                  manifest_extra: dict | None = None) -> dict:
     """Run one training experiment; returns the run manifest (also written beside the model).
+
+    ``manifest_extra``: blocks added to the manifest (:mod:`embed_kd.training.phases`: ``recipe``, ``phases``).
 
     A sparse student (``student.type: sparse``) is trained by :func:`embed_kd.training.sparse_run.train_sparse_student`."""
     if cfg.student.type == "sparse":  # a SPLADE student: same config and layout
@@ -249,7 +254,8 @@ def train_student(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = F
             teacher=model_info(teacher), student=_student_block(cfg, student, init_desc, init_fp),
             examples={"score": score_ex.stats if score_ex else None, "align": align_stats}, store=store,
             train_qids=train_qids, dev_qids=dev_qids, averaged=averaged,
-            dev={"metrics_final": dev_final} if dev_final else None, config_file=config_file, overrides=overrides)
+            dev={"metrics_final": dev_final} if dev_final else None, config_file=config_file, overrides=overrides,
+            **(manifest_extra or {}))
         life.publish(student, manifest, ckpts, overwrite=overwrite, what="student",  # + one Router model
                      extra=lambda tmp: build_asym(student, teacher, tmp / "asym", name=f"{run.out.name}-asym"))
         return manifest
