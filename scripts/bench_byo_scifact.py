@@ -11,7 +11,7 @@ The bring-your-own-data path of docs/your-data.md on a dataset whose answer we k
    recipe's student) that student is reused and CONFIG is *its* recorded config (the resolved
    ``embed_kd_train.json`` config, only ``queries`` / ``scores`` / ``output`` changed), so both
    students differ in nothing but the judgments; else both are trained from
-   ``eval/configs/scifact-l3.yaml`` at ``--steps``;
+   ``eval/configs/scifact-l3-v1.yaml`` (the 180-step recipe this report was measured with) at ``--steps``;
 5. both evaluated on the SciFact *test* split (its qrels are used here and only here), asymmetric
    (student queries × MiniLM documents), with loyalty to MiniLM; a paired bootstrap of the
    per-query nDCG@10 difference (10,000 resamples, seed 0).
@@ -84,7 +84,7 @@ def main() -> None:
                                   "--teacher", "minilm-l6", "--ensemble", "zscore", "--weights",
                                   "eval/results/scifact-ensemble-weights.json", "-o", str(store), *thr]),
     }
-    config = "eval/configs/scifact-l3.yaml"
+    config = "eval/configs/scifact-l3-v1.yaml"
     judged_dir = work / "student-judged"
     if args.judged_student:
         import yaml

@@ -2,7 +2,8 @@
 
 Evaluates (SciFact test, 300 queries x 5,183 docs) the teacher, the untrained cut and the trained
 students in asymmetric mode (student queries x teacher documents) and, where listed, symmetric
-mode; loyalty to the teacher; query-encoding speed (300 test queries, 1 thread, median of 3
+mode; loyalty to the teacher; STS Benchmark test cosine Spearman (general English, every entry);
+query-encoding speed (300 test queries, 1 thread, median of 3
 alternating repetitions). Each measurement is cached as JSON in --work (with the machine's load
 average before/after it) so a rerun only adds what is missing. Rows of an earlier session found in
 the existing ``--out``.json (a different ``session`` label) are kept, marked with their session, unless
@@ -23,7 +24,8 @@ import statistics
 import time
 from pathlib import Path
 
-FOLDERS = (("default", "scifact-l3"), ("default_run2", "scifact-l3-run2"), ("proportional", "scifact-l3-prop"), ("round_robin", "scifact-l3-rr"),
+FOLDERS = (("default", "scifact-l3"), ("default_run2", "scifact-l3-run2"),
+           ("default_phase1", "scifact-l3.phases/1-base"), ("default_run2_phase1", "scifact-l3-run2.phases/1-base"), ("proportional", "scifact-l3-prop"), ("round_robin", "scifact-l3-rr"),
            ("peer", "scifact-l3-peer"), ("peer_run2", "scifact-l3-peer-run2"), ("align_only", "scifact-l3-align"),
            ("margin_only", "scifact-l3-margin"))
 
@@ -123,6 +125,24 @@ def main() -> None:
             results[f"{name}-{mode}"] = json.loads(f.read_text())
     results["teacher-asym"] = results["teacher-sym"]
 
+    # general English: STS Benchmark test, cosine Spearman, every entry (the model encodes both sentences)
+    from embed_kd.data.sts import load_sts
+    from embed_kd.evaluation.sts import sts_metrics
+
+    sts_test, stsb = None, {}
+    for name, spec in entries.items():
+        f = work / f"{name}-stsb.json"
+        if not f.exists():
+            sts_test = sts_test or load_sts("stsb", "test")
+            load_before = os.getloadavg()
+            model = teacher if spec == "minilm-l6" else load_sentence_transformer(spec)
+            m = sts_metrics(model, sts_test)
+            f.write_text(json.dumps({"spearman_cosine": m["spearman_cosine"], "pearson_cosine": m["pearson_cosine"],
+                                     "pairs": len(sts_test), "model": spec, "machine": machine_info(),
+                                     "loadavg_before_after": [list(load_before), list(os.getloadavg())]}))
+            print(f"{name} STSb test: Spearman {m['spearman_cosine']:.4f}", flush=True)
+        stsb[name] = json.loads(f.read_text())
+
     # query-encoding speed: 1 thread, alternating, median of 3
     speed_f = work / "speed.json"
     previous = json.loads(Path(args.out + ".json").read_text()) if Path(args.out + ".json").exists() else None
@@ -162,6 +182,9 @@ def main() -> None:
             "ndcg_at_10": m["ndcg_at_10"], "recall_at_100": m["recall_at_100"], "ratio_to_teacher": m["ndcg_at_10"] / t_ndcg,
             "query_per_s": qps["teacher"] if name == "teacher" else qps["cut"],
             "loyalty": r.get("loyalty"),
+            "stsb_test_spearman": stsb[name]["spearman_cosine"] if name in stsb else None,
+            "stsb_ratio_to_teacher": stsb[name]["spearman_cosine"] / stsb["teacher"]["spearman_cosine"]
+            if name in stsb else None,
             "train_time_s": manifest["training"]["train_time_s"] if manifest else None,
             "train_steps": manifest["training"]["global_step"] if manifest else None,
             "stopped_by_time_budget": manifest["training"]["stopped_by_time_budget"] if manifest else None,
@@ -192,9 +215,13 @@ def main() -> None:
                    "per-row machine / train_machine give the load; see the .md",
            "note_sessions": None if args.drop_earlier else (previous or {}).get("note_sessions")}
     Path(args.out + ".json").write_text(json.dumps(out, indent=1))
-    lines = ["| model | mode | nDCG@10 | ×teacher | R@100 | top-10 overlap | Spearman | query cos | q/s (1 thread) "
-             "| train s (steps) | session |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | mode | nDCG@10 | ×teacher | R@100 | top-10 overlap | Spearman | query cos | STSb test "
+             "(×teacher) | q/s (1 thread) | train s (steps) | session |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    def sts_cell(r: dict) -> str:
+        v = r.get("stsb_test_spearman")
+        return "—" if v is None else f"{v:.4f} ({r['stsb_ratio_to_teacher']:.3f})"
+
     for r in rows:
         ly = r["loyalty"] or {}
         f = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
@@ -203,7 +230,8 @@ def main() -> None:
             tr += " budget-stopped"
         lines.append(f"| {r['model']} | {r['mode']} | {r['ndcg_at_10']:.4f} | {r['ratio_to_teacher']:.3f} | "
                      f"{r['recall_at_100']:.4f} | {f(ly.get('top10_overlap'))} | {f(ly.get('spearman'))} | "
-                     f"{f(ly.get('query_cosine'))} | {r['query_per_s']:.0f} | {tr} | {r.get('session') or '?'} |")
+                     f"{f(ly.get('query_cosine'))} | {sts_cell(r)} | {r['query_per_s']:.0f} | {tr} | "
+                     f"{r.get('session') or '?'} |")
     lines += ["", f"Speed measured on: {out['machine_line']} (per-row machine / train_machine in the JSON)"]
     Path(args.out + ".table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

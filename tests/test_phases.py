@@ -127,3 +127,27 @@ def test_two_phases_in_one_command_then_resume_reuses_the_finished_phase(tmp_pat
     m3 = json.loads((out / "embed_kd_train.json").read_text())
     assert m3["phases"][0]["student_fingerprint"] != m1["student"]["fingerprint"]
     assert yaml.safe_load(yaml.safe_dump(m3["recipe"]))["train"]["lr"] == 5e-4
+
+
+def test_every_shipped_train_config_builds_and_validates():
+    """eval/configs: each train config (one with a student) is valid, phases included; the default's
+    phases are the ones its report describes."""
+    root = Path(__file__).resolve().parent.parent / "eval" / "configs"
+    checked = 0
+    for path in sorted(root.glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        if "student" not in raw:
+            continue  # an ensemble config
+        cfg = TrainConfig.from_yaml(path)
+        if not cfg.scores and cfg.losses.score != "none":
+            cfg.scores = "runs/given-on-the-command-line"  # demo.yaml: --scores, -o
+        cfg.output = cfg.output or "runs/given-on-the-command-line"
+        cfg.validate()
+        checked += 1
+    assert checked >= 8
+    default = TrainConfig.from_yaml(root / "scifact-l3.yaml")
+    plans = phase_configs(default)
+    assert [n for n, _ in plans] == ["base", "mixed", "general"]
+    assert [c.train.max_steps for _, c in plans] == [1200, 2400, 1200]
+    assert [c.losses.score for _, c in plans] == ["margin_mse", "margin_mse", "none"]
+    assert plans[-1][1].output == "runs/scifact-l3" and plans[0][1].student.keep_layers == [0, 3, 5]
