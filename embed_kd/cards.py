@@ -208,6 +208,7 @@ def _student_section(m: dict, name: str) -> list[str]:
         lines += ["", f"Training: {_fmt(tr.get('global_step'))} steps, {_fmt(tr.get('epochs'), 2)} epochs, "
                       f"{_fmt(tr.get('train_time_s'), 0)} s" + (" (stopped by the time budget)" if tr.get("stopped_by_time_budget") else "")
                   + (f"; weights averaged over {', '.join(av.get('checkpoints') or [])}" if av.get("applied") else "") + "."]
+    lines += _phases_lines(m)
     lines += ["", "## Data", "",
               f"- {ds.get('name', '—')}/{ds.get('split', '—')} ({ds.get('path', '')}): "
               f"{_fmt(ds.get('train_queries'))} training queries, "
@@ -219,6 +220,33 @@ def _student_section(m: dict, name: str) -> list[str]:
         lines += ["Dev slice at the end of training: " + ", ".join(f"{k} {_fmt(v)}" for k, v in dev.items()
                                                                  if isinstance(v, (int, float))) + ".", ""]
     return lines + [*_reproduce(m)]
+
+
+def _phases_lines(m: dict) -> list[str]:
+    """A run in phases (embed_kd.training.phases): what each earlier phase did; the tables above are the last's.
+
+    >>> print("\\n".join(_phases_lines({"phases": [{"phase": 1, "name": "base", "set": {}, "global_step": 4,
+    ...     "dev": {"dev_ndcg_at_10": 0.5}}], "recipe": {"phases": [{"name": "general",
+    ...     "set": {"losses.score": "none"}}]}, "training": {"global_step": 2}})))
+    <BLANKLINE>
+    Trained in 2 phases (a `phases:` config), each from the previous phase's weights; the losses and the training line above are the last phase's:
+    - phase 1 (base): 4 steps, dev nDCG@10 0.5000
+    - phase 2 (general): 2 steps, changes `{"losses.score": "none"}`
+    """
+    earlier = m.get("phases") or []
+    if not earlier:
+        return []
+    out = ["", f"Trained in {len(earlier) + 1} phases (a `phases:` config), each from the previous phase's weights; "
+               "the losses and the training line above are the last phase's:"]
+    last = ((m.get("recipe") or {}).get("phases") or [{}])[-1]
+    rows = [*earlier, {"phase": len(earlier) + 1, "name": last.get("name", f"phase{len(earlier) + 1}"), "set": last.get("set") or {},
+                       "global_step": (m.get("training") or {}).get("global_step"), "dev": None}]
+    for p in rows:
+        dev = (p.get("dev") or {}).get("dev_ndcg_at_10")
+        out.append(f"- phase {p['phase']} ({p['name']}): {_fmt(p.get('global_step'))} steps"
+                   + (f", dev nDCG@10 {dev:.4f}" if dev is not None else "")
+                   + (f", changes `{json.dumps(p['set'])}`" if p.get("set") else ""))
+    return out
 
 
 def _teacher_section(m: dict, name: str) -> list[str]:

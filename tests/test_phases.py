@@ -105,6 +105,9 @@ def test_two_phases_in_one_command_then_resume_reuses_the_finished_phase(tmp_pat
                             "global_step": 4, "train_time_s": m1["training"]["train_time_s"],
                             "dev": m1["dev"]["metrics_final"], "output": str(first)}]
     assert (out / "asym" / "modules.json").is_file()  # the one-model Router artifact, as for any run
+    card = (out / "README.md").read_text()
+    line = next(x for x in card.splitlines() if x.startswith("- phase 2 (general): 2 steps, changes `{"))
+    assert "Trained in 2 phases" in card and '"losses.score": "none"' in line
 
     again = _run(cfg, cache_dir, "-q")  # everything exists: refused before training, nothing touched
     assert again.exit_code == 2
