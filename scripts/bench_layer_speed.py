@@ -54,10 +54,11 @@ def main() -> None:
     encode_texts(teacher, queries[:64], batch_size=args.batch_size, role="query", show_progress=False)  # warm-up
     times: dict[int, list[float]] = {k: [] for k in models}
     tok: list[float] = []
+    prep = getattr(teacher, "preprocess", None) or teacher.tokenize  # sentence-transformers 6 renamed it
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         for i in range(0, len(queries), args.batch_size):
-            teacher.tokenize(queries[i:i + args.batch_size])
+            prep(queries[i:i + args.batch_size])
         tok.append(time.perf_counter() - t0)
         for k, m in models.items():
             t0 = time.perf_counter()

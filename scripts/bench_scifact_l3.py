@@ -185,8 +185,11 @@ def main() -> None:
             "stsb_test_spearman": stsb[name]["spearman_cosine"] if name in stsb else None,
             "stsb_ratio_to_teacher": stsb[name]["spearman_cosine"] / stsb["teacher"]["spearman_cosine"]
             if name in stsb else None,
-            "train_time_s": manifest["training"]["train_time_s"] if manifest else None,
-            "train_steps": manifest["training"]["global_step"] if manifest else None,
+            # a run in phases (embed_kd.training.phases): all phases' training, steps as "1200+2400+1200"
+            "train_time_s": manifest["training"]["train_time_s"] + sum(p["train_time_s"] for p in
+                                                                       manifest.get("phases") or []) if manifest else None,
+            "train_steps": ("+".join(str(p["global_step"]) for p in [*manifest["phases"], manifest["training"]])
+                            if manifest.get("phases") else manifest["training"]["global_step"]) if manifest else None,
             "stopped_by_time_budget": manifest["training"]["stopped_by_time_budget"] if manifest else None,
             "query_model": r["query_model"], "created": r["created"],
             "session": args.session, "loadavg_before_after": r.get("loadavg_before_after"),
