@@ -87,6 +87,8 @@ def test_two_phases_in_one_command_then_resume_reuses_the_finished_phase(tmp_pat
                                                                           tiny_store, cache_dir):  # noqa: F811
     phases = [{"name": "general", "set": {"losses.score": "none", "train.max_steps": 2, "average.enabled": False}}]
     cfg = _config(tmp_path, tiny_beir, tiny_model, tiny_store, train={"max_steps": 4}, phases=phases)
+    nothing = _run(cfg, cache_dir, "--resume", "-q")  # nothing to resume: refused, as for a plain run
+    assert nothing.exit_code == 2 and "--resume: no interrupted run of" in nothing.output
     res = _run(cfg, cache_dir)
     assert res.exit_code == 0, res.output
     assert "phase 1 (base): 4 steps" in res.output and "phase 2 (general):" in res.output

@@ -29,7 +29,8 @@ The final manifest (``OUTPUT/embed_kd_train.json``, schema in :mod:`embed_kd.tra
 Before any training: the final ``OUTPUT`` and each phase folder are checked (an existing one is
 refused without ``--overwrite`` / ``--resume``). ``--resume`` reuses a finished phase whose
 manifest has the same config (device and threads aside) and the same query/document limits —
-another config there is an error — and resumes an interrupted phase from its checkpoints.
+another config there is an error — and resumes an interrupted phase from its checkpoints; with
+nothing of the run on disk it is an error, as for a plain run.
 ``--overwrite`` retrains every phase.
 """
 
@@ -87,6 +88,10 @@ def train_phases(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = Fa
     if len(plans) == 1:
         return train_student(cfg, overwrite=overwrite, resume=resume, **kwargs)
     limits = {"limit_queries": kwargs.get("limit_queries"), "limit_docs": kwargs.get("limit_docs")}
+    if resume and not any(Path(p.output).exists() or Path(p.output).with_name(Path(p.output).name + ".work").exists()
+                          for _, p in plans):
+        raise EmbedKDError(f"--resume: no interrupted run of {cfg.output} (no phase output or work folder under "
+                           f"{Path(cfg.output).with_name(Path(cfg.output).name + '.phases')} or {cfg.output}.work)")
     reuse: dict[int, dict] = {}
     for k, (name, phase) in enumerate(plans, start=1):  # every refusal before anything trains
         out = Path(phase.output)
