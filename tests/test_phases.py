@@ -123,6 +123,17 @@ def test_two_phases_in_one_command_then_resume_reuses_the_finished_phase(tmp_pat
     assert m2["student"]["init_fingerprint"] == m1["student"]["fingerprint"]
     assert m2["student"]["fingerprint"] == m["student"]["fingerprint"]  # same seed, same start: same weights
 
+    # a finished phase is reused only on the chain it was trained on: phase 1 gone, phase 2 (kept) is stale
+    three = _config(tmp_path, tiny_beir, tiny_model, tiny_store, train={"max_steps": 4},
+                    phases=[*phases, {"name": "again", "set": {"train.max_steps": 2}}])
+    assert _run(three, cache_dir, "--overwrite").exit_code == 0
+    shutil.rmtree(first)
+    shutil.rmtree(out)
+    stale = _run(three, cache_dir, "--resume", "-q")
+    assert stale.exit_code == 2
+    assert "2-general: phase 2 (general) was trained from another phase 1 than the one on disk now" in stale.output
+    assert _run(cfg, cache_dir, "--overwrite").exit_code == 0  # back to the two-phase run
+
     other = _run(cfg, cache_dir, "--resume", "-q", "--set", "train.lr=5e-4")  # phase 1 is another run now
     assert other.exit_code == 2
     assert "phase 1 (base) was trained with another config; pass --overwrite" in other.output

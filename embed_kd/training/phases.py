@@ -29,7 +29,8 @@ The final manifest (``OUTPUT/embed_kd_train.json``, schema in :mod:`embed_kd.tra
 Before any training: the final ``OUTPUT`` and each phase folder are checked (an existing one is
 refused without ``--overwrite`` / ``--resume``). ``--resume`` reuses a finished phase whose
 manifest has the same config (device and threads aside) and the same query/document limits —
-another config there is an error — and resumes an interrupted phase from its checkpoints; with
+another config there is an error, and so is a finished phase whose starting weights are not the
+previous phase's on disk (fingerprints) — and resumes an interrupted phase from its checkpoints; with
 nothing of the run on disk it is an error, as for a plain run.
 ``--overwrite`` retrains every phase.
 """
@@ -99,7 +100,12 @@ def train_phases(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = Fa
         last = k == len(plans)
         if resume and not last and (out / MANIFEST).is_file():
             claim_output(out, OUTPUT_ARTIFACT, overwrite=True)  # embed-kd's student, or refused
-            reuse[k] = _reusable(out, phase, k, name, limits)
+            found = _reusable(out, phase, k, name, limits)
+            before = reuse.get(k - 1)  # a finished phase is only as good as the chain it was trained on
+            if k > 1 and (before is None or found["student"]["init_fingerprint"] != before["student"]["fingerprint"]):
+                raise EmbedKDError(f"{out}: phase {k} ({name}) was trained from another phase {k - 1} than the one "
+                                   f"on disk now; pass --overwrite to retrain every phase")
+            reuse[k] = found
             continue
         exists = claim_output(out, OUTPUT_ARTIFACT, overwrite=True)
         if exists and not overwrite:
