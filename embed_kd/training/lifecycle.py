@@ -99,6 +99,18 @@ def check_work(work: Path, run_fp: str, inputs: dict, resume: bool) -> None:
     atomic_write_json(path, {"schema": WORK_SCHEMA, "fingerprint": run_fp, "inputs": inputs})
 
 
+def deciding_config(config: dict) -> dict:
+    """A config as far as it decides the trained weights: without ``train.threads`` and ``device``
+    (they change only the speed; a run resumes on another GPU, its precision stays).
+
+    >>> deciding_config({"device": "cuda:1", "train": {"threads": 4, "lr": 0.1}, "output": "o"})
+    {'train': {'lr': 0.1}, 'output': 'o'}
+    """
+    config = {k: v for k, v in config.items() if k != "device"}
+    config["train"] = {k: v for k, v in (config.get("train") or {}).items() if k != "threads"}
+    return config
+
+
 def git_info() -> dict:
     """The commit of the embed-kd checkout running this (null outside a git checkout)."""
     here = Path(__file__).resolve().parent
@@ -193,10 +205,7 @@ class RunLifecycle:
     # -- 2. training ---------------------------------------------------------------------------
     def inputs(self, *, store, teacher_fp: str | None, student_init_fp: str, **extra) -> dict:
         """What decides the run (``run.json``'s ``inputs``): threads and the device only change the speed."""
-        cfg_fp = self.cfg.to_dict()
-        cfg_fp.get("train", {}).pop("threads", None)
-        cfg_fp.pop("device", None)  # a run resumes on another GPU; precision stays
-        return {"config": cfg_fp, "limit_queries": self.run.limit_queries, "limit_docs": self.run.limit_docs,
+        return {"config": deciding_config(self.cfg.to_dict()), "limit_queries": self.run.limit_queries, "limit_docs": self.run.limit_docs,
                 "dataset": self.run.full_fps,
                 "scores": None if store is None else store.manifest.get("config_fingerprint"),
                 "teacher": teacher_fp, "student_init": student_init_fp, **extra}

@@ -43,23 +43,16 @@ from pathlib import Path
 from embed_kd.errors import EmbedKDError
 from embed_kd.io import claim_output, read_json
 from embed_kd.training.config import TrainConfig, phase_configs
-from embed_kd.training.lifecycle import MANIFEST
-from embed_kd.training.prologue import OUTPUT_ARTIFACT, WORK_ARTIFACT
+from embed_kd.training.lifecycle import MANIFEST, deciding_config
+from embed_kd.training.prologue import OUTPUT_ARTIFACT, WORK_ARTIFACT, work_folder
 
 logger = logging.getLogger(__name__)
-
-
-def _comparable(config: dict) -> dict:
-    """A config as the reuse check compares it: without the device and the thread count."""
-    config = {k: v for k, v in config.items() if k != "device"}
-    config["train"] = {k: v for k, v in (config.get("train") or {}).items() if k != "threads"}
-    return config
 
 
 def _reusable(out: Path, phase: TrainConfig, k: int, name: str, limits: dict) -> dict:
     """The manifest of a finished phase that ``--resume`` may reuse, or an error saying why not."""
     manifest = read_json(out / MANIFEST, what="phase manifest")
-    if _comparable(manifest.get("config") or {}) != _comparable(phase.to_dict()):
+    if deciding_config(manifest.get("config") or {}) != deciding_config(phase.to_dict()):
         raise EmbedKDError(f"{out}: phase {k} ({name}) was trained with another config; pass --overwrite to "
                            "retrain every phase")
     had = {key: (manifest.get("dataset") or {}).get(key) for key in limits}
@@ -89,14 +82,12 @@ def train_phases(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = Fa
     if len(plans) == 1:
         return train_student(cfg, overwrite=overwrite, resume=resume, **kwargs)
     limits = {"limit_queries": kwargs.get("limit_queries"), "limit_docs": kwargs.get("limit_docs")}
-    if resume and not any(Path(p.output).exists() or Path(p.output).with_name(Path(p.output).name + ".work").exists()
-                          for _, p in plans):
+    if resume and not any(Path(p.output).exists() or work_folder(p.output).exists() for _, p in plans):
         raise EmbedKDError(f"--resume: no interrupted run of {cfg.output} (no phase output or work folder under "
-                           f"{Path(cfg.output).with_name(Path(cfg.output).name + '.phases')} or {cfg.output}.work)")
+                           f"{Path(plans[0][1].output).parent} or {work_folder(cfg.output)})")
     reuse: dict[int, dict] = {}
     for k, (name, phase) in enumerate(plans, start=1):  # every refusal before anything trains
         out = Path(phase.output)
-        work = out.with_name(out.name + ".work")
         last = k == len(plans)
         if resume and not last and (out / MANIFEST).is_file():
             claim_output(out, OUTPUT_ARTIFACT, overwrite=True)  # embed-kd's student, or refused
@@ -112,7 +103,7 @@ def train_phases(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = Fa
             what = "the final output" if last else f"phase {k} ({name}) of an earlier run"
             raise EmbedKDError(f"{out}: {what} exists; pass --overwrite to retrain every phase"
                                + ("" if last else " or --resume to reuse the finished ones"))
-        claim_output(work, WORK_ARTIFACT, overwrite=True)
+        claim_output(work_folder(out), WORK_ARTIFACT, overwrite=True)
 
     done: list[dict] = []
     manifest: dict = {}
@@ -124,10 +115,8 @@ def train_phases(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = Fa
             manifest = reuse[k]
         else:
             logger.info("phase %d/%d (%s): training %s", k, len(plans), name, phase.output)
-            out = Path(phase.output)
-            work = out.with_name(out.name + ".work")
             extra = {"recipe": cfg.to_dict(), "phases": done} if last else None
-            manifest = train_student(phase, overwrite=overwrite, resume=resume and work.is_dir(),
+            manifest = train_student(phase, overwrite=overwrite, resume=resume and work_folder(phase.output).is_dir(),
                                      manifest_extra=extra, **kwargs)
         if not last:
             done.append({**_summary(k, name, sets, manifest), "output": phase.output})

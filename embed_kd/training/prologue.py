@@ -91,6 +91,12 @@ class TrainingRun:
     limit_docs: int | None = None
 
 
+def work_folder(output: str | Path) -> Path:
+    """``OUTPUT.work``: where a run of ``output`` keeps its checkpoints until it is published."""
+    out = Path(output)
+    return out.with_name(out.name + ".work")
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, numpy and torch with ``seed`` (numpy's wants it below 2**32)."""
     import torch
@@ -113,7 +119,7 @@ def prepare_training_run(cfg: TrainConfig, *, overwrite: bool = False, resume: b
 
     world = dist.init()  # WORLD_SIZE > 1 under torchrun / accelerate launch
     out = Path(cfg.output)
-    work = out.with_name(out.name + ".work")
+    work = work_folder(out)
     with dist.step("checking the output"):
         claim_output(out, OUTPUT_ARTIFACT, overwrite=overwrite)
         check_writable(out)  # a read-only or missing folder fails now, not after training
