@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import time
@@ -79,7 +78,7 @@ def main() -> None:
              f"`scripts/bench_layer_speed.py`: the {len(queries)} SciFact test queries, batch {args.batch_size}, "
              f"1 torch thread, median of {args.repeats} alternating repetitions (the scifact-l3 speed protocol). "
              f"Machine: {describe(out['machine'])}; load average before / after: "
-             f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}.", "",
+             f"{load_before[0]:.2f} / {out['loadavg_before_after'][1][0]:.2f}.", "",
              "| layers kept (of 6) | queries/s | × the 6-layer teacher | median s |", "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['layers']} | {r['queries_per_s']:.1f} | {r['speedup_vs_teacher']:.2f} | "
